@@ -1,0 +1,249 @@
+//! The engine: loads a model once, starts the workers, and turns calls into
+//! jobs with deadlines.  Every method may be called from any thread.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::chat::{ChatTemplate, Message, CHATML};
+use crate::error::{Error, ErrorKind, Result};
+use crate::generate::Completion;
+use crate::gguf::Gguf;
+use crate::model::{self, ModelInfo, Weights};
+use crate::options::{EngineOptions, GenerateOptions};
+use crate::tokenizer::Tokenizer;
+use crate::worker::{self, Job};
+
+/// What the workers share, read-only but for the shutdown flag.
+pub struct Shared {
+    pub weights: Box<dyn Weights>,
+    pub tokenizer: Tokenizer,
+    pub shutting_down: AtomicBool,
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    template: ChatTemplate,
+    options: EngineOptions,
+    queue: Sender<Job>,
+    /// Dropped by `shutdown`: every receiver then wakes at once.
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    shutdown_rx: Receiver<()>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Loads the model at `path` and starts `options.n_workers` workers.
+    pub fn new(path: &Path, options: EngineOptions) -> Result<Self> {
+        options.validate()?;
+        let mut gguf = Gguf::open(path)?;
+        let tokenizer = Tokenizer::load(&gguf, options.tokenizer_path.as_deref())?;
+        if let Some(w) = &tokenizer.warning {
+            eprintln!("zeph_llm: warning: {}: {w}", path.display());
+        }
+        let token = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.token_text(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        let template_source = match &options.chat_template {
+            Some(t) => t.clone(),
+            None => gguf
+                .string("tokenizer.chat_template")
+                .unwrap_or(CHATML)
+                .to_string(),
+        };
+        let template = ChatTemplate::new(
+            &template_source,
+            &token(tokenizer.bos()),
+            &token(tokenizer.eos()),
+        )?;
+        let weights = model::load(&mut gguf, options.context_length)
+            .map_err(|e| e.context(path.display()))?;
+        drop(gguf);
+
+        let shared = Arc::new(Shared {
+            weights,
+            tokenizer,
+            shutting_down: AtomicBool::new(false),
+        });
+        let (queue, queue_rx) = bounded::<Job>(options.queue_capacity);
+        let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+        let mut workers = Vec::with_capacity(options.n_workers);
+        for i in 0..options.n_workers {
+            let (shared, queue_rx, shutdown_rx) =
+                (shared.clone(), queue_rx.clone(), shutdown_rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("zeph-worker-{i}"))
+                .spawn(move || worker::run(shared, queue_rx, shutdown_rx));
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    drop(shutdown_tx);
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("cannot start worker thread {i}: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            shared,
+            template,
+            options,
+            queue,
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            shutdown_rx,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        self.shared.weights.info()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.shared.tokenizer
+    }
+
+    /// Continues `prompt`.  Special tokens written in it are parsed, and BOS
+    /// is added when the model asks for it (llama.cpp's completion rules).
+    pub fn complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Completion> {
+        options.validate()?;
+        self.check_running()?;
+        let tokens = self.shared.tokenizer.encode(prompt, true, true)?;
+        self.submit(tokens, options)
+    }
+
+    /// Renders `messages` with the chat template, then generates the reply.
+    pub fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Completion> {
+        options.validate()?;
+        self.check_running()?;
+        let text = self.apply_chat_template(messages, true)?;
+        let tokens = self.shared.tokenizer.encode(&text, true, true)?;
+        self.submit(tokens, options)
+    }
+
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.template.render(messages, add_generation_prompt)
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            Err(Error::new(
+                ErrorKind::Shutdown,
+                "the engine has been shut down",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn submit(&self, mut tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
+        let start = Instant::now();
+        let timeout = options.timeout.unwrap_or(self.options.default_timeout);
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or(start + Duration::from_secs(86_400 * 365));
+        if tokens.is_empty() {
+            // Nothing to condition on: start from BOS, as llama.cpp does.
+            match self.shared.tokenizer.bos() {
+                Some(bos) => tokens.push(bos),
+                None => return Err(Error::invalid_argument("the prompt is empty")),
+            }
+        }
+        let n_ctx = self.info().context_length;
+        if tokens.len() + options.max_tokens > n_ctx {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "the prompt has {} tokens and max_tokens is {}: {} exceeds the context length {n_ctx}",
+                    tokens.len(),
+                    options.max_tokens,
+                    tokens.len() + options.max_tokens
+                ),
+            ));
+        }
+        let seed = options.seed.unwrap_or_else(clock_seed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (reply, reply_rx) = bounded(1);
+        let job = Job {
+            tokens,
+            options: options.clone(),
+            seed,
+            enqueued: start,
+            deadline,
+            cancel: cancel.clone(),
+            reply,
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        select! {
+            send(self.queue, job) -> sent => {
+                if sent.is_err() {
+                    return Err(Error::new(ErrorKind::Shutdown, "the engine has been shut down"));
+                }
+            }
+            recv(self.shutdown_rx) -> _ => {
+                return Err(Error::new(ErrorKind::Shutdown, "the engine was shut down while the request waited for room in the queue"));
+            }
+            default(wait) => {
+                return Err(Error::new(ErrorKind::QueueFull, format!(
+                    "the request queue (capacity {}) stayed full for the whole timeout of {} ms",
+                    self.options.queue_capacity, timeout.as_millis()
+                )));
+            }
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let outcome = select! {
+            recv(reply_rx) -> r => r.unwrap_or_else(|_| Err(Error::new(
+                ErrorKind::Shutdown, "the engine stopped before the request finished"))),
+            recv(self.shutdown_rx) -> _ => Err(Error::new(
+                ErrorKind::Shutdown, "the engine was shut down while the request waited")),
+            default(wait) => Err(Error::new(ErrorKind::Timeout, format!(
+                "no answer within the timeout of {} ms", timeout.as_millis()))),
+        };
+        if outcome.is_err() {
+            // Queued: the worker will skip it.  Running: it stops at the next token.
+            cancel.store(true, Ordering::Release);
+        }
+        outcome
+    }
+
+    /// Makes every waiting and every later call return `Shutdown` promptly;
+    /// running work stops at its next token.  Idempotent.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shutdown_tx.lock().take();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+        for w in self.workers.lock().drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn clock_seed() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+}

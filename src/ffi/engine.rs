@@ -1,0 +1,334 @@
+//! `zeph_engine_*`: creating an engine, generating text, shutting down.
+
+use std::ffi::c_char;
+use std::path::Path;
+
+use super::options::{engine_options, generate_options, read_versioned};
+use super::string::into_c_string;
+use super::{boundary, null_argument, str_arg, write_out, zeph_status};
+use crate::chat::Message;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::generate::{Completion, FinishReason};
+
+/// A loaded model with its worker threads.  Opaque.
+///
+/// Threads: every `zeph_engine_*` call except `zeph_engine_free` may be made
+/// on the same engine from any number of threads at once.
+pub struct zeph_engine {
+    engine: Engine,
+}
+
+/// One chat message.  Both strings are UTF-8, borrowed for the duration of
+/// the call only.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct zeph_message {
+    /// "system", "user", "assistant", or another role the template knows.
+    pub role: *const c_char,
+    pub content: *const c_char,
+}
+
+/// Why generation ended.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum zeph_finish_reason {
+    /// The model produced an end-of-generation token.
+    ZEPH_FINISH_STOP_TOKEN = 1,
+    /// A stop string was found; it is not part of the text.
+    ZEPH_FINISH_STOP_STRING = 2,
+    /// `max_tokens` tokens were generated.
+    ZEPH_FINISH_LENGTH = 3,
+    /// The request was cancelled.
+    ZEPH_FINISH_CANCELLED = 4,
+    /// The request's deadline passed.
+    ZEPH_FINISH_TIMEOUT = 5,
+}
+
+/// What a request used.  The caller sets `struct_size` to
+/// `sizeof(zeph_usage)` before the call (`zeph_usage u = { sizeof u };`);
+/// the library writes no more than that many bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct zeph_usage {
+    /// Set by the caller: `sizeof(zeph_usage)`.
+    pub struct_size: u32,
+    /// Tokens in the prompt, special tokens and BOS included.
+    pub prompt_tokens: u32,
+    /// Tokens generated, not counting an end-of-generation token.
+    pub completion_tokens: u32,
+    pub finish_reason: zeph_finish_reason,
+    /// Milliseconds the request waited in the queue for a worker.
+    pub queue_ms: f64,
+    /// Milliseconds spent evaluating the prompt.
+    pub prompt_ms: f64,
+    /// Milliseconds spent generating tokens.
+    pub generation_ms: f64,
+}
+
+impl From<FinishReason> for zeph_finish_reason {
+    fn from(r: FinishReason) -> Self {
+        match r {
+            FinishReason::StopToken => Self::ZEPH_FINISH_STOP_TOKEN,
+            FinishReason::StopString => Self::ZEPH_FINISH_STOP_STRING,
+            FinishReason::Length => Self::ZEPH_FINISH_LENGTH,
+            FinishReason::Cancelled => Self::ZEPH_FINISH_CANCELLED,
+        }
+    }
+}
+
+/// Loads the GGUF model at `model_path` and starts its workers.
+///
+/// `options` may be NULL for the defaults; it and its strings are only read
+/// during the call.  On success `*engine_out` receives a new engine, which
+/// the caller frees with `zeph_engine_free`; on failure `*engine_out` is
+/// left untouched and `zeph_last_error()` says why (`ZEPH_STATUS_IO`: the
+/// file cannot be read; `ZEPH_STATUS_MODEL`: not a GGUF, truncated, or an
+/// unsupported architecture; `ZEPH_STATUS_TOKENIZER`, `ZEPH_STATUS_TEMPLATE`,
+/// `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range).
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_new(
+    model_path: *const c_char,
+    options: *const super::zeph_engine_options,
+    engine_out: *mut *mut zeph_engine,
+) -> zeph_status {
+    boundary(|| {
+        let path = str_arg(model_path, "model_path")?;
+        if engine_out.is_null() {
+            return Err(null_argument("engine_out"));
+        }
+        let options = engine_options(options)?;
+        let engine = Engine::new(Path::new(path), options)?;
+        write_out(engine_out, Box::into_raw(Box::new(zeph_engine { engine })));
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `engine` is NULL or a live engine from `zeph_engine_new`.
+unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a Engine> {
+    engine
+        .as_ref()
+        .map(|e| &e.engine)
+        .ok_or_else(|| null_argument("engine"))
+}
+
+/// Validates `usage_out` before any work is done, so a bad struct_size
+/// fails fast rather than after generation.
+///
+/// # Safety
+/// `usage_out` is NULL or points to a `zeph_usage` valid for its
+/// `struct_size` bytes.
+unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
+    if !usage_out.is_null() {
+        read_versioned(
+            usage_out as *const zeph_usage,
+            empty_usage(),
+            std::mem::size_of::<zeph_usage>(),
+            "zeph_usage",
+        )?;
+    }
+    Ok(())
+}
+
+fn empty_usage() -> zeph_usage {
+    zeph_usage {
+        struct_size: std::mem::size_of::<zeph_usage>() as u32,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        finish_reason: zeph_finish_reason::ZEPH_FINISH_STOP_TOKEN,
+        queue_ms: 0.0,
+        prompt_ms: 0.0,
+        generation_ms: 0.0,
+    }
+}
+
+/// Writes the text and usage of a finished request.
+///
+/// # Safety
+/// `text_out` is valid for a write; `usage_out` passed `check_usage`.
+unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zeph_usage) {
+    if !usage_out.is_null() {
+        let u = &c.usage;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let usage = zeph_usage {
+            struct_size: (*usage_out).struct_size,
+            prompt_tokens: u.prompt_tokens as u32,
+            completion_tokens: u.completion_tokens as u32,
+            finish_reason: u.finish_reason.into(),
+            queue_ms: ms(u.queue_time),
+            prompt_ms: ms(u.prompt_time),
+            generation_ms: ms(u.generation_time),
+        };
+        let n = (usage.struct_size as usize).min(std::mem::size_of::<zeph_usage>());
+        std::ptr::copy_nonoverlapping(
+            &usage as *const zeph_usage as *const u8,
+            usage_out as *mut u8,
+            n,
+        );
+    }
+    write_out(text_out, into_c_string(&c.text));
+}
+
+/// Continues `prompt` (UTF-8) and returns the generated text.
+///
+/// The prompt is read as llama.cpp's completion reads it: special tokens
+/// written in it (such as `<|im_start|>`) are parsed as such, and BOS is
+/// added when the model asks for it.  `options` may be NULL for the
+/// defaults.  The call blocks until the answer is ready or the request's
+/// deadline (`timeout_ms`, queue wait included) passes; then it returns
+/// `ZEPH_STATUS_TIMEOUT` at once and the work is cancelled.
+///
+/// On success `*text_out` receives a NUL-terminated UTF-8 string owned by
+/// the caller, freed with `zeph_string_free` (an interior NUL the model
+/// produced is replaced by U+FFFD), and `*usage_out` (may be NULL; set its
+/// `struct_size` first) is filled.  On failure neither is written.
+///
+/// Threads: any thread; calls from several threads run on the engine's
+/// workers in parallel, or wait in its queue.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_complete(
+    engine: *mut zeph_engine,
+    prompt: *const c_char,
+    options: *const super::zeph_generate_options,
+    text_out: *mut *mut c_char,
+    usage_out: *mut zeph_usage,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let prompt = str_arg(prompt, "prompt")?;
+        if text_out.is_null() {
+            return Err(null_argument("text_out"));
+        }
+        check_usage(usage_out)?;
+        let options = generate_options(options)?;
+        let completion = engine.complete(prompt, &options)?;
+        deliver(completion, text_out, usage_out);
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `messages` is NULL (with `n == 0`) or points to `n` valid messages.
+unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Result<Vec<Message>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if messages.is_null() {
+        return Err(null_argument("messages (with n_messages > 0)"));
+    }
+    if n > (1 << 20) {
+        return Err(crate::error::Error::invalid_argument(format!(
+            "n_messages = {n} is more than 1048576"
+        )));
+    }
+    (0..n)
+        .map(|i| {
+            let m = &*messages.add(i);
+            Ok(Message::new(
+                str_arg(m.role, &format!("messages[{i}].role"))?,
+                str_arg(m.content, &format!("messages[{i}].content"))?,
+            ))
+        })
+        .collect()
+}
+
+/// Renders `messages` with the engine's chat template (the model's own, or
+/// the `chat_template` engine option), adds the prompt for the assistant's
+/// turn, and generates the reply.
+///
+/// Ownership, deadline and threads as for `zeph_engine_complete`; the
+/// messages are only read during the call.  A template that fails returns
+/// `ZEPH_STATUS_TEMPLATE` with the template's own message.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_chat(
+    engine: *mut zeph_engine,
+    messages: *const zeph_message,
+    n_messages: usize,
+    options: *const super::zeph_generate_options,
+    text_out: *mut *mut c_char,
+    usage_out: *mut zeph_usage,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        if text_out.is_null() {
+            return Err(null_argument("text_out"));
+        }
+        check_usage(usage_out)?;
+        let options = generate_options(options)?;
+        let completion = engine.chat(&messages, &options)?;
+        deliver(completion, text_out, usage_out);
+        Ok(())
+    })
+}
+
+/// Renders `messages` with the engine's chat template, without generating.
+/// `add_generation_prompt` non-zero appends the start of the assistant's
+/// turn.  On success `*text_out` receives a string the caller frees with
+/// `zeph_string_free`.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_apply_chat_template(
+    engine: *const zeph_engine,
+    messages: *const zeph_message,
+    n_messages: usize,
+    add_generation_prompt: bool,
+    text_out: *mut *mut c_char,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        if text_out.is_null() {
+            return Err(null_argument("text_out"));
+        }
+        let text = engine.apply_chat_template(&messages, add_generation_prompt)?;
+        write_out(text_out, into_c_string(&text));
+        Ok(())
+    })
+}
+
+/// The context length in tokens that requests must fit (prompt plus
+/// `max_tokens`), or 0 when `engine` is NULL.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_context_length(engine: *const zeph_engine) -> u32 {
+    super::boundary_or(0, || {
+        engine_ref(engine)
+            .map(|e| e.info().context_length as u32)
+            .unwrap_or(0)
+    })
+}
+
+/// Makes every call waiting on the engine, and every later one, return
+/// `ZEPH_STATUS_SHUTDOWN` promptly; running work stops before its next
+/// token.  Does not free anything.  NULL is a no-op; calling it again is a
+/// no-op.
+///
+/// Threads: any thread, at any time, including while other threads are
+/// blocked in calls on the same engine.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_shutdown(engine: *mut zeph_engine) {
+    super::boundary_or((), || {
+        if let Ok(e) = engine_ref(engine) {
+            e.shutdown();
+        }
+    })
+}
+
+/// Shuts the engine down (if not done yet), joins its worker threads and
+/// frees it.  NULL is a no-op.
+///
+/// Call it once, after every other call on this engine has returned (call
+/// `zeph_engine_shutdown` first to make blocked calls return); the handle is
+/// invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
+    if !engine.is_null() {
+        super::boundary_or((), || drop(Box::from_raw(engine)));
+    }
+}

@@ -1,0 +1,235 @@
+//! The option structs and their conversion to Rust options.
+//!
+//! Extensibility: each struct begins with `struct_size`, which
+//! `*_default()` sets to `sizeof` the struct in the header the caller was
+//! compiled with.  A later library reads only the fields an older caller
+//! knew of (the rest keep their defaults); an older library accepts a
+//! larger struct from a newer caller only when the fields it does not know
+//! are zero, so a request is never silently half-understood.  New fields
+//! are only ever added at the end; the structs have no padding.
+
+use std::ffi::c_char;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{null_argument, opt_str_arg, str_arg};
+use crate::error::{Error, Result};
+use crate::options::{EngineOptions, GenerateOptions, SamplingOptions};
+
+/// `seed` value that asks for a different seed on every request.
+pub const ZEPH_SEED_RANDOM: u64 = u64::MAX;
+
+/// Options of `zeph_engine_new`.  Get the defaults from
+/// `zeph_engine_options_default()`, then change fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct zeph_engine_options {
+    /// `sizeof(zeph_engine_options)`, set by `zeph_engine_options_default()`.
+    pub struct_size: u32,
+    /// Worker threads, each with its own KV cache over one shared copy of
+    /// the weights (1..=64, default 1).
+    pub n_workers: u32,
+    /// Requests that may wait for a worker (1..=65536, default 16).
+    pub queue_capacity: u32,
+    /// Upper bound on the context length in tokens; 0 (default) = the
+    /// model's own, capped by the implementation's limit.
+    pub context_length: u32,
+    /// Deadline of requests whose `timeout_ms` is 0 (>= 1, default 120000).
+    pub default_timeout_ms: u64,
+    /// Path of a `tokenizer.json` to use instead of the GGUF's own
+    /// vocabulary; NULL (default) = the GGUF's.  Copied during the call.
+    pub tokenizer_path: *const c_char,
+    /// A Jinja chat template to use instead of the model's own; NULL
+    /// (default) = the model's (ChatML when the file has none).  Copied
+    /// during the call.
+    pub chat_template: *const c_char,
+}
+
+/// Options of one generation request.  Get the defaults from
+/// `zeph_generate_options_default()`, then change fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct zeph_generate_options {
+    /// `sizeof(zeph_generate_options)`, set by `zeph_generate_options_default()`.
+    pub struct_size: u32,
+    /// Most tokens to generate (>= 1, default 256).
+    pub max_tokens: u32,
+    /// Sampling temperature (finite, >= 0; 0 = greedy; default 0.8).
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off; default 40).
+    pub top_k: u32,
+    /// Nucleus sampling mass, in (0, 1] (1 = off; default 0.95).
+    pub top_p: f32,
+    /// Drop tokens below min_p times the top probability, in [0, 1]
+    /// (0 = off; default 0.05).
+    pub min_p: f32,
+    /// Penalty on recently seen tokens (finite, > 0; 1 = off; default 1).
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty looks at (default 64).
+    pub repeat_last_n: u32,
+    /// Seed of the sampler: same seed, options and prompt give the same
+    /// text.  `ZEPH_SEED_RANDOM` (default) draws a new seed per request.
+    pub seed: u64,
+    /// Deadline of the whole request, queue wait included, in milliseconds;
+    /// 0 (default) = the engine's `default_timeout_ms`.
+    pub timeout_ms: u64,
+    /// Stop strings (NULL when `n_stop` is 0): generation stops before the
+    /// first occurrence of any of them, which is not part of the text.
+    /// At most 64, each 1 to 1024 bytes of UTF-8.  Copied during the call.
+    pub stop: *const *const c_char,
+    /// Number of entries in `stop`.
+    pub n_stop: usize,
+}
+
+/// The default engine options (see each field).
+///
+/// Threads: any thread.
+#[no_mangle]
+pub extern "C" fn zeph_engine_options_default() -> zeph_engine_options {
+    let d = EngineOptions::default();
+    zeph_engine_options {
+        struct_size: std::mem::size_of::<zeph_engine_options>() as u32,
+        n_workers: d.n_workers as u32,
+        queue_capacity: d.queue_capacity as u32,
+        context_length: 0,
+        default_timeout_ms: d.default_timeout.as_millis() as u64,
+        tokenizer_path: std::ptr::null(),
+        chat_template: std::ptr::null(),
+    }
+}
+
+/// The default generation options (see each field).
+///
+/// Threads: any thread.
+#[no_mangle]
+pub extern "C" fn zeph_generate_options_default() -> zeph_generate_options {
+    let d = GenerateOptions::default();
+    zeph_generate_options {
+        struct_size: std::mem::size_of::<zeph_generate_options>() as u32,
+        max_tokens: d.max_tokens as u32,
+        temperature: d.sampling.temperature,
+        top_k: d.sampling.top_k as u32,
+        top_p: d.sampling.top_p,
+        min_p: d.sampling.min_p,
+        repeat_penalty: d.sampling.repeat_penalty,
+        repeat_last_n: d.sampling.repeat_last_n as u32,
+        seed: ZEPH_SEED_RANDOM,
+        timeout_ms: 0,
+        stop: std::ptr::null(),
+        n_stop: 0,
+    }
+}
+
+/// Reads a caller's versioned struct: `min_size` is the size of the first
+/// published version, `default` supplies fields the caller did not know.
+///
+/// # Safety
+/// `ptr` must point to a readable struct whose first field is a `u32`
+/// `struct_size` and which is valid for `struct_size` bytes.
+pub(crate) unsafe fn read_versioned<T: Copy>(
+    ptr: *const T,
+    default: T,
+    min_size: usize,
+    name: &str,
+) -> Result<T> {
+    let size = (ptr as *const u32).read() as usize;
+    let ours = std::mem::size_of::<T>();
+    if size < min_size {
+        return Err(Error::invalid_argument(format!(
+            "{name}.struct_size = {size} is smaller than any version of {name} ({min_size}); \
+             initialise the struct with {name}_default()"
+        )));
+    }
+    if size > ours {
+        let extra = std::slice::from_raw_parts((ptr as *const u8).add(ours), size - ours);
+        if extra.iter().any(|&b| b != 0) {
+            return Err(Error::invalid_argument(format!(
+                "{name} has fields this library version ({}) does not support \
+                 (struct_size {size}, known {ours})",
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+    }
+    let mut value = default;
+    std::ptr::copy_nonoverlapping(
+        ptr as *const u8,
+        &mut value as *mut T as *mut u8,
+        size.min(ours),
+    );
+    Ok(value)
+}
+
+/// # Safety
+/// `ptr` is NULL or points to a valid `zeph_engine_options` whose string
+/// pointers are NULL or valid C strings.
+pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<EngineOptions> {
+    if ptr.is_null() {
+        return Ok(EngineOptions::default());
+    }
+    let o = read_versioned(
+        ptr,
+        zeph_engine_options_default(),
+        std::mem::size_of::<zeph_engine_options>(),
+        "zeph_engine_options",
+    )?;
+    let options = EngineOptions {
+        n_workers: o.n_workers as usize,
+        queue_capacity: o.queue_capacity as usize,
+        default_timeout: Duration::from_millis(o.default_timeout_ms),
+        tokenizer_path: opt_str_arg(o.tokenizer_path, "options->tokenizer_path")?
+            .map(PathBuf::from),
+        chat_template: opt_str_arg(o.chat_template, "options->chat_template")?.map(str::to_string),
+        context_length: o.context_length as usize,
+    };
+    options.validate()?;
+    Ok(options)
+}
+
+/// # Safety
+/// `ptr` is NULL or points to a valid `zeph_generate_options` whose `stop`
+/// array holds `n_stop` valid C strings.
+pub(crate) unsafe fn generate_options(
+    ptr: *const zeph_generate_options,
+) -> Result<GenerateOptions> {
+    if ptr.is_null() {
+        return Ok(GenerateOptions::default());
+    }
+    let o = read_versioned(
+        ptr,
+        zeph_generate_options_default(),
+        std::mem::size_of::<zeph_generate_options>(),
+        "zeph_generate_options",
+    )?;
+    if o.n_stop > crate::options::MAX_STOP_STRINGS {
+        return Err(Error::invalid_argument(format!(
+            "n_stop = {} is more than {} stop strings",
+            o.n_stop,
+            crate::options::MAX_STOP_STRINGS
+        )));
+    }
+    let mut stop = Vec::with_capacity(o.n_stop);
+    if o.n_stop > 0 {
+        if o.stop.is_null() {
+            return Err(null_argument("options->stop (with n_stop > 0)"));
+        }
+        for i in 0..o.n_stop {
+            stop.push(str_arg(*o.stop.add(i), &format!("options->stop[{i}]"))?.to_string());
+        }
+    }
+    let options = GenerateOptions {
+        max_tokens: o.max_tokens as usize,
+        sampling: SamplingOptions {
+            temperature: o.temperature,
+            top_k: o.top_k as usize,
+            top_p: o.top_p,
+            min_p: o.min_p,
+            repeat_penalty: o.repeat_penalty,
+            repeat_last_n: o.repeat_last_n as usize,
+        },
+        seed: (o.seed != ZEPH_SEED_RANDOM).then_some(o.seed),
+        timeout: (o.timeout_ms != 0).then(|| Duration::from_millis(o.timeout_ms)),
+        stop,
+    };
+    options.validate()?;
+    Ok(options)
+}

@@ -1,0 +1,206 @@
+//! Opening a GGUF file with every size the file claims checked against the
+//! file itself, so that a truncated or hostile file is an error, never a
+//! multi-gigabyte allocation or a panic further down.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub struct Gguf {
+    pub content: Content,
+    pub reader: BufReader<File>,
+    pub file_size: u64,
+}
+
+impl Gguf {
+    pub fn open(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        let file =
+            File::open(path).map_err(|e| Error::new(ErrorKind::Io, format!("{shown}: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{shown}: {e}")))?;
+        if meta.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{shown}: is a directory"),
+            ));
+        }
+        let file_size = meta.len();
+        if file_size < 24 {
+            return Err(Error::model(format!(
+                "{shown}: not a GGUF file ({file_size} bytes, too short for a GGUF header)"
+            )));
+        }
+        let mut reader = BufReader::new(file);
+        // candle's reader checks lengths against the file, but divides by
+        // `general.alignment` unchecked: a zero there panics, caught here.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
+        let content = match read {
+            Ok(Ok(content)) => content,
+            Ok(Err(e)) => {
+                return Err(Error::model(format!(
+                    "{shown}: not a readable GGUF file: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(Error::model(format!(
+                    "{shown}: not a readable GGUF file: inconsistent header (general.alignment)"
+                )))
+            }
+        };
+        let gguf = Self {
+            content,
+            reader,
+            file_size,
+        };
+        gguf.check_tensors().map_err(|e| e.context(shown))?;
+        Ok(gguf)
+    }
+
+    /// Every tensor's claimed extent must lie inside the file, computed
+    /// without overflow: candle trusts these numbers when it allocates.
+    fn check_tensors(&self) -> Result<()> {
+        match self.content.metadata.get("general.alignment") {
+            Some(v)
+                if v.to_u32()
+                    .map(|a| a == 0 || !a.is_power_of_two())
+                    .unwrap_or(true) =>
+            {
+                return Err(Error::model(format!(
+                    "general.alignment must be a power of two, found {v:?}"
+                )));
+            }
+            _ => {}
+        }
+        for (name, info) in &self.content.tensor_infos {
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+            let block = info.ggml_dtype.block_size() as u64;
+            let bytes = elems
+                .filter(|e| e % block == 0)
+                .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size() as u64));
+            let end = bytes.and_then(|b| {
+                self.content
+                    .tensor_data_offset
+                    .checked_add(info.offset)?
+                    .checked_add(b)
+            });
+            match end {
+                Some(end) if end <= self.file_size => {}
+                _ => {
+                    return Err(Error::model(format!(
+                        "tensor '{name}' (shape {:?}, {:?}) does not fit in the file ({} bytes); the file is truncated or corrupt",
+                        info.shape.dims(),
+                        info.ggml_dtype,
+                        self.file_size
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn string(&self, key: &str) -> Option<&str> {
+        self.get(key)?.to_string().ok().map(String::as_str)
+    }
+
+    /// An unsigned integer of any width; negative or non-integer values are
+    /// treated as absent.
+    pub fn uint(&self, key: &str) -> Option<u64> {
+        match self.get(key)? {
+            Value::U8(v) => Some(*v as u64),
+            Value::U16(v) => Some(*v as u64),
+            Value::U32(v) => Some(*v as u64),
+            Value::U64(v) => Some(*v),
+            Value::I8(v) => u64::try_from(*v).ok(),
+            Value::I16(v) => u64::try_from(*v).ok(),
+            Value::I32(v) => u64::try_from(*v).ok(),
+            Value::I64(v) => u64::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn float(&self, key: &str) -> Option<f64> {
+        match self.get(key)? {
+            Value::F32(v) => Some(*v as f64),
+            Value::F64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        self.get(key)?.to_bool().ok()
+    }
+
+    /// A required unsigned integer, in `1..=max`.
+    pub fn require_uint(&self, key: &str, max: u64) -> Result<u64> {
+        match self.uint(key) {
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(v) => Err(Error::model(format!(
+                "metadata {key} = {v} is outside the supported range 1..={max}"
+            ))),
+            None => Err(Error::model(format!("metadata {key} is missing"))),
+        }
+    }
+
+    pub fn string_array(&self, key: &str) -> Option<Vec<String>> {
+        let values = self.get(key)?.to_vec().ok()?;
+        values.iter().map(|v| v.to_string().ok().cloned()).collect()
+    }
+
+    pub fn int_array(&self, key: &str) -> Option<Vec<i64>> {
+        let values = self.get(key)?.to_vec().ok()?;
+        values
+            .iter()
+            .map(|v| match v {
+                Value::I32(x) => Some(*x as i64),
+                Value::U32(x) => Some(*x as i64),
+                Value::I8(x) => Some(*x as i64),
+                Value::U8(x) => Some(*x as i64),
+                Value::I16(x) => Some(*x as i64),
+                Value::U16(x) => Some(*x as i64),
+                Value::I64(x) => Some(*x),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn float_array(&self, key: &str) -> Option<Vec<f32>> {
+        let values = self.get(key)?.to_vec().ok()?;
+        values
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Some(*x),
+                Value::F64(x) => Some(*x as f32),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn architecture(&self) -> Result<&str> {
+        self.string("general.architecture")
+            .ok_or_else(|| Error::model("metadata general.architecture is missing"))
+    }
+
+    /// Sum of the element counts of all tensors.
+    pub fn parameter_count(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum()
+    }
+}

@@ -1,0 +1,38 @@
+//! zeph-llm: local GGUF language models behind a small, stable C ABI.
+//!
+//! Data flows one way: C call → [`ffi`] (conversions only) → [`engine`]
+//! (deadlines, queue) → [`worker`] thread → [`generate`] (prompt chunks,
+//! tokens, stop rules) → [`model`] (logits) — and the text back.  Everything
+//! but `ffi` is safe Rust without raw pointers, and nothing in it imports
+//! `ffi`.
+
+/// cbindgen:ignore
+pub mod chat;
+/// cbindgen:ignore
+pub mod engine;
+/// cbindgen:ignore
+pub mod error;
+/// cbindgen:ignore
+pub mod generate;
+/// cbindgen:ignore
+pub mod gguf;
+/// cbindgen:ignore
+pub mod model;
+/// cbindgen:ignore
+pub mod options;
+/// cbindgen:ignore
+pub mod sampling;
+/// cbindgen:ignore
+pub mod stop;
+/// cbindgen:ignore
+pub mod tokenizer;
+/// cbindgen:ignore
+mod worker;
+
+pub mod ffi;
+
+pub use chat::Message;
+pub use engine::Engine;
+pub use error::{Error, ErrorKind, Result};
+pub use generate::{Completion, FinishReason, Usage};
+pub use options::{EngineOptions, GenerateOptions, SamplingOptions};

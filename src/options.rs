@@ -1,0 +1,253 @@
+//! Options of the engine and of one request, in Rust types, with the range
+//! checks that turn absurd values into `InvalidArgument` errors naming the
+//! option.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+pub const MAX_WORKERS: usize = 64;
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub n_workers: usize,
+    pub queue_capacity: usize,
+    /// Deadline of a request whose own timeout is 0.
+    pub default_timeout: Duration,
+    /// An external `tokenizer.json`; `None` uses the GGUF's own vocabulary.
+    pub tokenizer_path: Option<PathBuf>,
+    /// A chat template replacing the model's own; `None` uses the model's.
+    pub chat_template: Option<String>,
+    /// Upper bound on the context length; 0 = the model's own.
+    pub context_length: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            n_workers: 1,
+            queue_capacity: 16,
+            default_timeout: Duration::from_millis(120_000),
+            tokenizer_path: None,
+            chat_template: None,
+            context_length: 0,
+        }
+    }
+}
+
+impl EngineOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_WORKERS).contains(&self.n_workers) {
+            return Err(Error::invalid_argument(format!(
+                "n_workers = {} is outside 1..={MAX_WORKERS}",
+                self.n_workers
+            )));
+        }
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&self.queue_capacity) {
+            return Err(Error::invalid_argument(format!(
+                "queue_capacity = {} is outside 1..={MAX_QUEUE_CAPACITY}",
+                self.queue_capacity
+            )));
+        }
+        if self.default_timeout.is_zero() {
+            return Err(Error::invalid_argument(
+                "default_timeout_ms = 0; it must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingOptions {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off.
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingOptions,
+    /// `None`: a seed drawn from the clock for each request.
+    pub seed: Option<u64>,
+    /// Covers queue wait and inference; `None` = the engine's default.
+    pub timeout: Option<Duration>,
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            sampling: SamplingOptions::default(),
+            seed: None,
+            timeout: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+pub const MAX_STOP_STRINGS: usize = 64;
+pub const MAX_STOP_LEN: usize = 1024;
+
+impl GenerateOptions {
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.sampling;
+        if self.max_tokens == 0 {
+            return Err(Error::invalid_argument(
+                "max_tokens = 0; it must be at least 1",
+            ));
+        }
+        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+            return Err(Error::invalid_argument(format!(
+                "temperature = {} must be a finite number >= 0",
+                s.temperature
+            )));
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return Err(Error::invalid_argument(format!(
+                "top_p = {} is outside (0, 1]",
+                s.top_p
+            )));
+        }
+        if !(0.0..=1.0).contains(&s.min_p) {
+            return Err(Error::invalid_argument(format!(
+                "min_p = {} is outside [0, 1]",
+                s.min_p
+            )));
+        }
+        if !(s.repeat_penalty.is_finite() && s.repeat_penalty > 0.0) {
+            return Err(Error::invalid_argument(format!(
+                "repeat_penalty = {} must be a finite number > 0",
+                s.repeat_penalty
+            )));
+        }
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(Error::invalid_argument(format!(
+                "n_stop = {} is more than {MAX_STOP_STRINGS} stop strings",
+                self.stop.len()
+            )));
+        }
+        for (i, stop) in self.stop.iter().enumerate() {
+            if stop.is_empty() || stop.len() > MAX_STOP_LEN {
+                return Err(Error::invalid_argument(format!(
+                    "stop[{i}] has {} bytes; stop strings must have 1..={MAX_STOP_LEN}",
+                    stop.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(f: impl FnOnce(&mut GenerateOptions)) -> Result<()> {
+        let mut o = GenerateOptions::default();
+        f(&mut o);
+        o.validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        GenerateOptions::default().validate().unwrap();
+        EngineOptions::default().validate().unwrap();
+    }
+
+    #[test]
+    fn absurd_generation_options_name_the_option() {
+        let cases: Vec<(Box<dyn FnOnce(&mut GenerateOptions)>, &str)> = vec![
+            (
+                Box::new(|o| o.sampling.temperature = f32::NAN),
+                "temperature",
+            ),
+            (Box::new(|o| o.sampling.temperature = -0.5), "temperature"),
+            (
+                Box::new(|o| o.sampling.temperature = f32::INFINITY),
+                "temperature",
+            ),
+            (Box::new(|o| o.sampling.top_p = 0.0), "top_p"),
+            (Box::new(|o| o.sampling.top_p = 1.5), "top_p"),
+            (Box::new(|o| o.sampling.top_p = f32::NAN), "top_p"),
+            (Box::new(|o| o.sampling.min_p = -0.1), "min_p"),
+            (
+                Box::new(|o| o.sampling.repeat_penalty = 0.0),
+                "repeat_penalty",
+            ),
+            (Box::new(|o| o.max_tokens = 0), "max_tokens"),
+            (Box::new(|o| o.stop = vec![String::new()]), "stop[0]"),
+            (Box::new(|o| o.stop = vec!["x".into(); 65]), "n_stop"),
+        ];
+        for (f, name) in cases {
+            let e = check(f).unwrap_err();
+            assert_eq!(e.kind, crate::error::ErrorKind::InvalidArgument);
+            assert!(e.message.contains(name), "{name}: {}", e.message);
+        }
+        check(|o| o.sampling.temperature = 0.0).unwrap();
+        check(|o| o.sampling.top_p = 1.0).unwrap();
+    }
+
+    #[test]
+    fn absurd_engine_options_name_the_option() {
+        for (o, name) in [
+            (
+                EngineOptions {
+                    n_workers: 0,
+                    ..Default::default()
+                },
+                "n_workers",
+            ),
+            (
+                EngineOptions {
+                    n_workers: 1000,
+                    ..Default::default()
+                },
+                "n_workers",
+            ),
+            (
+                EngineOptions {
+                    queue_capacity: 0,
+                    ..Default::default()
+                },
+                "queue_capacity",
+            ),
+            (
+                EngineOptions {
+                    default_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "default_timeout_ms",
+            ),
+        ] {
+            let e = o.validate().unwrap_err();
+            assert!(e.message.contains(name), "{}", e.message);
+        }
+    }
+}

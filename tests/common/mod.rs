@@ -1,0 +1,46 @@
+//! Shared by the integration tests: finding the test models through the
+//! project's fetch script (or `ZEPH_MODEL`), and the reference data.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Path of a test model.  `ZEPH_MODEL` overrides the default (smollm2)
+/// model; otherwise the fetch script downloads it if needed.  A model that
+/// cannot be had fails the test: it is never skipped.
+pub fn model_path(name: &str) -> PathBuf {
+    if name == "smollm2" {
+        if let Ok(p) = std::env::var("ZEPH_MODEL") {
+            if !p.is_empty() {
+                return PathBuf::from(p);
+            }
+        }
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/fetch-models.sh"))
+        .args(["--path", name])
+        .env_remove("ZEPH_MODEL")
+        .output()
+        .expect("running scripts/fetch-models.sh");
+    assert!(
+        out.status.success(),
+        "fetch-models.sh --path {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+pub fn reference() -> serde_json::Value {
+    let text = include_str!("../data/llamacpp-tokens-and-greedy.json");
+    serde_json::from_str(text).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}

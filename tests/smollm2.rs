@@ -1,0 +1,150 @@
+//! The real SmolLM2 model against llama.cpp's reference data.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use zeph_llm::{Engine, EngineOptions, FinishReason, GenerateOptions, SamplingOptions};
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        Engine::new(&common::model_path("smollm2"), EngineOptions::default()).unwrap()
+    })
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampling: SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tokenizer_matches_llama_cpp_on_every_reference_string() {
+    let reference = common::reference();
+    let cases = reference["models"]["smollm2"]["tokenize"]
+        .as_array()
+        .unwrap();
+    let tok = engine().tokenizer();
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        for (key, add_special) in [("ids_with_bos_default", true), ("ids_no_bos", false)] {
+            let want = common::ids(&case[key]);
+            let got = tok.encode(text, add_special, true).unwrap();
+            if got != want {
+                failures.push(format!("{text:?} ({key}): got {got:?}, want {want:?}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn greedy_completion_equals_llama_cpp() {
+    let reference = common::reference();
+    let case = &reference["models"]["smollm2"]["greedy"][0];
+    assert_eq!(case["prompt"], "The capital of France is");
+    let want_ids = common::ids(&case["greedy_ids"]);
+    let want_text: Vec<u8> = case["greedy_piece_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p.as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+        })
+        .collect();
+
+    let c = engine()
+        .complete("The capital of France is", &greedy(24))
+        .unwrap();
+    assert_eq!(c.tokens, want_ids);
+    assert_eq!(c.text.as_bytes(), want_text.as_slice());
+    assert_eq!(c.usage.prompt_tokens, 5);
+    assert_eq!(c.usage.completion_tokens, 24);
+    assert_eq!(c.usage.finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn generation_stops_on_end_of_generation_token() {
+    // llama.cpp's greedy answer to this chat prompt ends with <|im_end|> (id 2).
+    let reference = common::reference();
+    let case = &reference["models"]["smollm2"]["greedy"][1];
+    let want = common::ids(&case["greedy_ids"]);
+    assert_eq!(want.last(), Some(&2));
+    let c = engine()
+        .complete(case["prompt"].as_str().unwrap(), &greedy(24))
+        .unwrap();
+    assert_eq!(c.usage.finish_reason, FinishReason::StopToken);
+    assert_eq!(c.tokens, want[..want.len() - 1]);
+    assert!(engine().tokenizer().is_eog(0) && engine().tokenizer().is_eog(4));
+}
+
+#[test]
+fn stop_string_ends_the_text_before_it() {
+    let mut o = greedy(24);
+    o.stop = vec![" population".into()];
+    let c = engine().complete("The capital of France is", &o).unwrap();
+    assert_eq!(c.usage.finish_reason, FinishReason::StopString);
+    assert_eq!(c.text, " Paris.\n\nThe United States has a");
+}
+
+#[test]
+fn same_seed_same_text() {
+    let o = GenerateOptions {
+        max_tokens: 16,
+        seed: Some(42),
+        sampling: SamplingOptions {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let a = engine().complete("Once upon a time", &o).unwrap();
+    let b = engine().complete("Once upon a time", &o).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    let mut texts = std::collections::HashSet::new();
+    for seed in 0..4 {
+        let o = GenerateOptions {
+            seed: Some(seed),
+            ..o.clone()
+        };
+        texts.insert(engine().complete("Once upon a time", &o).unwrap().text);
+    }
+    assert!(texts.len() > 1, "four seeds gave one text: {texts:?}");
+}
+
+#[test]
+fn chat_uses_the_model_template() {
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("data/chat-templates.json")).unwrap();
+    for case in reference["models"]["smollm2"]["cases"].as_array().unwrap() {
+        let messages: Vec<zeph_llm::Message> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                zeph_llm::Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())
+            })
+            .collect();
+        let add = case["add_generation_prompt"].as_bool().unwrap();
+        let text = engine().apply_chat_template(&messages, add).unwrap();
+        assert_eq!(text, case["rendered"].as_str().unwrap());
+    }
+}
