@@ -142,6 +142,17 @@ typedef enum zeph_finish_reason {
 } zeph_finish_reason;
 
 /**
+ * A one-shot cancel switch.  Put it in `zeph_generate_options.cancel`;
+ * `zeph_cancel_token_cancel` then makes every call carrying it return
+ * `ZEPH_STATUS_CANCELLED` promptly: a queued request is dropped unrun, a
+ * running one stops before its next token or prompt chunk.  A cancelled
+ * token stays cancelled; use a new one for new work.
+ *
+ * Threads: may be shared by any number of threads and requests.
+ */
+typedef struct zeph_cancel_token zeph_cancel_token;
+
+/**
  * A loaded model with its worker threads.  Opaque.
  *
  * Threads: every `zeph_engine_*` call except `zeph_engine_free` may be made
@@ -247,6 +258,11 @@ typedef struct zeph_generate_options {
    * Number of entries in `stop`.
    */
   size_t n_stop;
+  /**
+   * A cancel token that stops this request when cancelled from another
+   * thread; NULL (default) = none.  Borrowed: it must outlive the call.
+   */
+  const struct zeph_cancel_token *cancel;
 } zeph_generate_options;
 
 /**
@@ -297,6 +313,36 @@ typedef struct zeph_message {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Creates a cancel token.  On success `*token_out` receives it; free it
+ * with `zeph_cancel_token_free`.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_cancel_token_new(struct zeph_cancel_token **token_out);
+
+/**
+ * Cancels every request that carries `token`, now and later.  NULL is a
+ * no-op; calling it again is a no-op.
+ *
+ * Threads: any thread, at any time, typically while another thread is
+ * blocked in a call that carries the token.
+ */
+void zeph_cancel_token_cancel(const struct zeph_cancel_token *token);
+
+/**
+ * Whether `token` has been cancelled (false for NULL).
+ *
+ * Threads: any thread.
+ */
+bool zeph_cancel_token_is_cancelled(const struct zeph_cancel_token *token);
+
+/**
+ * Frees a token.  NULL is a no-op.  Call it once, after every call that
+ * carries the token has returned.
+ */
+void zeph_cancel_token_free(struct zeph_cancel_token *token);
 
 /**
  * Loads the GGUF model at `model_path` and starts its workers.

@@ -24,6 +24,27 @@ pub struct Shared {
     pub weights: Box<dyn Weights>,
     pub tokenizer: Tokenizer,
     pub shutting_down: AtomicBool,
+    pub fault: Option<Fault>,
+}
+
+/// Faults a test can inject through the `ZEPH_FAULT` environment variable
+/// (read when an engine is created), to exercise the recovery paths that
+/// no well-formed input reaches: a panic on the caller's thread, or in a
+/// worker while it generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    CallerPanic,
+    WorkerPanic,
+}
+
+impl Fault {
+    fn from_env() -> Option<Self> {
+        match std::env::var("ZEPH_FAULT").ok()?.as_str() {
+            "caller-panic" => Some(Self::CallerPanic),
+            "worker-panic" => Some(Self::WorkerPanic),
+            _ => None,
+        }
+    }
 }
 
 pub struct Engine {
@@ -71,6 +92,7 @@ impl Engine {
             weights,
             tokenizer,
             shutting_down: AtomicBool::new(false),
+            fault: Fault::from_env(),
         });
         let (queue, queue_rx) = bounded::<Job>(options.queue_capacity);
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
@@ -153,6 +175,15 @@ impl Engine {
 
     fn submit(&self, mut tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
         let start = Instant::now();
+        if self.shared.fault == Some(Fault::CallerPanic) {
+            panic!("fault injected by ZEPH_FAULT=caller-panic");
+        }
+        if options.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                "the request was cancelled",
+            ));
+        }
         let timeout = options.timeout.unwrap_or(self.options.default_timeout);
         let deadline = start
             .checked_add(timeout)
@@ -188,6 +219,13 @@ impl Engine {
             cancel: cancel.clone(),
             reply,
         };
+        let never = crossbeam_channel::never();
+        let token = options
+            .cancel
+            .as_ref()
+            .map(|c| c.receiver())
+            .unwrap_or(&never);
+        let cancelled = || Error::new(ErrorKind::Cancelled, "the request was cancelled");
         let wait = deadline.saturating_duration_since(Instant::now());
         select! {
             send(self.queue, job) -> sent => {
@@ -198,6 +236,7 @@ impl Engine {
             recv(self.shutdown_rx) -> _ => {
                 return Err(Error::new(ErrorKind::Shutdown, "the engine was shut down while the request waited for room in the queue"));
             }
+            recv(token) -> _ => return Err(cancelled()),
             default(wait) => {
                 return Err(Error::new(ErrorKind::QueueFull, format!(
                     "the request queue (capacity {}) stayed full for the whole timeout of {} ms",
@@ -211,6 +250,7 @@ impl Engine {
                 ErrorKind::Shutdown, "the engine stopped before the request finished"))),
             recv(self.shutdown_rx) -> _ => Err(Error::new(
                 ErrorKind::Shutdown, "the engine was shut down while the request waited")),
+            recv(token) -> _ => Err(cancelled()),
             default(wait) => Err(Error::new(ErrorKind::Timeout, format!(
                 "no answer within the timeout of {} ms", timeout.as_millis()))),
         };

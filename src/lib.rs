@@ -7,6 +7,8 @@
 //! `ffi`.
 
 /// cbindgen:ignore
+pub mod cancel;
+/// cbindgen:ignore
 pub mod chat;
 /// cbindgen:ignore
 pub mod engine;
@@ -31,6 +33,7 @@ mod worker;
 
 pub mod ffi;
 
+pub use cancel::CancelToken;
 pub use chat::Message;
 pub use engine::Engine;
 pub use error::{Error, ErrorKind, Result};

@@ -3,8 +3,10 @@
 //! option.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 
 pub const MAX_WORKERS: usize = 64;
@@ -98,6 +100,14 @@ pub struct GenerateOptions {
     /// Covers queue wait and inference; `None` = the engine's default.
     pub timeout: Option<Duration>,
     pub stop: Vec<String>,
+    /// Cancels the request when tripped.
+    pub cancel: Option<Arc<CancelToken>>,
+}
+
+impl std::fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CancelToken({})", self.is_cancelled())
+    }
 }
 
 impl Default for GenerateOptions {
@@ -108,6 +118,7 @@ impl Default for GenerateOptions {
             seed: None,
             timeout: None,
             stop: Vec::new(),
+            cancel: None,
         }
     }
 }

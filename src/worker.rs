@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::engine::Shared;
+use crate::engine::{Fault, Shared};
 use crate::error::{panic_message, Error, ErrorKind, Result};
 use crate::generate::{generate, Completion};
 use crate::options::GenerateOptions;
@@ -35,7 +35,13 @@ impl Job {
                 ErrorKind::Shutdown,
                 "the engine is shutting down",
             ))
-        } else if self.cancel.load(Ordering::Acquire) {
+        } else if self.cancel.load(Ordering::Acquire)
+            || self
+                .options
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.is_cancelled())
+        {
             Err(Error::new(
                 ErrorKind::Cancelled,
                 "the request was cancelled",
@@ -68,6 +74,9 @@ pub fn run(shared: Arc<Shared>, queue: Receiver<Job>, shutdown: Receiver<()>) {
         }
         let queue_time = job.enqueued.elapsed();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if shared.fault == Some(Fault::WorkerPanic) {
+                panic!("fault injected by ZEPH_FAULT=worker-panic");
+            }
             generate(
                 session.as_mut(),
                 &shared.tokenizer,

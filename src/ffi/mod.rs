@@ -5,11 +5,13 @@
 
 #![allow(non_camel_case_types)]
 
+mod cancel;
 mod engine;
 mod options;
 mod status;
 mod string;
 
+pub use cancel::*;
 pub use engine::*;
 pub use options::*;
 pub use status::*;

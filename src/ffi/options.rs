@@ -79,6 +79,9 @@ pub struct zeph_generate_options {
     pub stop: *const *const c_char,
     /// Number of entries in `stop`.
     pub n_stop: usize,
+    /// A cancel token that stops this request when cancelled from another
+    /// thread; NULL (default) = none.  Borrowed: it must outlive the call.
+    pub cancel: *const super::zeph_cancel_token,
 }
 
 /// The default engine options (see each field).
@@ -117,6 +120,7 @@ pub extern "C" fn zeph_generate_options_default() -> zeph_generate_options {
         timeout_ms: 0,
         stop: std::ptr::null(),
         n_stop: 0,
+        cancel: std::ptr::null(),
     }
 }
 
@@ -229,6 +233,7 @@ pub(crate) unsafe fn generate_options(
         seed: (o.seed != ZEPH_SEED_RANDOM).then_some(o.seed),
         timeout: (o.timeout_ms != 0).then(|| Duration::from_millis(o.timeout_ms)),
         stop,
+        cancel: o.cancel.as_ref().map(|t| t.token.clone()),
     };
     options.validate()?;
     Ok(options)
