@@ -194,7 +194,8 @@ mod tests {
 
     #[test]
     fn absurd_generation_options_name_the_option() {
-        let cases: Vec<(Box<dyn FnOnce(&mut GenerateOptions)>, &str)> = vec![
+        type Case = (Box<dyn FnOnce(&mut GenerateOptions)>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 Box::new(|o| o.sampling.temperature = f32::NAN),
                 "temperature",

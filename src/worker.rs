@@ -29,8 +29,8 @@ pub struct Job {
 
 impl Job {
     /// Why this job must not go on, if it must not.
-    fn interrupted(&self, shared: &Shared) -> Result<()> {
-        if shared.shutting_down.load(Ordering::Acquire) {
+    fn interrupted(&self, shutting_down: &AtomicBool) -> Result<()> {
+        if shutting_down.load(Ordering::Acquire) {
             Err(Error::new(
                 ErrorKind::Shutdown,
                 "the engine is shutting down",
@@ -68,7 +68,7 @@ pub fn run(shared: Arc<Shared>, queue: Receiver<Job>, shutdown: Receiver<()>) {
             recv(shutdown) -> _ => return,
         };
         // A job whose caller already gave up is dropped unrun.
-        if let Err(e) = job.interrupted(&shared) {
+        if let Err(e) = job.interrupted(&shared.shutting_down) {
             let _ = job.reply.try_send(Err(e));
             continue;
         }
@@ -83,7 +83,7 @@ pub fn run(shared: Arc<Shared>, queue: Receiver<Job>, shutdown: Receiver<()>) {
                 &job.tokens,
                 &job.options,
                 job.seed,
-                &|| job.interrupted(&shared),
+                &|| job.interrupted(&shared.shutting_down),
             )
         }));
         let result = match outcome {
@@ -102,5 +102,64 @@ pub fn run(shared: Arc<Shared>, queue: Receiver<Job>, shutdown: Receiver<()>) {
             }
         };
         let _ = job.reply.try_send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cancel::CancelToken;
+    use std::time::Duration;
+
+    fn job(deadline_in: Duration) -> Job {
+        let now = Instant::now();
+        Job {
+            tokens: vec![1],
+            options: GenerateOptions::default(),
+            seed: 0,
+            enqueued: now,
+            deadline: now + deadline_in,
+            cancel: Arc::new(AtomicBool::new(false)),
+            reply: crossbeam_channel::bounded(1).0,
+        }
+    }
+
+    #[test]
+    fn a_job_runs_until_its_deadline_passes() {
+        let running = AtomicBool::new(false);
+        let j = job(Duration::from_millis(30));
+        assert!(j.interrupted(&running).is_ok());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(
+            j.interrupted(&running).unwrap_err().kind,
+            ErrorKind::Timeout
+        );
+    }
+
+    #[test]
+    fn cancel_flag_token_and_shutdown_each_interrupt() {
+        let running = AtomicBool::new(false);
+        let j = job(Duration::from_secs(60));
+        j.cancel.store(true, Ordering::Release);
+        assert_eq!(
+            j.interrupted(&running).unwrap_err().kind,
+            ErrorKind::Cancelled
+        );
+
+        let mut j = job(Duration::from_secs(60));
+        let token = Arc::new(CancelToken::new());
+        j.options.cancel = Some(token.clone());
+        assert!(j.interrupted(&running).is_ok());
+        token.cancel();
+        assert_eq!(
+            j.interrupted(&running).unwrap_err().kind,
+            ErrorKind::Cancelled
+        );
+
+        let j = job(Duration::from_secs(60));
+        assert_eq!(
+            j.interrupted(&AtomicBool::new(true)).unwrap_err().kind,
+            ErrorKind::Shutdown
+        );
     }
 }

@@ -148,3 +148,38 @@ fn chat_uses_the_model_template() {
         assert_eq!(text, case["rendered"].as_str().unwrap());
     }
 }
+
+#[test]
+fn a_timed_out_long_request_does_not_delay_the_next_one() {
+    let e = engine();
+    // One prompt chunk (64 tokens) as the unit of work a cancelled request
+    // may still finish.
+    let chunk = e
+        .complete(
+            &"The quick brown fox jumps over the lazy dog. ".repeat(6),
+            &greedy(1),
+        )
+        .unwrap();
+    assert!(
+        (60..=64).contains(&chunk.usage.prompt_tokens),
+        "{}",
+        chunk.usage.prompt_tokens
+    );
+    // About 2,000 tokens: some 31 chunks.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(200);
+    assert!(e.tokenizer().encode(&long, true, true).unwrap().len() > 1900);
+
+    let mut o = greedy(24);
+    o.timeout = Some(std::time::Duration::from_millis(1));
+    let err = e.complete(&long, &o).unwrap_err();
+    assert_eq!(err.kind, zeph_llm::ErrorKind::Timeout);
+    let next = e.complete("The capital of France is", &greedy(4)).unwrap();
+    // Had the worker gone on with the cancelled prompt, the next request
+    // would have waited for some 30 chunks.
+    assert!(
+        next.usage.queue_time < chunk.usage.prompt_time * 4,
+        "queued {:?}; one chunk takes {:?}",
+        next.usage.queue_time,
+        chunk.usage.prompt_time
+    );
+}

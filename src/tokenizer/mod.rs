@@ -7,6 +7,8 @@
 mod bpe;
 mod hf;
 
+pub use bpe::byte_to_char_table;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -38,7 +40,7 @@ impl TokenType {
 }
 
 enum Algorithm {
-    Bpe(bpe::Bpe),
+    Bpe(Box<bpe::Bpe>),
     Hf(Box<hf::HfTokenizer>),
 }
 
@@ -143,7 +145,7 @@ impl Tokenizer {
                         Error::tokenizer("metadata tokenizer.ggml.merges is missing")
                     })?;
                     (
-                        Algorithm::Bpe(bpe::Bpe::new(&patterns, &merges, &token_to_id)?),
+                        Algorithm::Bpe(Box::new(bpe::Bpe::new(&patterns, &merges, &token_to_id)?)),
                         false,
                     )
                 }

@@ -1,0 +1,86 @@
+# zeph-llm — the two commands a new user needs:
+#   make demo    fetch the default model, build, answer a prompt through the C API
+#   make test    every test: header check, lint, Rust, C (under valgrind), C++
+
+CARGO    ?= cargo
+CC       ?= cc
+CXX      ?= c++
+VALGRIND ?= valgrind
+
+LIBDIR   := target/release
+BUILD    := build
+FETCH    := scripts/fetch-models.sh
+# The default model's path, fetched on first use (ZEPH_MODEL overrides it).
+MODEL     = $$($(FETCH) --path smollm2)
+
+CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
+CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
+LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread
+
+.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp bench clean
+
+all: lib
+
+lib:
+	$(CARGO) build --release
+
+models:
+	$(FETCH) smollm2
+
+fixtures: lib
+	$(CARGO) run --quiet --release --example make-fixtures -- $(BUILD)/fixtures
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+# ---- demo -------------------------------------------------------------------
+
+$(BUILD)/demo: examples-c/demo.c include/zeph_llm.h lib | $(BUILD)
+	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
+
+demo: models $(BUILD)/demo
+	$(BUILD)/demo "$(MODEL)" $(if $(PROMPT),"$(PROMPT)")
+
+# ---- tests ------------------------------------------------------------------
+
+test: check-header lint test-rust test-c test-cpp
+	@echo "make test: all suites passed"
+
+# The committed header must be what the build generates, and must compile on
+# its own as C11 and as C++17.
+check-header: lib
+	git diff --exit-code -- include/zeph_llm.h || \
+	  (echo "include/zeph_llm.h is stale: commit the regenerated header" >&2; exit 1)
+	$(CC) $(CSTRICT) -fsyntax-only -x c include/zeph_llm.h
+	$(CXX) $(CXXSTRICT) -fsyntax-only -x c++ include/zeph_llm.h
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+test-rust: models
+	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release
+
+$(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h lib | $(BUILD)
+	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
+
+test-c: models fixtures $(BUILD)/test_capi
+	$(VALGRIND) --quiet --leak-check=full \
+	  --error-exitcode=1 $(BUILD)/test_capi "$(MODEL)" $(BUILD)/fixtures
+
+$(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h lib | $(BUILD)
+	$(CXX) $(CXXSTRICT) -Iinclude $< $(LINK) -o $@
+
+test-cpp: models $(BUILD)/example_cpp
+	$(BUILD)/example_cpp "$(MODEL)"
+
+# ---- benchmark --------------------------------------------------------------
+
+$(BUILD)/bench: bench/bench.c include/zeph_llm.h lib | $(BUILD)
+	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -lm -o $@
+
+bench: models $(BUILD)/bench
+	$(BUILD)/bench "$(MODEL)" $(BUILD)/bench.json
+
+clean:
+	rm -rf $(BUILD)

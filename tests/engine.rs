@@ -1,0 +1,257 @@
+//! Engine behaviour on the small fixture models (see tests/fixtures): the
+//! worker, deadlines, cancellation, back-pressure and shutdown.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use zeph_llm::{
+    CancelToken, Engine, EngineOptions, ErrorKind, FinishReason, GenerateOptions, SamplingOptions,
+};
+
+fn fixtures() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--example",
+                "make-fixtures",
+                "--",
+            ])
+            .arg(&dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running make-fixtures");
+        assert!(status.success());
+        dir
+    })
+    .clone()
+}
+
+fn tiny(options: EngineOptions) -> Engine {
+    Engine::new(&fixtures().join("tiny-llama.gguf"), options).unwrap()
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampling: SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tiny_model_loads_and_generates_deterministically() {
+    let e = tiny(EngineOptions::default());
+    assert_eq!(e.info().architecture, "llama");
+    assert_eq!(e.info().context_length, 4096);
+    let a = e.complete("hello", &greedy(20)).unwrap();
+    let b = e.complete("hello", &greedy(20)).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.usage.finish_reason, FinishReason::Length);
+    assert_eq!(a.usage.completion_tokens, 20);
+}
+
+#[test]
+fn broken_tensor_shape_is_an_inference_error() {
+    let e = Engine::new(&fixtures().join("bad-shape.gguf"), EngineOptions::default()).unwrap();
+    let err = e.complete("hello", &greedy(4)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Inference, "{err}");
+    // The worker survives and reports the same again.
+    let err = e.complete("hello", &greedy(4)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Inference);
+}
+
+#[test]
+fn context_overflow_names_the_numbers() {
+    let e = tiny(EngineOptions::default());
+    let err = e.complete("hello", &greedy(5000)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ContextOverflow);
+    assert!(
+        err.message.contains("5000") && err.message.contains("4096"),
+        "{err}"
+    );
+    let e = tiny(EngineOptions {
+        context_length: 16,
+        ..Default::default()
+    });
+    assert_eq!(e.info().context_length, 16);
+    let err = e.complete("hello", &greedy(12)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ContextOverflow);
+}
+
+#[test]
+fn timeout_returns_and_the_worker_is_free_for_the_next_request() {
+    let e = tiny(EngineOptions::default());
+    let long = "x".repeat(200);
+    let mut o = greedy(50);
+    o.timeout = Some(Duration::from_millis(1));
+    let err = e.complete(&long, &o).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    // The next request completes; its queue wait shows that the worker did
+    // not go on with the cancelled one (which runs far longer than this).
+    let c = e.complete("hi", &greedy(2)).unwrap();
+    assert_eq!(c.usage.completion_tokens, 2);
+}
+
+#[test]
+fn cancel_token_stops_a_running_request_from_another_thread() {
+    let e = Arc::new(tiny(EngineOptions::default()));
+    let token = Arc::new(CancelToken::new());
+    let mut o = greedy(4000);
+    o.cancel = Some(token.clone());
+    let t = {
+        let e = e.clone();
+        thread::spawn(move || e.complete("a", &o))
+    };
+    thread::sleep(Duration::from_millis(20));
+    token.cancel();
+    let err = t.join().unwrap().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Cancelled);
+    // An already-cancelled token fails at once, without queueing.
+    let mut o = greedy(2);
+    o.cancel = Some(token);
+    assert_eq!(e.complete("a", &o).unwrap_err().kind, ErrorKind::Cancelled);
+}
+
+#[test]
+fn full_queue_is_reported_not_dropped() {
+    let e = Arc::new(tiny(EngineOptions {
+        n_workers: 1,
+        queue_capacity: 1,
+        ..Default::default()
+    }));
+    let token = Arc::new(CancelToken::new());
+    let busy = |e: &Arc<Engine>| {
+        let e = e.clone();
+        let mut o = greedy(4000);
+        o.cancel = Some(token.clone());
+        thread::spawn(move || e.complete("a", &o))
+    };
+    let running = busy(&e);
+    thread::sleep(Duration::from_millis(50));
+    let queued = busy(&e);
+    thread::sleep(Duration::from_millis(50));
+    let mut o = greedy(2);
+    o.timeout = Some(Duration::from_millis(100));
+    let err = e.complete("b", &o).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::QueueFull, "{err}");
+    token.cancel();
+    for t in [running, queued] {
+        assert_eq!(t.join().unwrap().unwrap_err().kind, ErrorKind::Cancelled);
+    }
+    assert!(e.complete("b", &greedy(2)).is_ok());
+}
+
+#[test]
+fn shutdown_wakes_every_waiting_caller_and_refuses_later_calls() {
+    let e = Arc::new(tiny(EngineOptions {
+        n_workers: 1,
+        queue_capacity: 4,
+        ..Default::default()
+    }));
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let e = e.clone();
+            thread::spawn(move || e.complete("a", &greedy(4000)))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    e.shutdown();
+    for c in callers {
+        assert_eq!(c.join().unwrap().unwrap_err().kind, ErrorKind::Shutdown);
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        e.complete("a", &greedy(2)).unwrap_err().kind,
+        ErrorKind::Shutdown
+    );
+    e.shutdown();
+}
+
+#[test]
+fn concurrent_callers_get_their_own_answers() {
+    let e = Arc::new(tiny(EngineOptions {
+        n_workers: 2,
+        ..Default::default()
+    }));
+    let want = e.complete("same prompt", &greedy(8)).unwrap().tokens;
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let e = e.clone();
+            thread::spawn(move || e.complete("same prompt", &greedy(8)).unwrap().tokens)
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(c.join().unwrap(), want);
+    }
+}
+
+#[test]
+fn hostile_files_are_errors_not_crashes() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read(fixtures().join("tiny-llama.gguf")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, ErrorKind)> = vec![
+        ("empty.gguf", vec![], ErrorKind::Model),
+        (
+            "text.gguf",
+            b"this is not a model at all, not even close".to_vec(),
+            ErrorKind::Model,
+        ),
+        ("header.gguf", good[..64].to_vec(), ErrorKind::Model),
+        (
+            "half.gguf",
+            good[..good.len() / 2].to_vec(),
+            ErrorKind::Model,
+        ),
+        (
+            "tail-cut.gguf",
+            good[..good.len() - 1].to_vec(),
+            ErrorKind::Model,
+        ),
+        (
+            "huge-count.gguf",
+            {
+                // Claim 2^60 metadata entries.
+                let mut b = good.clone();
+                b[16..24].copy_from_slice(&(1u64 << 60).to_le_bytes());
+                b
+            },
+            ErrorKind::Model,
+        ),
+        (
+            "arch.gguf",
+            {
+                // Same length, another architecture name.
+                let mut b = good.clone();
+                let at = b.windows(5).position(|w| w == b"llama").unwrap();
+                b[at..at + 5].copy_from_slice(b"zorro");
+                b
+            },
+            ErrorKind::Model,
+        ),
+    ];
+    for (name, bytes, kind) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        match Engine::new(&path, EngineOptions::default()) {
+            Ok(_) => panic!("{name} loaded"),
+            Err(e) => assert_eq!(e.kind, kind, "{name}: {e}"),
+        }
+    }
+    let e = Engine::new(&dir.join("missing.gguf"), EngineOptions::default())
+        .err()
+        .unwrap();
+    assert_eq!(e.kind, ErrorKind::Io);
+    assert!(e.message.contains("missing.gguf"));
+}
