@@ -6,6 +6,7 @@
 
 mod bpe;
 mod hf;
+mod spm;
 
 pub use bpe::byte_to_char_table;
 
@@ -41,6 +42,11 @@ impl TokenType {
 
 enum Algorithm {
     Bpe(Box<bpe::Bpe>),
+    Spm {
+        spm: spm::Spm,
+        token_to_id: HashMap<String, u32>,
+        add_space_prefix: bool,
+    },
     Hf(Box<hf::HfTokenizer>),
 }
 
@@ -149,9 +155,28 @@ impl Tokenizer {
                         false,
                     )
                 }
+                "llama" => {
+                    let scores =
+                        match gguf.float_array("tokenizer.ggml.scores") {
+                            Some(s) if s.len() == n => s,
+                            _ => return Err(Error::tokenizer(
+                                "metadata tokenizer.ggml.scores is missing or has the wrong length",
+                            )),
+                        };
+                    (
+                        Algorithm::Spm {
+                            spm: spm::Spm::new(scores, &token_to_id),
+                            token_to_id: token_to_id.clone(),
+                            add_space_prefix: gguf
+                                .bool("tokenizer.ggml.add_space_prefix")
+                                .unwrap_or(true),
+                        },
+                        true,
+                    )
+                }
                 other => {
                     return Err(Error::tokenizer(format!(
-                        "tokenizer.ggml.model '{other}' is not supported (supported: gpt2); \
+                        "tokenizer.ggml.model '{other}' is not supported (supported: gpt2, llama); \
                          pass a tokenizer.json with the tokenizer_path option"
                     )))
                 }
@@ -168,6 +193,7 @@ impl Tokenizer {
             .map(|(text, ty)| match (&algorithm, ty) {
                 (_, TokenType::Control | TokenType::UserDefined) => text.as_bytes().to_vec(),
                 (Algorithm::Bpe(b), _) => b.token_bytes(text),
+                (Algorithm::Spm { .. }, ty) => spm::Spm::token_bytes(text, *ty == TokenType::Byte),
                 (Algorithm::Hf(h), _) => h.token_bytes(text),
             })
             .collect();
@@ -260,13 +286,35 @@ impl Tokenizer {
                 out.push(bos);
             }
         }
+        // SentencePiece models may prefix text that follows a special
+        // token (or starts the input) with a space.
+        let mut after_special = true;
         for fragment in self.partition(text, parse_special) {
             match fragment {
-                Fragment::Token(id) => out.push(id),
-                Fragment::Text(t) => match &self.algorithm {
-                    Algorithm::Bpe(b) => b.encode(t, &mut out, self.unk),
-                    Algorithm::Hf(h) => h.encode(t, &mut out)?,
-                },
+                Fragment::Token(id) => {
+                    out.push(id);
+                    after_special = true;
+                }
+                Fragment::Text(t) => {
+                    match &self.algorithm {
+                        Algorithm::Bpe(b) => b.encode(t, &mut out, self.unk),
+                        Algorithm::Spm {
+                            spm,
+                            token_to_id,
+                            add_space_prefix,
+                        } => {
+                            let prefix = if *add_space_prefix && after_special {
+                                " "
+                            } else {
+                                ""
+                            };
+                            let escaped = format!("{prefix}{t}").replace(' ', "\u{2581}");
+                            spm.encode(&escaped, token_to_id, &mut out, self.unk);
+                        }
+                        Algorithm::Hf(h) => h.encode(t, &mut out)?,
+                    }
+                    after_special = false;
+                }
             }
         }
         if add_special && self.add_bos && out.len() >= 2 && out[0] == out[1] {

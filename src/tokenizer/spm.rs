@@ -1,0 +1,199 @@
+//! SentencePiece-style BPE (`tokenizer.ggml.model = llama`), as llama.cpp
+//! applies it: spaces become '▁', the text is split into characters, and
+//! the adjacent pair whose joined text is the highest-scoring vocabulary
+//! entry is merged first (leftmost on ties) until no pair is in the
+//! vocabulary.  Characters left outside it fall back to `<0xNN>` tokens.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+pub struct Spm {
+    scores: Vec<f32>,
+    /// Token id of each `<0xNN>` byte token.
+    byte_ids: [Option<u32>; 256],
+}
+
+#[derive(PartialEq)]
+struct Bigram {
+    score: f32,
+    left: usize,
+    right: usize,
+    size: usize,
+}
+
+impl Eq for Bigram {}
+
+impl Ord for Bigram {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Highest score first; on ties, the leftmost pair.
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
+    }
+}
+
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct Symbol {
+    start: usize,
+    len: usize,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+impl Spm {
+    pub fn new(scores: Vec<f32>, token_to_id: &HashMap<String, u32>) -> Self {
+        let mut byte_ids = [None; 256];
+        for (b, slot) in byte_ids.iter_mut().enumerate() {
+            *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied();
+        }
+        Self { scores, byte_ids }
+    }
+
+    /// Appends the ids of `text` (already with '▁' for spaces) to `out`.
+    pub fn encode(
+        &self,
+        text: &str,
+        token_to_id: &HashMap<String, u32>,
+        out: &mut Vec<u32>,
+        unk: Option<u32>,
+    ) {
+        if text.is_empty() {
+            return;
+        }
+        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+        for (i, (start, c)) in text.char_indices().enumerate() {
+            symbols.push(Symbol {
+                start,
+                len: c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: None,
+            });
+            if i > 0 {
+                symbols[i - 1].next = Some(i);
+            }
+        }
+        let mut queue = BinaryHeap::new();
+        let try_add = |queue: &mut BinaryHeap<Bigram>,
+                       symbols: &[Symbol],
+                       l: Option<usize>,
+                       r: Option<usize>| {
+            let (Some(l), Some(r)) = (l, r) else { return };
+            let (a, b) = (&symbols[l], &symbols[r]);
+            let joined = &text[a.start..b.start + b.len];
+            if let Some(&id) = token_to_id.get(joined) {
+                if let Some(&score) = self.scores.get(id as usize) {
+                    queue.push(Bigram {
+                        score,
+                        left: l,
+                        right: r,
+                        size: joined.len(),
+                    });
+                }
+            }
+        };
+        for i in 1..symbols.len() {
+            try_add(&mut queue, &symbols, Some(i - 1), Some(i));
+        }
+        while let Some(bigram) = queue.pop() {
+            let (l, r) = (bigram.left, bigram.right);
+            // Skip pairs whose symbols changed since the pair was queued.
+            if symbols[l].len == 0
+                || symbols[r].len == 0
+                || symbols[l].len + symbols[r].len != bigram.size
+            {
+                continue;
+            }
+            symbols[l].len += symbols[r].len;
+            symbols[r].len = 0;
+            symbols[l].next = symbols[r].next;
+            if let Some(n) = symbols[r].next {
+                symbols[n].prev = Some(l);
+            }
+            let (prev, next) = (symbols[l].prev, symbols[l].next);
+            try_add(&mut queue, &symbols, prev, Some(l));
+            try_add(&mut queue, &symbols, Some(l), next);
+        }
+        let mut i = Some(0);
+        while let Some(idx) = i {
+            let s = &symbols[idx];
+            let piece = &text[s.start..s.start + s.len];
+            match token_to_id.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
+                    for &b in piece.as_bytes() {
+                        if let Some(id) = self.byte_ids[b as usize].or(unk) {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+            i = s.next;
+        }
+    }
+
+    /// The bytes a vocabulary entry stands for: `<0xNN>` is the byte NN,
+    /// '▁' is a space.
+    pub fn token_bytes(text: &str, is_byte: bool) -> Vec<u8> {
+        if is_byte {
+            if let Some(b) = text
+                .strip_prefix("<0x")
+                .and_then(|t| t.strip_suffix('>'))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                return vec![b];
+            }
+        }
+        text.replace('\u{2581}', " ").into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab(entries: &[(&str, f32)]) -> (HashMap<String, u32>, Vec<f32>) {
+        let map = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t.to_string(), i as u32))
+            .collect();
+        (map, entries.iter().map(|e| e.1).collect())
+    }
+
+    #[test]
+    fn highest_score_merges_first() {
+        let (map, scores) = vocab(&[
+            ("a", 0.0),
+            ("b", 0.0),
+            ("c", 0.0),
+            ("ab", -1.0),
+            ("bc", -0.5),
+            ("abc", -2.0),
+        ]);
+        let spm = Spm::new(scores, &map);
+        let mut out = Vec::new();
+        // "bc" (-0.5) beats "ab" (-1); then "a"+"bc" is not in the vocabulary.
+        spm.encode("abc", &map, &mut out, None);
+        assert_eq!(out, vec![0, 4]);
+    }
+
+    #[test]
+    fn unknown_characters_fall_back_to_bytes() {
+        let mut entries: Vec<(String, f32)> =
+            (0..256).map(|b| (format!("<0x{b:02X}>"), 0.0)).collect();
+        entries.push(("a".into(), 0.0));
+        let refs: Vec<(&str, f32)> = entries.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+        let (map, scores) = vocab(&refs);
+        let spm = Spm::new(scores, &map);
+        let mut out = Vec::new();
+        spm.encode("aé", &map, &mut out, None);
+        assert_eq!(out, vec![256, 0xC3, 0xA9]);
+        assert_eq!(Spm::token_bytes("<0x0A>", true), vec![10]);
+        assert_eq!(Spm::token_bytes("\u{2581}the", false), b" the".to_vec());
+    }
+}
