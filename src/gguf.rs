@@ -195,6 +195,19 @@ impl Gguf {
             .ok_or_else(|| Error::model("metadata general.architecture is missing"))
     }
 
+    /// The tensor type holding most weights, e.g. "Q4_1".
+    pub fn dominant_type(&self) -> String {
+        let mut count: std::collections::HashMap<String, u64> = Default::default();
+        for t in self.content.tensor_infos.values() {
+            *count.entry(format!("{:?}", t.ggml_dtype)).or_default() += t.shape.elem_count() as u64;
+        }
+        count
+            .into_iter()
+            .max_by_key(|(name, n)| (*n, name.clone()))
+            .map(|(name, _)| name)
+            .unwrap_or_default()
+    }
+
     /// Sum of the element counts of all tensors.
     pub fn parameter_count(&self) -> u64 {
         self.content

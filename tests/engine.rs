@@ -58,10 +58,14 @@ fn tiny_model_loads_and_generates_deterministically() {
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.usage.finish_reason, FinishReason::Length);
     assert_eq!(a.usage.completion_tokens, 20);
+    // The fixture never ends by itself, so long requests stay long.
+    let long = e.complete("a", &greedy(4000)).unwrap();
+    assert_eq!(long.usage.completion_tokens, 4000);
 }
 
 #[test]
 fn broken_tensor_shape_is_an_inference_error() {
+    // bad-shape.gguf has embeddings for the first 64 tokens only.
     let e = Engine::new(&fixtures().join("bad-shape.gguf"), EngineOptions::default()).unwrap();
     let err = e.complete("hello", &greedy(4)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Inference, "{err}");

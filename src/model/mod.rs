@@ -1,12 +1,21 @@
 //! The model behind a narrow interface of our own: token ids and a position
-//! in, logits of the last position out, and a cache that can be reset.  Each
-//! architecture is one file; `load` dispatches on `general.architecture`.
+//! in, logits of the last position out, and a cache that can be reset.  One
+//! general decoder ([`transformer`]) runs every architecture; each
+//! architecture is one file that maps its GGUF metadata onto the decoder's
+//! [`transformer::Config`], and `load` dispatches on `general.architecture`.
 //! Nothing outside this folder knows which library computes the logits.
 
+mod gemma3;
 mod llama;
+mod phi3;
+mod qwen;
+pub mod transformer;
+
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
+use transformer::{Config, Loader, Model, SharedModel};
 
 /// Facts about a loaded model that the engine and callers need.
 #[derive(Debug, Clone)]
@@ -15,11 +24,13 @@ pub struct ModelInfo {
     pub name: String,
     /// Context length the model was trained with (`<arch>.context_length`).
     pub trained_context_length: usize,
-    /// Longest sequence this implementation can run: the trained length,
-    /// capped by the implementation's own limits and the engine option.
+    /// Longest sequence this engine runs: the trained length, capped by the
+    /// engine option when that is set.
     pub context_length: usize,
     pub vocab_size: usize,
     pub parameter_count: u64,
+    /// The most common tensor type of the weights ("Q4_1", "Q4_K", ...).
+    pub quantization: String,
 }
 
 /// The shared, read-only part of a model: its weights.  One copy serves all
@@ -41,34 +52,122 @@ pub trait Session: Send {
 }
 
 /// Architectures this build can run, for error messages.
-pub const SUPPORTED: &[&str] = &["llama"];
+pub const SUPPORTED: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "phi3"];
+
+/// The hyperparameters every architecture has, read and range-checked so
+/// that no later arithmetic divides by zero or allocates absurd sizes.
+pub struct Hparams {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rms_eps: f64,
+    pub rope_base: f32,
+    pub trained_context: usize,
+}
+
+impl Hparams {
+    fn read(g: &Gguf, arch: &str) -> Result<Self> {
+        let k = |s: &str| format!("{arch}.{s}");
+        let n_head = g.require_uint(&k("attention.head_count"), 1 << 12)? as usize;
+        let n_kv_head = match g.uint(&k("attention.head_count_kv")) {
+            Some(_) => g.require_uint(&k("attention.head_count_kv"), n_head as u64)? as usize,
+            None => n_head,
+        };
+        let n_embd = g.require_uint(&k("embedding_length"), 1 << 17)? as usize;
+        let n_layer = g.require_uint(&k("block_count"), 1 << 12)? as usize;
+        let head_dim = match g.uint(&k("attention.key_length")) {
+            Some(_) => g.require_uint(&k("attention.key_length"), 1 << 12)? as usize,
+            None => n_embd / n_head,
+        };
+        let rope_dim = match g.uint(&k("rope.dimension_count")) {
+            Some(_) => g.require_uint(&k("rope.dimension_count"), head_dim as u64)? as usize,
+            None => head_dim,
+        };
+        if n_head % n_kv_head != 0 || head_dim == 0 || rope_dim % 2 != 0 || rope_dim != head_dim {
+            return Err(Error::model(format!(
+                "unsupported attention shape: {n_head} heads, {n_kv_head} KV heads, head size {head_dim}, rotary size {rope_dim}"
+            )));
+        }
+        let rms_eps = g
+            .float(&k("attention.layer_norm_rms_epsilon"))
+            .ok_or_else(|| {
+                Error::model(format!(
+                    "metadata {} is missing",
+                    k("attention.layer_norm_rms_epsilon")
+                ))
+            })?;
+        let rope_base = g.float(&k("rope.freq_base")).unwrap_or(10_000.0) as f32;
+        if !(rms_eps.is_finite() && rms_eps > 0.0 && rope_base.is_finite() && rope_base > 0.0) {
+            return Err(Error::model(format!(
+                "invalid layer_norm_rms_epsilon {rms_eps} or rope.freq_base {rope_base}"
+            )));
+        }
+        let trained_context = g.require_uint(&k("context_length"), 1 << 24)? as usize;
+        Ok(Self {
+            n_layer,
+            n_embd,
+            n_head,
+            n_kv_head,
+            head_dim,
+            rope_dim,
+            rms_eps,
+            rope_base,
+            trained_context,
+        })
+    }
+}
 
 /// Loads the weights of `gguf`.  `max_context` (0 = no cap) limits the
 /// context length below the model's own.
 pub fn load(gguf: &mut Gguf, max_context: usize) -> Result<Box<dyn Weights>> {
     let arch = gguf.architecture()?.to_string();
-    let weights: Box<dyn Weights> = match arch.as_str() {
-        "llama" => Box::new(llama::Llama::load(gguf, max_context)?),
-        other => {
-            return Err(Error::model(format!(
-                "architecture '{other}' is not supported (supported: {})",
-                SUPPORTED.join(", ")
-            )))
-        }
+    if !SUPPORTED.contains(&arch.as_str()) {
+        return Err(Error::model(format!(
+            "architecture '{arch}' is not supported (supported: {})",
+            SUPPORTED.join(", ")
+        )));
+    }
+    if gguf.uint(&format!("{arch}.expert_count")).unwrap_or(0) > 1 {
+        return Err(Error::model(format!(
+            "mixture-of-experts models ({arch}.expert_count > 1) are not supported"
+        )));
+    }
+    let hp = Hparams::read(gguf, &arch)?;
+    let context_length = if max_context > 0 {
+        hp.trained_context.min(max_context)
+    } else {
+        hp.trained_context
     };
-    Ok(weights)
+    let trained_context = hp.trained_context;
+    let cfg: Config = match arch.as_str() {
+        "llama" => llama::config(gguf, hp, context_length),
+        "gemma3" => gemma3::config(gguf, hp, context_length),
+        "qwen2" | "qwen3" => qwen::config(gguf, hp, context_length),
+        _ => phi3::config(gguf, hp, context_length),
+    };
+    let info = ModelInfo {
+        architecture: arch.clone(),
+        name: gguf.string("general.name").unwrap_or("").to_string(),
+        trained_context_length: trained_context,
+        context_length,
+        vocab_size: 0,
+        parameter_count: gguf.parameter_count(),
+        quantization: gguf.dominant_type(),
+    };
+    let model = Model::load(cfg, &mut Loader::new(gguf)).map_err(|e| e.context(&arch))?;
+    let info = ModelInfo {
+        vocab_size: model.vocab_size(),
+        ..info
+    };
+    Ok(Box::new(SharedModel {
+        model: Arc::new(model),
+        info,
+    }))
 }
 
 pub(crate) fn candle_error(e: candle_core::Error) -> Error {
     Error::inference(e.to_string())
-}
-
-/// The context length to run with: the trained one, capped by `limit` (the
-/// implementation's) and by `max_context` when that is non-zero.
-pub(crate) fn effective_context(trained: usize, limit: usize, max_context: usize) -> usize {
-    let mut n = trained.min(limit);
-    if max_context > 0 {
-        n = n.min(max_context);
-    }
-    n
 }

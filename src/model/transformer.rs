@@ -1,0 +1,490 @@
+//! One decoder-only transformer that covers the architectures we support;
+//! each architecture file only says how its GGUF names and hyperparameters
+//! map onto [`Config`].  Weights stay quantized (candle's `QMatMul`); the KV
+//! cache, masks and rotary tables are ours, sized to the context we run.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_transformers::quantized_nn::RmsNorm;
+use candle_transformers::utils::repeat_kv;
+
+use super::{candle_error, Session, Weights};
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): llama.cpp's "norm" (Llama, Mistral).
+    Interleaved,
+    /// Pairs (i, i + d/2): llama.cpp's "neox" (Gemma, Qwen, Phi-3).
+    Halves,
+}
+
+/// What distinguishes one architecture's decoder from another's.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rms_eps: f64,
+    pub rope_style: RopeStyle,
+    pub rope_dim: usize,
+    /// Rotary base of each layer.
+    pub rope_base: Vec<f32>,
+    /// Sliding attention window of each layer (`None`: full attention).
+    pub window: Vec<Option<usize>>,
+    /// Multiplies the token embeddings (Gemma: sqrt(n_embd)).
+    pub embed_scale: Option<f64>,
+    pub activation: Activation,
+    /// Attention scores are multiplied by this (usually 1/sqrt(head_dim)).
+    pub attn_scale: f64,
+    /// Soft-capping of the final logits (Gemma 2), if any.
+    pub final_softcap: Option<f64>,
+    pub context_length: usize,
+}
+
+struct Layer {
+    attn_norm: RmsNorm,
+    /// Either one fused projection (Phi-3) or q, k, v.
+    qkv: Qkv,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    wo: QMatMul,
+    post_attn_norm: Option<RmsNorm>,
+    ffn_norm: RmsNorm,
+    /// Either separate gate and up projections, or one fused (Phi-3).
+    gate: Option<QMatMul>,
+    up: QMatMul,
+    down: QMatMul,
+    post_ffn_norm: Option<RmsNorm>,
+}
+
+enum Qkv {
+    Fused(QMatMul),
+    Split {
+        q: QMatMul,
+        k: QMatMul,
+        v: QMatMul,
+        bias: Option<[Tensor; 3]>,
+    },
+}
+
+pub struct Model {
+    cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    out_norm: RmsNorm,
+    output: QMatMul,
+    /// (cos, sin) per distinct rotary base, and each layer's index into it.
+    rope: Vec<(Tensor, Tensor)>,
+    rope_of_layer: Vec<usize>,
+}
+
+/// Reads tensors by name, with the file's name in errors.
+pub struct Loader<'a> {
+    gguf: &'a mut Gguf,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(gguf: &'a mut Gguf) -> Self {
+        Self { gguf }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.gguf.content.tensor_infos.contains_key(name)
+    }
+
+    pub fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.gguf
+            .content
+            .tensor_infos
+            .get(name)
+            .map(|t| t.shape.dims().to_vec())
+    }
+
+    pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        let g = &mut *self.gguf;
+        g.content
+            .tensor(&mut g.reader, name, &Device::Cpu)
+            .map_err(|e| Error::model(format!("tensor {name}: {e}")))
+    }
+
+    /// A weight matrix of shape [rows, cols], checked.
+    pub fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
+        match self.dims(name) {
+            Some(d) if d == [rows, cols] => {}
+            Some(d) => {
+                return Err(Error::model(format!(
+                    "tensor {name} has shape {d:?}, expected [{rows}, {cols}]"
+                )))
+            }
+            None => return Err(Error::model(format!("tensor {name} is missing"))),
+        }
+        QMatMul::from_qtensor(self.qtensor(name)?)
+            .map_err(|e| Error::model(format!("tensor {name}: {e}")))
+    }
+
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
+        match self.dims(name) {
+            Some(d) if d == [len] => {}
+            Some(d) => {
+                return Err(Error::model(format!(
+                    "tensor {name} has shape {d:?}, expected [{len}]"
+                )))
+            }
+            None => return Err(Error::model(format!("tensor {name} is missing"))),
+        }
+        self.qtensor(name)?
+            .dequantize(&Device::Cpu)
+            .map_err(|e| Error::model(format!("tensor {name}: {e}")))
+    }
+
+    pub fn norm(&mut self, name: &str, len: usize, eps: f64) -> Result<RmsNorm> {
+        let w = self.vector(name, len)?;
+        let q =
+            QTensor::quantize(&w, candle_core::quantized::GgmlDType::F32).map_err(candle_error)?;
+        RmsNorm::from_qtensor(q, eps).map_err(candle_error)
+    }
+
+    pub fn opt_norm(&mut self, name: &str, len: usize, eps: f64) -> Result<Option<RmsNorm>> {
+        if self.has(name) {
+            self.norm(name, len, eps).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl Model {
+    pub fn load(cfg: Config, l: &mut Loader) -> Result<Self> {
+        let (e, hd) = (cfg.n_embd, cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.n_head * hd, cfg.n_kv_head * hd);
+        let vocab = match l.dims("token_embd.weight") {
+            Some(d) if d.len() == 2 && d[1] == e => d[0],
+            other => {
+                return Err(Error::model(format!(
+                    "token_embd.weight has shape {other:?}, expected [vocab, {e}]"
+                )))
+            }
+        };
+        let embed_q = l.qtensor("token_embd.weight")?;
+        let embed = embed_q.dequantize(&Device::Cpu).map_err(candle_error)?;
+        let output = if l.has("output.weight") {
+            l.matmul("output.weight", vocab, e)?
+        } else {
+            QMatMul::from_qtensor(embed_q).map_err(candle_error)?
+        };
+        let out_norm = l.norm("output_norm.weight", e, cfg.rms_eps)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let n = |t: &str| format!("blk.{i}.{t}.weight");
+            let qkv = if l.has(&n("attn_qkv")) {
+                Qkv::Fused(l.matmul(&n("attn_qkv"), q_dim + 2 * kv_dim, e)?)
+            } else {
+                let bias = if l.has(&format!("blk.{i}.attn_q.bias")) {
+                    Some([
+                        l.vector(&format!("blk.{i}.attn_q.bias"), q_dim)?,
+                        l.vector(&format!("blk.{i}.attn_k.bias"), kv_dim)?,
+                        l.vector(&format!("blk.{i}.attn_v.bias"), kv_dim)?,
+                    ])
+                } else {
+                    None
+                };
+                Qkv::Split {
+                    q: l.matmul(&n("attn_q"), q_dim, e)?,
+                    k: l.matmul(&n("attn_k"), kv_dim, e)?,
+                    v: l.matmul(&n("attn_v"), kv_dim, e)?,
+                    bias,
+                }
+            };
+            let ff = match l.dims(&n("ffn_down")) {
+                Some(d) if d.len() == 2 && d[0] == e => d[1],
+                other => {
+                    return Err(Error::model(format!(
+                        "{} has shape {other:?}, expected [{e}, n_ff]",
+                        n("ffn_down")
+                    )))
+                }
+            };
+            let (gate, up) = if l.has(&n("ffn_gate")) {
+                (
+                    Some(l.matmul(&n("ffn_gate"), ff, e)?),
+                    l.matmul(&n("ffn_up"), ff, e)?,
+                )
+            } else {
+                (None, l.matmul(&n("ffn_up"), 2 * ff, e)?)
+            };
+            layers.push(Layer {
+                attn_norm: l.norm(&n("attn_norm"), e, cfg.rms_eps)?,
+                qkv,
+                q_norm: l.opt_norm(&n("attn_q_norm"), hd, cfg.rms_eps)?,
+                k_norm: l.opt_norm(&n("attn_k_norm"), hd, cfg.rms_eps)?,
+                wo: l.matmul(&n("attn_output"), e, q_dim)?,
+                post_attn_norm: l.opt_norm(&n("post_attention_norm"), e, cfg.rms_eps)?,
+                ffn_norm: l.norm(&n("ffn_norm"), e, cfg.rms_eps)?,
+                gate,
+                up,
+                down: l.matmul(&n("ffn_down"), e, ff)?,
+                post_ffn_norm: l.opt_norm(&n("post_ffw_norm"), e, cfg.rms_eps)?,
+            });
+        }
+        let mut rope: Vec<(Tensor, Tensor)> = Vec::new();
+        let mut bases: Vec<f32> = Vec::new();
+        let mut rope_of_layer = Vec::with_capacity(cfg.n_layer);
+        for &base in &cfg.rope_base {
+            let idx = match bases.iter().position(|&b| b == base) {
+                Some(i) => i,
+                None => {
+                    rope.push(rope_table(cfg.rope_dim, base, cfg.context_length)?);
+                    bases.push(base);
+                    bases.len() - 1
+                }
+            };
+            rope_of_layer.push(idx);
+        }
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            out_norm,
+            output,
+            rope,
+            rope_of_layer,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed.dim(0).unwrap_or(0)
+    }
+}
+
+fn rope_table(dim: usize, base: f32, len: usize) -> Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(len * inv.len());
+    let mut sin = Vec::with_capacity(len * inv.len());
+    for p in 0..len {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let shape = (len, inv.len());
+    Ok((
+        Tensor::from_vec(cos, shape, &Device::Cpu).map_err(candle_error)?,
+        Tensor::from_vec(sin, shape, &Device::Cpu).map_err(candle_error)?,
+    ))
+}
+
+/// Additive attention mask for queries at positions `pos..pos+seq` over keys
+/// `0..pos+seq`: causal, and within `window` when the layer has one.
+fn mask(seq: usize, pos: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+    let kv = pos + seq;
+    let needed = seq > 1 || window.is_some_and(|w| kv > w);
+    if !needed {
+        return Ok(None);
+    }
+    let mut m = vec![0f32; seq * kv];
+    for i in 0..seq {
+        let q = pos + i;
+        for k in 0..kv {
+            let hidden = k > q || window.is_some_and(|w| q - k >= w);
+            if hidden {
+                m[i * kv + k] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_vec(m, (1, 1, seq, kv), &Device::Cpu)
+        .map(Some)
+        .map_err(candle_error)
+}
+
+impl Model {
+    fn forward(
+        &self,
+        cache: &mut [Option<(Tensor, Tensor)>],
+        tokens: &[u32],
+        pos: usize,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let seq = tokens.len();
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
+        if let Some(s) = c.embed_scale {
+            x = (x * s)?;
+        }
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let (q, k, v) = match &layer.qkv {
+                Qkv::Fused(w) => {
+                    let qkv = w.forward(&h)?;
+                    (
+                        qkv.narrow(D::Minus1, 0, q_dim)?,
+                        qkv.narrow(D::Minus1, q_dim, kv_dim)?,
+                        qkv.narrow(D::Minus1, q_dim + kv_dim, kv_dim)?,
+                    )
+                }
+                Qkv::Split { q, k, v, bias } => {
+                    let (mut q, mut k, mut v) = (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?);
+                    if let Some([bq, bk, bv]) = bias {
+                        q = q.broadcast_add(bq)?;
+                        k = k.broadcast_add(bk)?;
+                        v = v.broadcast_add(bv)?;
+                    }
+                    (q, k, v)
+                }
+            };
+            let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
+                t.reshape((1, seq, n, c.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let mut q = heads(q, c.n_head)?;
+            let mut k = heads(k, c.n_kv_head)?;
+            let v = heads(v, c.n_kv_head)?;
+            if let Some(n) = &layer.q_norm {
+                q = n.forward(&q)?;
+            }
+            if let Some(n) = &layer.k_norm {
+                k = n.forward(&k)?;
+            }
+            let (cos, sin) = &self.rope[self.rope_of_layer[i]];
+            let (cos, sin) = (cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?);
+            let rope = |t: &Tensor| match c.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(t, &cos, &sin),
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(t, &cos, &sin),
+            };
+            let q = rope(&q)?;
+            let k = rope(&k)?;
+            let (k, v) = match cache[i].take() {
+                Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+                None => (k, v),
+            };
+            cache[i] = Some((k.clone(), v.clone()));
+            let rep = c.n_head / c.n_kv_head;
+            let k = repeat_kv(k, rep)?.contiguous()?;
+            let v = repeat_kv(v, rep)?.contiguous()?;
+            let mut att = (q.matmul(&k.t()?)? * c.attn_scale)?;
+            if let Some(m) =
+                mask(seq, pos, c.window[i]).map_err(|e| candle_core::Error::Msg(e.message))?
+            {
+                att = att.broadcast_add(&m)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((1, seq, q_dim))?;
+            let mut y = layer.wo.forward(&y)?;
+            if let Some(n) = &layer.post_attn_norm {
+                y = n.forward(&y)?;
+            }
+            x = (x + y)?;
+
+            let h = layer.ffn_norm.forward(&x)?;
+            let (g, u) = match &layer.gate {
+                Some(gate) => (gate.forward(&h)?, layer.up.forward(&h)?),
+                None => {
+                    let gu = layer.up.forward(&h)?;
+                    let ff = gu.dim(D::Minus1)? / 2;
+                    (gu.narrow(D::Minus1, 0, ff)?, gu.narrow(D::Minus1, ff, ff)?)
+                }
+            };
+            let g = match c.activation {
+                Activation::Silu => candle_nn::ops::silu(&g)?,
+                Activation::GeluTanh => g.gelu()?,
+            };
+            let mut y = layer.down.forward(&(g * u)?)?;
+            if let Some(n) = &layer.post_ffn_norm {
+                y = n.forward(&y)?;
+            }
+            x = (x + y)?;
+        }
+        let x = self.out_norm.forward(&x.i((.., seq - 1, ..))?)?;
+        let mut logits = self.output.forward(&x)?.squeeze(0)?;
+        if let Some(cap) = c.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        logits.to_dtype(DType::F32)
+    }
+}
+
+/// Shares one `Model` between sessions.
+pub struct SharedModel {
+    pub model: Arc<Model>,
+    pub info: super::ModelInfo,
+}
+
+impl Weights for SharedModel {
+    fn info(&self) -> &super::ModelInfo {
+        &self.info
+    }
+
+    fn new_session(&self) -> Box<dyn Session> {
+        Box::new(TransformerSession {
+            cache: vec![None; self.model.layers.len()],
+            model: self.model.clone(),
+            len: 0,
+        })
+    }
+}
+
+struct TransformerSession {
+    model: Arc<Model>,
+    cache: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl Session for TransformerSession {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        let limit = self.model.cfg.context_length;
+        if tokens.is_empty() || pos + tokens.len() > limit || pos != self.len {
+            return Err(Error::inference(format!(
+                "forward of {} tokens at position {pos} (cache holds {}, limit {limit})",
+                tokens.len(),
+                self.len
+            )));
+        }
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.model.vocab_size())
+        {
+            return Err(Error::inference(format!(
+                "token id {bad} is outside the model's {} embeddings",
+                self.model.vocab_size()
+            )));
+        }
+        let logits = self
+            .model
+            .forward(&mut self.cache, tokens, pos)
+            .and_then(|l| l.to_vec1::<f32>());
+        match logits {
+            Ok(l) => {
+                self.len += tokens.len();
+                Ok(l)
+            }
+            Err(e) => {
+                // The cache may hold part of this step: drop it.
+                self.reset();
+                Err(candle_error(e))
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.cache.iter_mut().for_each(|c| *c = None);
+        self.len = 0;
+    }
+}
