@@ -21,8 +21,64 @@ impl Message {
     }
 }
 
-/// ChatML, for models that store no template of their own.
-pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+/// Built-in templates, for models whose file stores none, by name.  Each is
+/// written as one line with explicit "\n" so that trim_blocks and
+/// lstrip_blocks cannot change it.
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "chatml",
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    ),
+    (
+        // Gemma has no system turn: a system message is trimmed and put
+        // before the next user message; the assistant is called "model".
+        "gemma",
+        "{% set ns = namespace(system='') %}{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = ns.system + m['content'] | trim %}{% else %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}{{ '<start_of_turn>' + role + '\n' }}{% if ns.system and role != 'model' %}{{ ns.system + '\n\n' }}{% set ns.system = '' %}{% endif %}{{ m['content'] | trim + '<end_of_turn>\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}",
+    ),
+    (
+        "llama3",
+        "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    ),
+    (
+        // A system message goes inside the first user turn, between <<SYS>> markers.
+        "llama2",
+        "{% if messages and messages[0]['role'] == 'system' %}{% set sys = '<<SYS>>\n' + messages[0]['content'] | trim + '\n<</SYS>>\n\n' %}{% set msgs = messages[1:] %}{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + (sys if loop.first else '') + m['content'] | trim + ' [/INST]' }}{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] | trim + ' ' + eos_token }}{% endif %}{% endfor %}",
+    ),
+    (
+        // A system message is put before the first user message.
+        "mistral",
+        "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] | trim + '\n\n' %}{% set msgs = messages[1:] %}{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}{{ bos_token }}{% for m in msgs %}{% if m['role'] == 'user' %}{{ '[INST] ' + (sys if loop.first else '') + m['content'] | trim + '[/INST]' }}{% elif m['role'] == 'assistant' %}{{ m['content'] | trim + eos_token }}{% endif %}{% endfor %}",
+    ),
+    (
+        "phi3",
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+    ),
+];
+
+/// The source of a built-in template by name.
+pub fn builtin(name: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// The built-in template that fits a model storing none: by architecture,
+/// then by the turn markers its vocabulary has.
+pub fn builtin_for(architecture: &str, has_token: impl Fn(&str) -> bool) -> &'static str {
+    if architecture.starts_with("gemma") || has_token("<start_of_turn>") {
+        "gemma"
+    } else if has_token("<|start_header_id|>") {
+        "llama3"
+    } else if has_token("<|im_start|>") {
+        "chatml"
+    } else if has_token("<|assistant|>") && has_token("<|end|>") {
+        "phi3"
+    } else if has_token("[INST]") {
+        "mistral"
+    } else if architecture == "llama" {
+        "llama2"
+    } else {
+        "chatml"
+    }
+}
 
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -152,7 +208,7 @@ mod tests {
 
     #[test]
     fn chatml_renders_roles_and_generation_prompt() {
-        let t = ChatTemplate::new(CHATML, "", "").unwrap();
+        let t = ChatTemplate::new(builtin("chatml").unwrap(), "", "").unwrap();
         let text = t.render(&[Message::new("user", "Hi")], true).unwrap();
         assert_eq!(
             text,
@@ -187,5 +243,57 @@ mod tests {
             "29 Feb 2024 13:05:09"
         );
         assert_eq!(format_utc(0, "%Y-%m-%d %B %%"), "1970-01-01 January %");
+    }
+
+    fn render(name: &str, messages: &[(&str, &str)], add: bool) -> String {
+        let t = ChatTemplate::new(builtin(name).unwrap(), "<s>", "</s>").unwrap();
+        let m: Vec<Message> = messages.iter().map(|(r, c)| Message::new(*r, *c)).collect();
+        t.render(&m, add).unwrap()
+    }
+
+    #[test]
+    fn every_builtin_renders_a_conversation() {
+        let conv = [
+            ("system", "Be brief."),
+            ("user", "Hi"),
+            ("assistant", "Hello."),
+            ("user", "Bye"),
+        ];
+        assert_eq!(
+            render("llama2", &conv, true),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] Bye [/INST]"
+        );
+        assert_eq!(
+            render("mistral", &conv, true),
+            "<s>[INST] Be brief.\n\nHi[/INST]Hello.</s>[INST] Bye[/INST]"
+        );
+        assert_eq!(
+            render("llama3", &conv[1..2], true),
+            "<s><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert_eq!(
+            render("phi3", &conv[1..2], true),
+            "<|user|>\nHi<|end|>\n<|assistant|>\n"
+        );
+        for (name, _) in BUILTIN {
+            assert!(!render(name, &conv, true).is_empty(), "{name}");
+            assert!(render(name, &[], false).len() < 8, "{name}");
+        }
+    }
+
+    #[test]
+    fn builtin_choice_follows_architecture_and_vocabulary() {
+        assert_eq!(builtin_for("gemma3", |_| false), "gemma");
+        assert_eq!(
+            builtin_for("llama", |t| t == "<|start_header_id|>"),
+            "llama3"
+        );
+        assert_eq!(builtin_for("qwen2", |t| t == "<|im_start|>"), "chatml");
+        assert_eq!(
+            builtin_for("phi3", |t| t == "<|assistant|>" || t == "<|end|>"),
+            "phi3"
+        );
+        assert_eq!(builtin_for("llama", |t| t == "[INST]"), "mistral");
+        assert_eq!(builtin_for("llama", |_| false), "llama2");
     }
 }

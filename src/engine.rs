@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::chat::{ChatTemplate, Message, CHATML};
+use crate::chat::{self, ChatTemplate, Message};
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::Completion;
 use crate::gguf::Gguf;
@@ -50,6 +50,8 @@ impl Fault {
 pub struct Engine {
     shared: Arc<Shared>,
     template: ChatTemplate,
+    /// Where the chat template came from: "gguf", "option" or "builtin:NAME".
+    template_origin: String,
     options: EngineOptions,
     queue: Sender<Job>,
     /// Dropped by `shutdown`: every receiver then wakes at once.
@@ -72,12 +74,24 @@ impl Engine {
                 .unwrap_or("")
                 .to_string()
         };
-        let template_source = match &options.chat_template {
-            Some(t) => t.clone(),
-            None => gguf
-                .string("tokenizer.chat_template")
-                .unwrap_or(CHATML)
-                .to_string(),
+        // The caller's template (a built-in name or Jinja source), else the
+        // file's, else the built-in that fits the model.
+        let (template_source, template_origin) = match &options.chat_template {
+            Some(t) => match chat::builtin(t) {
+                Some(b) => (b.to_string(), format!("builtin:{t}")),
+                None => (t.clone(), "option".to_string()),
+            },
+            None => match gguf.string("tokenizer.chat_template") {
+                Some(t) => (t.to_string(), "gguf".to_string()),
+                None => {
+                    let arch = gguf.architecture().unwrap_or("");
+                    let name = chat::builtin_for(arch, |t| tokenizer.token_id(t).is_some());
+                    (
+                        chat::builtin(name).unwrap_or_default().to_string(),
+                        format!("builtin:{name}"),
+                    )
+                }
+            },
         };
         let template = ChatTemplate::new(
             &template_source,
@@ -120,6 +134,7 @@ impl Engine {
         Ok(Self {
             shared,
             template,
+            template_origin,
             options,
             queue,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
@@ -130,6 +145,12 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         self.shared.weights.info()
+    }
+
+    /// Where the chat template came from: "gguf" (the model file),
+    /// "option" (the engine option), or "builtin:NAME".
+    pub fn chat_template_origin(&self) -> &str {
+        &self.template_origin
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

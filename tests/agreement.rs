@@ -51,7 +51,10 @@ fn agreement(model: &str) {
             case["prompt"].as_str().unwrap(),
             want.len()
         );
-        assert!(prefix >= 1, "{model}: the first greedy token differs from llama.cpp's");
+        assert!(
+            prefix >= 1,
+            "{model}: the first greedy token differs from llama.cpp's"
+        );
         agree += here;
         total += want.len();
     }

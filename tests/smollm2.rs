@@ -131,25 +131,6 @@ fn same_seed_same_text() {
 }
 
 #[test]
-fn chat_uses_the_model_template() {
-    let reference: serde_json::Value =
-        serde_json::from_str(include_str!("data/chat-templates.json")).unwrap();
-    for case in reference["models"]["smollm2"]["cases"].as_array().unwrap() {
-        let messages: Vec<zeph_llm::Message> = case["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                zeph_llm::Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())
-            })
-            .collect();
-        let add = case["add_generation_prompt"].as_bool().unwrap();
-        let text = engine().apply_chat_template(&messages, add).unwrap();
-        assert_eq!(text, case["rendered"].as_str().unwrap());
-    }
-}
-
-#[test]
 fn a_timed_out_long_request_does_not_delay_the_next_one() {
     let e = engine();
     // One prompt chunk (64 tokens) as the unit of work a cancelled request

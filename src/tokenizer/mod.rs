@@ -256,6 +256,11 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// The id of the vocabulary entry whose text is exactly `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.texts.iter().position(|t| t == text).map(|i| i as u32)
+    }
+
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.texts.get(id as usize).map(String::as_str)
     }
