@@ -310,6 +310,56 @@ typedef struct zeph_message {
   const char *content;
 } zeph_message;
 
+/**
+ * Facts about the engine's model.  The caller sets `struct_size` to
+ * `sizeof(zeph_model_info)` before `zeph_engine_model_info`; the strings
+ * belong to the engine and stay valid until `zeph_engine_free`.
+ */
+typedef struct zeph_model_info {
+  /**
+   * Set by the caller: `sizeof(zeph_model_info)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Tokens a request may use (prompt plus `max_tokens`).
+   */
+  uint32_t context_length;
+  /**
+   * Context length the model was trained with.
+   */
+  uint32_t trained_context_length;
+  uint32_t vocab_size;
+  /**
+   * Number of weights.
+   */
+  uint64_t parameter_count;
+  /**
+   * Beginning-of-sequence token id, or -1.
+   */
+  int32_t bos_id;
+  /**
+   * End-of-sequence token id, or -1.
+   */
+  int32_t eos_id;
+  /**
+   * `general.architecture`, e.g. "llama".
+   */
+  const char *architecture;
+  /**
+   * `general.name`, or "".
+   */
+  const char *name;
+  /**
+   * The tensor type holding most weights, e.g. "Q4_1".
+   */
+  const char *quantization;
+  /**
+   * Where the chat template comes from: "gguf" (the model file),
+   * "option" (the engine's `chat_template`), or "builtin:NAME".
+   */
+  const char *chat_template;
+} zeph_model_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -443,6 +493,53 @@ void zeph_engine_shutdown(struct zeph_engine *engine);
  * invalid afterwards.
  */
 void zeph_engine_free(struct zeph_engine *engine);
+
+/**
+ * Fills `*info_out` (set its `struct_size` first) with facts about the
+ * engine's model.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
+                                        struct zeph_model_info *info_out);
+
+/**
+ * Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.
+ *
+ * `add_special` adds BOS/EOS as the model's metadata asks (never a second
+ * BOS when the text already starts with it); `parse_special` matches
+ * control tokens written in the text (such as `<|im_start|>`) instead of
+ * tokenizing them as plain text.
+ *
+ * `*n_out` receives the number of ids.  When `capacity` is smaller than
+ * that, nothing is written to `ids`, the call returns
+ * `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the number
+ * needed, so a first call with `capacity` 0 (and `ids` NULL) sizes the
+ * buffer.  `ids` is owned by the caller.
+ *
+ * Threads: any thread; it does not wait for the workers.
+ */
+enum zeph_status zeph_engine_tokenize(const struct zeph_engine *engine,
+                                      const char *text,
+                                      bool add_special,
+                                      bool parse_special,
+                                      uint32_t *ids,
+                                      size_t capacity,
+                                      size_t *n_out);
+
+/**
+ * Turns token ids back into text.  Ids outside the vocabulary yield
+ * nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
+ * Bytes that do not form valid UTF-8 become U+FFFD.  On success
+ * `*text_out` receives a string the caller frees with `zeph_string_free`.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_detokenize(const struct zeph_engine *engine,
+                                        const uint32_t *ids,
+                                        size_t n_ids,
+                                        bool remove_special,
+                                        char **text_out);
 
 /**
  * The default engine options (see each field).

@@ -27,11 +27,18 @@ fn check(model: &str, origin: &str) {
             .collect();
         let add = case["add_generation_prompt"].as_bool().unwrap();
         let text = engine.apply_chat_template(&messages, add).unwrap();
-        assert_eq!(text, case["rendered"].as_str().unwrap(), "{model}: {messages:?}");
+        assert_eq!(
+            text,
+            case["rendered"].as_str().unwrap(),
+            "{model}: {messages:?}"
+        );
         // Rendered text that begins with BOS never gets a second one.
         let ids = engine.tokenizer().encode(&text, true, true).unwrap();
         if let Some(bos) = engine.tokenizer().bos() {
-            assert!(!(ids.len() >= 2 && ids[0] == bos && ids[1] == bos), "{model}: double BOS");
+            assert!(
+                !(ids.len() >= 2 && ids[0] == bos && ids[1] == bos),
+                "{model}: double BOS"
+            );
         }
     }
 }
@@ -58,6 +65,10 @@ fn a_text_that_starts_with_bos_gets_no_second_one() {
     .unwrap();
     let tok = engine.tokenizer();
     let ids = tok.encode("<bos>Hello", true, true).unwrap();
-    assert_eq!(ids.iter().filter(|&&i| Some(i) == tok.bos()).count(), 1, "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|&&i| Some(i) == tok.bos()).count(),
+        1,
+        "{ids:?}"
+    );
     assert_eq!(ids[0], tok.bos().unwrap());
 }

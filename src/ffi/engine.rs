@@ -17,6 +17,13 @@ use crate::generate::{Completion, FinishReason};
 /// on the same engine from any number of threads at once.
 pub struct zeph_engine {
     engine: Engine,
+    info: super::model::InfoStrings,
+}
+
+/// # Safety
+/// `engine` is a live, non-NULL engine.
+pub(crate) unsafe fn info_strings<'a>(engine: *const zeph_engine) -> &'a super::model::InfoStrings {
+    &(*engine).info
 }
 
 /// One chat message.  Both strings are UTF-8, borrowed for the duration of
@@ -101,14 +108,18 @@ pub unsafe extern "C" fn zeph_engine_new(
         }
         let options = engine_options(options)?;
         let engine = Engine::new(Path::new(path), options)?;
-        write_out(engine_out, Box::into_raw(Box::new(zeph_engine { engine })));
+        let info = super::model::InfoStrings::new(&engine);
+        write_out(
+            engine_out,
+            Box::into_raw(Box::new(zeph_engine { engine, info })),
+        );
         Ok(())
     })
 }
 
 /// # Safety
 /// `engine` is NULL or a live engine from `zeph_engine_new`.
-unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a Engine> {
+pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a Engine> {
     engine
         .as_ref()
         .map(|e| &e.engine)

@@ -10,12 +10,14 @@
 
 mod cancel;
 mod engine;
+mod model;
 mod options;
 mod status;
 mod string;
 
 pub use cancel::*;
 pub use engine::*;
+pub use model::*;
 pub use options::*;
 pub use status::*;
 pub use string::*;
