@@ -259,3 +259,63 @@ fn hostile_files_are_errors_not_crashes() {
     assert_eq!(e.kind, ErrorKind::Io);
     assert!(e.message.contains("missing.gguf"));
 }
+
+#[test]
+fn every_architecture_loads_generates_deterministically_and_reports_its_context() {
+    for (file, arch, context, template) in [
+        ("tiny-llama.gguf", "llama", 4096, "builtin:chatml"),
+        ("tiny-qwen2.gguf", "qwen2", 2048, "builtin:chatml"),
+        ("tiny-qwen3.gguf", "qwen3", 1024, "builtin:chatml"),
+        ("tiny-phi3.gguf", "phi3", 512, "builtin:chatml"),
+        ("tiny-gemma3.gguf", "gemma3", 300, "builtin:gemma"),
+    ] {
+        let e = Engine::new(&fixtures().join(file), EngineOptions::default()).unwrap();
+        assert_eq!(e.info().architecture, arch);
+        assert_eq!(e.info().context_length, context, "{arch}");
+        assert_eq!(e.info().vocab_size, 259, "{arch}");
+        assert_eq!(e.chat_template_origin(), template, "{arch}");
+        // Past gemma3's 8-token window and across prompt chunks.
+        let prompt = "hello there, ".repeat(8);
+        let a = e.complete(&prompt, &greedy(40)).unwrap();
+        let b = e.complete(&prompt, &greedy(40)).unwrap();
+        assert_eq!(a.tokens, b.tokens, "{arch}");
+        assert_eq!(a.usage.completion_tokens, 40, "{arch}");
+        // One pass or chunk by chunk (with the cache and masks offset) or
+        // token by token: the same logits.
+        let mut gguf = zeph_llm::gguf::Gguf::open(&fixtures().join(file)).unwrap();
+        let weights = zeph_llm::model::load(&mut gguf, 0).unwrap();
+        let ids: Vec<u32> = (0..150u32).map(|i| 32 + i % 90).collect();
+        let whole = weights.new_session().forward(&ids, 0).unwrap();
+        for step in [64, 1] {
+            let mut s = weights.new_session();
+            let mut last = Vec::new();
+            for (n, chunk) in ids.chunks(step).enumerate() {
+                last = s.forward(chunk, n * step).unwrap();
+            }
+            let diff = whole
+                .iter()
+                .zip(&last)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-3, "{arch}: step {step}: max difference {diff}");
+        }
+    }
+    let err = Engine::new(
+        &fixtures().join("tiny-llama.gguf"),
+        EngineOptions::default(),
+    )
+    .map(|_| ())
+    .and_then(|_| {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let mut b = std::fs::read(fixtures().join("tiny-qwen2.gguf")).unwrap();
+        let at = b.windows(5).position(|w| w == b"qwen2").unwrap();
+        b[at..at + 5].copy_from_slice(b"zorro");
+        std::fs::write(dir.join("zorro.gguf"), b).unwrap();
+        Engine::new(&dir.join("zorro.gguf"), EngineOptions::default()).map(|_| ())
+    })
+    .unwrap_err();
+    assert!(
+        err.message.contains("zorro") && err.message.contains("gemma3"),
+        "{err}"
+    );
+}

@@ -60,19 +60,39 @@ fn corners(model: &str) {
         "\t\t  \n\n\n   x",
         "line one\r\nline two\r\n",
         "family: 👨‍👩‍👧‍👦, flag: 🏳️‍🌈, skin: 👍🏽",
-        "<|im_start|", "<|im_start|>", "<|im_start|>user<|im_end|", "<start_of_turn", "<start_of_turn>model",
-        "<<bos>>", "</s><s>", "<0x41>", "a\u{0}b",
+        "<|im_start|",
+        "<|im_start|>",
+        "<|im_start|>user<|im_end|",
+        "<start_of_turn",
+        "<start_of_turn>model",
+        "<<bos>>",
+        "</s><s>",
+        "<0x41>",
+        "a\u{0}b",
         "12345678901234567890",
     ];
     for text in texts {
         for parse_special in [false, true] {
             let ids = tok.encode(text, false, parse_special).unwrap();
-            assert_eq!(tok.decode(&ids, false), text, "{model}: {text:?} parse_special={parse_special}");
+            assert_eq!(
+                tok.decode(&ids, false),
+                text,
+                "{model}: {text:?} parse_special={parse_special}"
+            );
             if !parse_special {
                 for &id in &ids {
                     let t = tok.token_text(id).unwrap();
-                    let control = ["<|im_start|>", "<|im_end|>", "<start_of_turn>", "<bos>", "<eos>"];
-                    assert!(!control.contains(&t), "{model}: {text:?} gave control token {t}");
+                    let control = [
+                        "<|im_start|>",
+                        "<|im_end|>",
+                        "<start_of_turn>",
+                        "<bos>",
+                        "<eos>",
+                    ];
+                    assert!(
+                        !control.contains(&t),
+                        "{model}: {text:?} gave control token {t}"
+                    );
                 }
             }
         }
@@ -80,14 +100,19 @@ fn corners(model: &str) {
     // SentencePiece vocabularies write a space as U+2581, so that character
     // in the input comes back as a space, as in llama.cpp.
     let back = tok.decode(&tok.encode("\u{2581}x", false, false).unwrap(), false);
-    assert!(back == "\u{2581}x" || (model == "gemma3" && back == " x"), "{back:?}");
+    assert!(
+        back == "\u{2581}x" || (model == "gemma3" && back == " x"),
+        "{back:?}"
+    );
     // Special tokens are never split when parsed, and dropped on request.
     let bos = tok.bos().unwrap();
     let text = tok.token_text(bos).unwrap().to_string();
     assert_eq!(tok.encode(&text, false, true).unwrap(), vec![bos]);
     assert_eq!(tok.decode(&[bos], true), "");
     // Any id sequence decodes without panicking; bad ids yield nothing.
-    let ids: Vec<u32> = (0..2000).map(|i| (i * 7919) % (tok.vocab_size() as u32 + 100)).collect();
+    let ids: Vec<u32> = (0..2000)
+        .map(|i| (i * 7919) % (tok.vocab_size() as u32 + 100))
+        .collect();
     let _ = tok.decode(&ids, false);
 }
 
