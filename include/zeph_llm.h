@@ -120,6 +120,10 @@ typedef enum zeph_status {
  */
 typedef enum zeph_finish_reason {
   /**
+   * Not finished yet (a stream that is still running).
+   */
+  ZEPH_FINISH_NONE = 0,
+  /**
    * The model produced an end-of-generation token.
    */
   ZEPH_FINISH_STOP_TOKEN = 1,
@@ -159,6 +163,16 @@ typedef struct zeph_cancel_token zeph_cancel_token;
  * on the same engine from any number of threads at once.
  */
 typedef struct zeph_engine zeph_engine;
+
+/**
+ * One request's text, piece by piece.  Opaque.
+ *
+ * Threads: `zeph_stream_next` and `zeph_stream_for_each` are for one
+ * consumer thread at a time; `zeph_stream_cancel` and `zeph_stream_usage`
+ * may be called from any thread at any time.  No library thread calls into
+ * the caller: pieces are pulled.
+ */
+typedef struct zeph_stream zeph_stream;
 
 /**
  * Options of `zeph_engine_new`.  Get the defaults from
@@ -263,6 +277,17 @@ typedef struct zeph_generate_options {
    * thread; NULL (default) = none.  Borrowed: it must outlive the call.
    */
   const struct zeph_cancel_token *cancel;
+  /**
+   * Non-zero (default): reuse the part of the prompt that is already in a
+   * worker's KV cache, as a multi-turn conversation's history is; only the
+   * rest of the prompt is evaluated.  0: evaluate the whole prompt.
+   */
+  uint32_t cache_prompt;
+  /**
+   * Non-zero: do not stop at end-of-generation tokens (for benchmarks);
+   * default 0.
+   */
+  uint32_t ignore_eog;
 } zeph_generate_options;
 
 /**
@@ -284,6 +309,15 @@ typedef struct zeph_usage {
    */
   uint32_t completion_tokens;
   enum zeph_finish_reason finish_reason;
+  /**
+   * Prompt tokens whose KV cache was reused from an earlier request (see
+   * `cache_prompt`) instead of being evaluated.
+   */
+  uint32_t cached_tokens;
+  /**
+   * Index of the worker that ran the request (0 .. n_workers-1).
+   */
+  uint32_t worker;
   /**
    * Milliseconds the request waited in the queue for a worker.
    */
@@ -359,6 +393,13 @@ typedef struct zeph_model_info {
    */
   const char *chat_template;
 } zeph_model_info;
+
+/**
+ * Called by `zeph_stream_for_each` with each piece (`len` bytes of UTF-8,
+ * NUL-terminated, valid only during the call); return true to go on, false
+ * to cancel the request.
+ */
+typedef bool (*zeph_piece_fn)(void *user_data, const char *piece, size_t len);
 
 #ifdef __cplusplus
 extern "C" {
@@ -582,6 +623,90 @@ const char *zeph_last_error(void);
  * Ownership: static; do not free.  Threads: any thread.
  */
 const char *zeph_version(void);
+
+/**
+ * Starts `zeph_engine_complete`'s work as a stream.  The request is queued
+ * now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
+ * pieces are read with `zeph_stream_next`.  On success `*stream_out`
+ * receives a stream the caller frees with `zeph_stream_free`.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_stream_complete(struct zeph_engine *engine,
+                                             const char *prompt,
+                                             const struct zeph_generate_options *options,
+                                             struct zeph_stream **stream_out);
+
+/**
+ * Starts `zeph_engine_chat`'s work as a stream; as
+ * `zeph_engine_stream_complete` otherwise.  The messages are only read
+ * during the call.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_stream_chat(struct zeph_engine *engine,
+                                         const struct zeph_message *messages,
+                                         size_t n_messages,
+                                         const struct zeph_generate_options *options,
+                                         struct zeph_stream **stream_out);
+
+/**
+ * Waits up to `timeout_ms` for the next piece of text.
+ *
+ * - `ZEPH_STATUS_OK` with `*piece_out` a piece (whole UTF-8 characters,
+ *   never text that may still become a stop string), which the caller frees
+ *   with `zeph_string_free`; or `ZEPH_STATUS_OK` with `*piece_out` NULL once
+ *   the stream has ended (the finish reason is in `zeph_stream_usage`).
+ *   The pieces add up to exactly the text `zeph_engine_complete` returns.
+ * - `ZEPH_STATUS_TIMEOUT`: no piece within `timeout_ms`; the stream goes on,
+ *   call again.  When instead the request's own deadline (its options'
+ *   `timeout_ms`) passed, the stream has ended: `zeph_stream_usage` reports
+ *   `ZEPH_FINISH_TIMEOUT`, and every later call returns TIMEOUT again.
+ * - `ZEPH_STATUS_CANCELLED` after `zeph_stream_cancel` (or the request's
+ *   cancel token); `ZEPH_STATUS_SHUTDOWN`; or the request's failure.
+ *
+ * Threads: one consumer thread at a time.
+ */
+enum zeph_status zeph_stream_next(struct zeph_stream *stream,
+                                  uint32_t timeout_ms,
+                                  char **piece_out);
+
+/**
+ * Pulls every piece of the stream on the calling thread and passes each to
+ * `on_piece(user_data, piece, len)` until the stream ends (`ZEPH_STATUS_OK`),
+ * `on_piece` returns false (the request is cancelled:
+ * `ZEPH_STATUS_CANCELLED`), or the request fails or its deadline passes.
+ * The callback runs on the thread that called this function, never on a
+ * library thread.
+ */
+enum zeph_status zeph_stream_for_each(struct zeph_stream *stream,
+                                      zeph_piece_fn on_piece,
+                                      void *user_data);
+
+/**
+ * Fills `*usage_out` (set its `struct_size` first).  While the stream runs
+ * the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after it
+ * ended, the request's usage (for a stream ended by its deadline or a
+ * cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_stream_usage(const struct zeph_stream *stream, struct zeph_usage *usage_out);
+
+/**
+ * Cancels the stream's request: a queued one is dropped, a running one
+ * stops before its next token; `zeph_stream_next` then returns
+ * `ZEPH_STATUS_CANCELLED`.  NULL is a no-op.
+ *
+ * Threads: any thread, at any time.
+ */
+void zeph_stream_cancel(const struct zeph_stream *stream);
+
+/**
+ * Frees a stream, cancelling its work if it has not ended.  NULL is a
+ * no-op.  Call it once, when no other call on the stream is running.
+ */
+void zeph_stream_free(struct zeph_stream *stream);
 
 /**
  * Frees a string returned by this library (`text_out` of the generation

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
+use crate::cancel::CancelToken;
 use crate::chat::{self, ChatTemplate, Message};
 use crate::error::{Error, ErrorKind, Result};
-use crate::generate::Completion;
+use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
 use crate::model::{self, ModelInfo, Weights};
 use crate::options::{EngineOptions, GenerateOptions};
 use crate::tokenizer::Tokenizer;
-use crate::worker::{self, Job};
+use crate::worker::{self, Job, Output, Slot, SlotState, StreamEvent};
 
 /// What the workers share, read-only but for the shutdown flag.
 pub struct Shared {
@@ -54,6 +55,7 @@ pub struct Engine {
     template_origin: String,
     options: EngineOptions,
     queue: Sender<Job>,
+    slots: Vec<Arc<Slot>>,
     /// Dropped by `shutdown`: every receiver then wakes at once.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
@@ -111,12 +113,19 @@ impl Engine {
         let (queue, queue_rx) = bounded::<Job>(options.queue_capacity);
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let mut workers = Vec::with_capacity(options.n_workers);
+        let mut slots = Vec::with_capacity(options.n_workers);
         for i in 0..options.n_workers {
+            let (tx, private) = bounded::<Job>(1);
+            let slot = Arc::new(Slot {
+                tx,
+                state: Mutex::new(SlotState::default()),
+            });
+            slots.push(slot.clone());
             let (shared, queue_rx, shutdown_rx) =
                 (shared.clone(), queue_rx.clone(), shutdown_rx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("zeph-worker-{i}"))
-                .spawn(move || worker::run(shared, queue_rx, shutdown_rx));
+                .spawn(move || worker::run(i, shared, slot, private, queue_rx, shutdown_rx));
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => {
@@ -137,6 +146,7 @@ impl Engine {
             template_origin,
             options,
             queue,
+            slots,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             workers: Mutex::new(workers),
@@ -160,19 +170,57 @@ impl Engine {
     /// Continues `prompt`.  Special tokens written in it are parsed, and BOS
     /// is added when the model asks for it (llama.cpp's completion rules).
     pub fn complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Completion> {
-        options.validate()?;
-        self.check_running()?;
-        let tokens = self.shared.tokenizer.encode(prompt, true, true)?;
+        let tokens = self.prompt_tokens(prompt, options)?;
         self.submit(tokens, options)
+    }
+
+    /// As `complete`, with the text delivered piece by piece.
+    pub fn stream_complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Stream> {
+        let tokens = self.prompt_tokens(prompt, options)?;
+        self.submit_stream(tokens, options)
     }
 
     /// Renders `messages` with the chat template, then generates the reply.
     pub fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Completion> {
+        let text = self.apply_chat_template(messages, true)?;
+        let tokens = self.prompt_tokens(&text, options)?;
+        self.submit(tokens, options)
+    }
+
+    /// As `chat`, with the text delivered piece by piece.
+    pub fn stream_chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Stream> {
+        let text = self.apply_chat_template(messages, true)?;
+        let tokens = self.prompt_tokens(&text, options)?;
+        self.submit_stream(tokens, options)
+    }
+
+    fn prompt_tokens(&self, text: &str, options: &GenerateOptions) -> Result<Vec<u32>> {
         options.validate()?;
         self.check_running()?;
-        let text = self.apply_chat_template(messages, true)?;
-        let tokens = self.shared.tokenizer.encode(&text, true, true)?;
-        self.submit(tokens, options)
+        if self.shared.fault == Some(Fault::CallerPanic) {
+            panic!("fault injected by ZEPH_FAULT=caller-panic");
+        }
+        let mut tokens = self.shared.tokenizer.encode(text, true, true)?;
+        if tokens.is_empty() {
+            // Nothing to condition on: start from BOS, as llama.cpp does.
+            match self.shared.tokenizer.bos() {
+                Some(bos) => tokens.push(bos),
+                None => return Err(Error::invalid_argument("the prompt is empty")),
+            }
+        }
+        let n_ctx = self.info().context_length;
+        if tokens.len() + options.max_tokens > n_ctx {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "the prompt has {} tokens and max_tokens is {}: {} exceeds the context length {n_ctx}",
+                    tokens.len(),
+                    options.max_tokens,
+                    tokens.len() + options.max_tokens
+                ),
+            ));
+        }
+        Ok(tokens)
     }
 
     pub fn apply_chat_template(
@@ -194,92 +242,118 @@ impl Engine {
         }
     }
 
-    fn submit(&self, mut tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
+    /// Makes a job and puts it where a worker will take it: the slot of an
+    /// idle worker whose cache holds the longest prefix of the prompt, or
+    /// else the shared queue, waiting for room there until the deadline.
+    fn enqueue(
+        &self,
+        tokens: Vec<u32>,
+        options: &GenerateOptions,
+        output: Output,
+    ) -> Result<Pending> {
         let start = Instant::now();
-        if self.shared.fault == Some(Fault::CallerPanic) {
-            panic!("fault injected by ZEPH_FAULT=caller-panic");
-        }
-        if options.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-            return Err(Error::new(
-                ErrorKind::Cancelled,
-                "the request was cancelled",
-            ));
-        }
         let timeout = options.timeout.unwrap_or(self.options.default_timeout);
         let deadline = start
             .checked_add(timeout)
             .unwrap_or(start + Duration::from_secs(86_400 * 365));
-        if tokens.is_empty() {
-            // Nothing to condition on: start from BOS, as llama.cpp does.
-            match self.shared.tokenizer.bos() {
-                Some(bos) => tokens.push(bos),
-                None => return Err(Error::invalid_argument("the prompt is empty")),
-            }
+        if options.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(cancelled());
         }
-        let n_ctx = self.info().context_length;
-        if tokens.len() + options.max_tokens > n_ctx {
-            return Err(Error::new(
-                ErrorKind::ContextOverflow,
-                format!(
-                    "the prompt has {} tokens and max_tokens is {}: {} exceeds the context length {n_ctx}",
-                    tokens.len(),
-                    options.max_tokens,
-                    tokens.len() + options.max_tokens
-                ),
-            ));
-        }
-        let seed = options.seed.unwrap_or_else(clock_seed);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (reply, reply_rx) = bounded(1);
-        let job = Job {
+        let cancel = Arc::new(CancelToken::new());
+        let mut job = Job {
             tokens,
             options: options.clone(),
-            seed,
+            seed: options.seed.unwrap_or_else(clock_seed),
             enqueued: start,
             deadline,
             cancel: cancel.clone(),
-            reply,
+            output,
         };
+        if options.cache_prompt {
+            let best = self
+                .slots
+                .iter()
+                .filter_map(|slot| {
+                    let state = slot.state.lock();
+                    let shared = state
+                        .tokens
+                        .iter()
+                        .zip(&job.tokens)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    (!state.busy && shared > 0).then_some((shared, slot))
+                })
+                .max_by_key(|(shared, _)| *shared);
+            if let Some((_, slot)) = best {
+                match slot.tx.try_send(job) {
+                    Ok(()) => {
+                        return Ok(Pending {
+                            cancel,
+                            deadline,
+                            timeout,
+                        })
+                    }
+                    Err(e) => job = e.into_inner(),
+                }
+            }
+        }
         let never = crossbeam_channel::never();
         let token = options
             .cancel
             .as_ref()
             .map(|c| c.receiver())
             .unwrap_or(&never);
-        let cancelled = || Error::new(ErrorKind::Cancelled, "the request was cancelled");
         let wait = deadline.saturating_duration_since(Instant::now());
         select! {
-            send(self.queue, job) -> sent => {
-                if sent.is_err() {
-                    return Err(Error::new(ErrorKind::Shutdown, "the engine has been shut down"));
-                }
-            }
-            recv(self.shutdown_rx) -> _ => {
-                return Err(Error::new(ErrorKind::Shutdown, "the engine was shut down while the request waited for room in the queue"));
-            }
-            recv(token) -> _ => return Err(cancelled()),
-            default(wait) => {
-                return Err(Error::new(ErrorKind::QueueFull, format!(
-                    "the request queue (capacity {}) stayed full for the whole timeout of {} ms",
-                    self.options.queue_capacity, timeout.as_millis()
-                )));
-            }
+            send(self.queue, job) -> sent => match sent {
+                Ok(()) => Ok(Pending { cancel, deadline, timeout }),
+                Err(_) => Err(Error::new(ErrorKind::Shutdown, "the engine has been shut down")),
+            },
+            recv(self.shutdown_rx) -> _ => Err(Error::new(ErrorKind::Shutdown,
+                "the engine was shut down while the request waited for room in the queue")),
+            recv(token) -> _ => Err(cancelled()),
+            default(wait) => Err(Error::new(ErrorKind::QueueFull, format!(
+                "the request queue (capacity {}) stayed full for the whole timeout of {} ms",
+                self.options.queue_capacity, timeout.as_millis()
+            ))),
         }
-        let wait = deadline.saturating_duration_since(Instant::now());
+    }
+
+    fn submit(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
+        let (reply, reply_rx) = bounded(1);
+        let pending = self.enqueue(tokens, options, Output::Reply(reply))?;
+        let never = crossbeam_channel::never();
+        let token = options
+            .cancel
+            .as_ref()
+            .map(|c| c.receiver())
+            .unwrap_or(&never);
+        let wait = pending.deadline.saturating_duration_since(Instant::now());
         let outcome = select! {
             recv(reply_rx) -> r => r.unwrap_or_else(|_| Err(Error::new(
                 ErrorKind::Shutdown, "the engine stopped before the request finished"))),
             recv(self.shutdown_rx) -> _ => Err(Error::new(
                 ErrorKind::Shutdown, "the engine was shut down while the request waited")),
             recv(token) -> _ => Err(cancelled()),
-            default(wait) => Err(Error::new(ErrorKind::Timeout, format!(
-                "no answer within the timeout of {} ms", timeout.as_millis()))),
+            default(wait) => Err(pending.timed_out()),
         };
         if outcome.is_err() {
             // Queued: the worker will skip it.  Running: it stops at the next token.
-            cancel.store(true, Ordering::Release);
+            pending.cancel.cancel();
         }
         outcome
+    }
+
+    fn submit_stream(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Stream> {
+        let (tx, rx) = bounded(STREAM_BUFFER);
+        let pending = self.enqueue(tokens, options, Output::Stream(tx))?;
+        Ok(Stream {
+            rx,
+            pending,
+            user_cancel: options.cancel.clone(),
+            shutdown: self.shutdown_rx.clone(),
+            state: Mutex::new(StreamState::Running),
+        })
     }
 
     /// Makes every waiting and every later call return `Shutdown` promptly;
@@ -296,6 +370,132 @@ impl Drop for Engine {
         for w in self.workers.lock().drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+fn cancelled() -> Error {
+    Error::new(ErrorKind::Cancelled, "the request was cancelled")
+}
+
+/// What the caller keeps of a queued job.
+struct Pending {
+    cancel: Arc<CancelToken>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Pending {
+    fn timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "no answer within the timeout of {} ms",
+                self.timeout.as_millis()
+            ),
+        )
+    }
+}
+
+/// Pieces a stream may hold unread before its worker waits.
+const STREAM_BUFFER: usize = 32;
+
+enum StreamState {
+    Running,
+    /// Ended, with the usage and the error it ended with, if any.
+    Ended(Usage, Option<Error>),
+}
+
+/// Text of one request, piece by piece.  `next` is meant for one consumer
+/// thread at a time; `cancel` and `usage` may be called from any thread.
+/// Dropping the stream cancels its work.
+pub struct Stream {
+    rx: Receiver<StreamEvent>,
+    pending: Pending,
+    user_cancel: Option<Arc<CancelToken>>,
+    shutdown: Receiver<()>,
+    state: Mutex<StreamState>,
+}
+
+impl Stream {
+    /// The next piece, `Ok(None)` once the stream has ended, or an error:
+    /// `Timeout` when no piece came within `wait` (the stream goes on) or
+    /// when the request's deadline passed (the stream has ended, and
+    /// `usage` says so); `Cancelled`, `Shutdown`, or the request's failure.
+    pub fn next(&self, wait: Duration) -> Result<Option<String>> {
+        if let StreamState::Ended(_, err) = &*self.state.lock() {
+            return match err {
+                None => Ok(None),
+                Some(e) => Err(e.clone()),
+            };
+        }
+        let never = crossbeam_channel::never();
+        let user = self
+            .user_cancel
+            .as_ref()
+            .map(|c| c.receiver())
+            .unwrap_or(&never);
+        let now = Instant::now();
+        let to_deadline = self.pending.deadline.saturating_duration_since(now);
+        let event = select! {
+            recv(self.rx) -> e => e.map_err(|_| Error::new(ErrorKind::Shutdown,
+                "the engine stopped before the stream ended")),
+            recv(self.pending.cancel.receiver()) -> _ => Err(cancelled()),
+            recv(user) -> _ => Err(cancelled()),
+            recv(self.shutdown) -> _ => Err(Error::new(ErrorKind::Shutdown,
+                "the engine was shut down")),
+            default(wait.min(to_deadline)) => {
+                if Instant::now() < self.pending.deadline {
+                    return Err(Error::new(ErrorKind::Timeout, format!(
+                        "no piece within {} ms; the stream goes on", wait.as_millis())));
+                }
+                Err(self.pending.timed_out())
+            }
+        };
+        match event {
+            Ok(StreamEvent::Piece(p)) => Ok(Some(p)),
+            Ok(StreamEvent::Done(Ok(c))) => {
+                *self.state.lock() = StreamState::Ended(c.usage, None);
+                Ok(None)
+            }
+            Ok(StreamEvent::Done(Err(e))) | Err(e) => {
+                self.pending.cancel.cancel();
+                let reason = match e.kind {
+                    ErrorKind::Timeout => FinishReason::Timeout,
+                    _ => FinishReason::Cancelled,
+                };
+                let usage = Usage {
+                    prompt_tokens: 0,
+                    cached_tokens: 0,
+                    worker: 0,
+                    completion_tokens: 0,
+                    finish_reason: reason,
+                    queue_time: Duration::ZERO,
+                    prompt_time: Duration::ZERO,
+                    generation_time: Duration::ZERO,
+                };
+                *self.state.lock() = StreamState::Ended(usage, Some(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// The usage once the stream has ended (`None` while it runs).
+    pub fn usage(&self) -> Option<Usage> {
+        match &*self.state.lock() {
+            StreamState::Ended(u, _) => Some(u.clone()),
+            StreamState::Running => None,
+        }
+    }
+
+    /// Stops the work; `next` then returns `Cancelled`.
+    pub fn cancel(&self) {
+        self.pending.cancel.cancel();
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.pending.cancel.cancel();
     }
 }
 

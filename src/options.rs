@@ -102,6 +102,10 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Cancels the request when tripped.
     pub cancel: Option<Arc<CancelToken>>,
+    /// Reuse the part of the prompt already in a worker's KV cache.
+    pub cache_prompt: bool,
+    /// Keep generating through end-of-generation tokens (benchmarks).
+    pub ignore_eog: bool,
 }
 
 impl std::fmt::Debug for CancelToken {
@@ -119,6 +123,8 @@ impl Default for GenerateOptions {
             timeout: None,
             stop: Vec::new(),
             cancel: None,
+            cache_prompt: true,
+            ignore_eog: false,
         }
     }
 }

@@ -1,19 +1,38 @@
 //! Worker threads: each owns a KV cache over the shared weights and takes
-//! jobs from the engine's bounded queue.  A job carries its deadline and a
-//! cancel flag; the worker drops a job whose caller has given up before it
-//! starts, and checks again between prompt chunks and between tokens.
+//! jobs from its own slot (jobs routed to it because its cache holds their
+//! prefix) or from the engine's shared bounded queue.  A job carries its
+//! deadline and cancel tokens; the worker drops a job whose caller has given
+//! up before it starts, and checks again between prompt chunks and tokens.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver, SendTimeoutError, Sender};
+use parking_lot::Mutex;
 
+use crate::cancel::CancelToken;
 use crate::engine::{Fault, Shared};
 use crate::error::{panic_message, Error, ErrorKind, Result};
-use crate::generate::{generate, Completion};
+use crate::generate::{generate, Cache, Completion};
 use crate::options::GenerateOptions;
+
+/// Where a job's result goes.
+pub enum Output {
+    /// The whole completion, to a caller blocked on it.  Capacity 1, so the
+    /// worker never blocks on a caller that left.
+    Reply(Sender<Result<Completion>>),
+    /// Pieces as they come, then the end, to a stream.  Bounded: a consumer
+    /// that stops reading makes the worker wait (while still honouring
+    /// cancellation and the deadline), never buffer without bound.
+    Stream(Sender<StreamEvent>),
+}
+
+pub enum StreamEvent {
+    Piece(String),
+    Done(Result<Completion>),
+}
 
 pub struct Job {
     pub tokens: Vec<u32>,
@@ -21,10 +40,10 @@ pub struct Job {
     pub seed: u64,
     pub enqueued: Instant,
     pub deadline: Instant,
-    /// Set by the caller when it stops waiting (timeout, shutdown).
-    pub cancel: Arc<AtomicBool>,
-    /// Capacity 1, so the worker never blocks on a caller that left.
-    pub reply: Sender<Result<Completion>>,
+    /// Tripped by the engine when the caller stops waiting (timeout,
+    /// shutdown, a stream cancelled or freed).
+    pub cancel: Arc<CancelToken>,
+    pub output: Output,
 }
 
 impl Job {
@@ -35,7 +54,7 @@ impl Job {
                 ErrorKind::Shutdown,
                 "the engine is shutting down",
             ))
-        } else if self.cancel.load(Ordering::Acquire)
+        } else if self.cancel.is_cancelled()
             || self
                 .options
                 .cancel
@@ -55,61 +74,136 @@ impl Job {
             Ok(())
         }
     }
+
+    fn finish(self, result: Result<Completion>) {
+        match self.output {
+            Output::Reply(tx) => {
+                let _ = tx.try_send(result);
+            }
+            Output::Stream(tx) => {
+                // The stream may be full of unread pieces: wait for room a
+                // little, but never past the deadline or a cancel.
+                let mut event = StreamEvent::Done(result);
+                while let Err(SendTimeoutError::Timeout(e)) =
+                    tx.send_timeout(event, Duration::from_millis(20))
+                {
+                    if self.cancel.is_cancelled() || Instant::now() >= self.deadline {
+                        break;
+                    }
+                    event = e;
+                }
+            }
+        }
+    }
 }
 
-pub fn run(shared: Arc<Shared>, queue: Receiver<Job>, shutdown: Receiver<()>) {
-    let mut session = shared.weights.new_session();
+/// What the engine knows of a worker, for routing.
+#[derive(Default)]
+pub struct SlotState {
+    pub busy: bool,
+    /// The tokens in the worker's KV cache.
+    pub tokens: Vec<u32>,
+}
+
+/// A worker's private entrance (capacity 1) and its state.
+pub struct Slot {
+    pub tx: Sender<Job>,
+    pub state: Mutex<SlotState>,
+}
+
+pub fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    private: Receiver<Job>,
+    queue: Receiver<Job>,
+    shutdown: Receiver<()>,
+) {
+    let mut cache = Cache::new(shared.weights.new_session());
     loop {
-        let job = select! {
-            recv(queue) -> job => match job {
-                Ok(job) => job,
-                Err(_) => return,
+        // A job routed here for its cached prefix goes first.
+        let job = match private.try_recv() {
+            Ok(job) => job,
+            Err(_) => select! {
+                recv(private) -> job => match job { Ok(job) => job, Err(_) => return },
+                recv(queue) -> job => match job { Ok(job) => job, Err(_) => return },
+                recv(shutdown) -> _ => return,
             },
-            recv(shutdown) -> _ => return,
         };
-        // A job whose caller already gave up is dropped unrun.
-        if let Err(e) = job.interrupted(&shared.shutting_down) {
-            let _ = job.reply.try_send(Err(e));
-            continue;
-        }
-        let queue_time = job.enqueued.elapsed();
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            if shared.fault == Some(Fault::WorkerPanic) {
-                panic!("fault injected by ZEPH_FAULT=worker-panic");
-            }
-            generate(
-                session.as_mut(),
-                &shared.tokenizer,
-                &job.tokens,
-                &job.options,
-                job.seed,
-                &|| job.interrupted(&shared.shutting_down),
-            )
-        }));
-        let result = match outcome {
-            Ok(Ok(mut completion)) => {
-                completion.usage.queue_time = queue_time;
-                Ok(completion)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(payload) => {
-                // The cache may be half-written: start the next job clean.
-                session = shared.weights.new_session();
-                Err(Error::new(
-                    ErrorKind::Panic,
-                    format!("inference panicked: {}", panic_message(payload.as_ref())),
-                ))
-            }
-        };
-        let _ = job.reply.try_send(result);
+        slot.state.lock().busy = true;
+        run_job(index, &shared, &mut cache, job);
+        let mut state = slot.state.lock();
+        state.busy = false;
+        state.tokens.clone_from(&cache.tokens);
     }
+}
+
+fn run_job(index: usize, shared: &Shared, cache: &mut Cache, job: Job) {
+    // A job whose caller already gave up is dropped unrun.
+    if let Err(e) = job.interrupted(&shared.shutting_down) {
+        job.finish(Err(e));
+        return;
+    }
+    let queue_time = job.enqueued.elapsed();
+    let interrupt = || job.interrupted(&shared.shutting_down);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        if shared.fault == Some(Fault::WorkerPanic) {
+            panic!("fault injected by ZEPH_FAULT=worker-panic");
+        }
+        let mut send_piece = |piece: &str| -> Result<()> {
+            let Output::Stream(tx) = &job.output else {
+                return Ok(());
+            };
+            let mut piece = StreamEvent::Piece(piece.to_string());
+            loop {
+                match tx.send_timeout(piece, Duration::from_millis(20)) {
+                    Ok(()) => return Ok(()),
+                    Err(SendTimeoutError::Timeout(p)) => {
+                        interrupt()?;
+                        piece = p;
+                    }
+                    Err(SendTimeoutError::Disconnected(_)) => {
+                        return Err(Error::new(ErrorKind::Cancelled, "the stream was freed"))
+                    }
+                }
+            }
+        };
+        let sink: Option<crate::generate::Sink> = match job.output {
+            Output::Stream(_) => Some(&mut send_piece),
+            Output::Reply(_) => None,
+        };
+        generate(
+            cache,
+            &shared.tokenizer,
+            &job.tokens,
+            &job.options,
+            job.seed,
+            &interrupt,
+            sink,
+        )
+    }));
+    let result = match outcome {
+        Ok(Ok(mut completion)) => {
+            completion.usage.queue_time = queue_time;
+            completion.usage.worker = index;
+            Ok(completion)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(payload) => {
+            // The cache may be half-written: start the next job clean.
+            *cache = Cache::new(shared.weights.new_session());
+            Err(Error::new(
+                ErrorKind::Panic,
+                format!("inference panicked: {}", panic_message(payload.as_ref())),
+            ))
+        }
+    };
+    job.finish(result);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cancel::CancelToken;
-    use std::time::Duration;
 
     fn job(deadline_in: Duration) -> Job {
         let now = Instant::now();
@@ -119,8 +213,8 @@ mod tests {
             seed: 0,
             enqueued: now,
             deadline: now + deadline_in,
-            cancel: Arc::new(AtomicBool::new(false)),
-            reply: crossbeam_channel::bounded(1).0,
+            cancel: Arc::new(CancelToken::new()),
+            output: Output::Reply(crossbeam_channel::bounded(1).0),
         }
     }
 
@@ -140,7 +234,7 @@ mod tests {
     fn cancel_flag_token_and_shutdown_each_interrupt() {
         let running = AtomicBool::new(false);
         let j = job(Duration::from_secs(60));
-        j.cancel.store(true, Ordering::Release);
+        j.cancel.cancel();
         assert_eq!(
             j.interrupted(&running).unwrap_err().kind,
             ErrorKind::Cancelled

@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 use std::path::Path;
 
-use super::options::{engine_options, generate_options, read_versioned};
+use super::options::{engine_options, generate_options, out_struct_size};
 use super::string::into_c_string;
 use super::{boundary, null_argument, str_arg, write_out, zeph_status};
 use crate::chat::Message;
@@ -40,6 +40,8 @@ pub struct zeph_message {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum zeph_finish_reason {
+    /// Not finished yet (a stream that is still running).
+    ZEPH_FINISH_NONE = 0,
     /// The model produced an end-of-generation token.
     ZEPH_FINISH_STOP_TOKEN = 1,
     /// A stop string was found; it is not part of the text.
@@ -65,6 +67,11 @@ pub struct zeph_usage {
     /// Tokens generated, not counting an end-of-generation token.
     pub completion_tokens: u32,
     pub finish_reason: zeph_finish_reason,
+    /// Prompt tokens whose KV cache was reused from an earlier request (see
+    /// `cache_prompt`) instead of being evaluated.
+    pub cached_tokens: u32,
+    /// Index of the worker that ran the request (0 .. n_workers-1).
+    pub worker: u32,
     /// Milliseconds the request waited in the queue for a worker.
     pub queue_ms: f64,
     /// Milliseconds spent evaluating the prompt.
@@ -80,6 +87,7 @@ impl From<FinishReason> for zeph_finish_reason {
             FinishReason::StopString => Self::ZEPH_FINISH_STOP_STRING,
             FinishReason::Length => Self::ZEPH_FINISH_LENGTH,
             FinishReason::Cancelled => Self::ZEPH_FINISH_CANCELLED,
+            FinishReason::Timeout => Self::ZEPH_FINISH_TIMEOUT,
         }
     }
 }
@@ -132,14 +140,9 @@ pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a En
 /// # Safety
 /// `usage_out` is NULL or points to a `zeph_usage` valid for its
 /// `struct_size` bytes.
-unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
+pub(crate) unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
     if !usage_out.is_null() {
-        read_versioned(
-            usage_out as *const zeph_usage,
-            empty_usage(),
-            std::mem::size_of::<zeph_usage>(),
-            "zeph_usage",
-        )?;
+        out_struct_size(usage_out, std::mem::size_of::<zeph_usage>(), "zeph_usage")?;
     }
     Ok(())
 }
@@ -150,35 +153,64 @@ fn empty_usage() -> zeph_usage {
         prompt_tokens: 0,
         completion_tokens: 0,
         finish_reason: zeph_finish_reason::ZEPH_FINISH_STOP_TOKEN,
+        cached_tokens: 0,
+        worker: 0,
         queue_ms: 0.0,
         prompt_ms: 0.0,
         generation_ms: 0.0,
     }
 }
 
-/// Writes the text and usage of a finished request.
-///
-/// # Safety
-/// `text_out` is valid for a write; `usage_out` passed `check_usage`.
-unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zeph_usage) {
-    if !usage_out.is_null() {
-        let u = &c.usage;
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        let usage = zeph_usage {
-            struct_size: (*usage_out).struct_size,
+/// The C form of a usage; `None` (still running) gives zeros and
+/// `ZEPH_FINISH_NONE`.
+pub(crate) fn usage_to_c(u: Option<&crate::generate::Usage>) -> zeph_usage {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    match u {
+        None => zeph_usage {
+            finish_reason: zeph_finish_reason::ZEPH_FINISH_NONE,
+            ..empty_usage()
+        },
+        Some(u) => zeph_usage {
+            struct_size: std::mem::size_of::<zeph_usage>() as u32,
             prompt_tokens: u.prompt_tokens as u32,
             completion_tokens: u.completion_tokens as u32,
             finish_reason: u.finish_reason.into(),
+            cached_tokens: u.cached_tokens as u32,
+            worker: u.worker as u32,
             queue_ms: ms(u.queue_time),
             prompt_ms: ms(u.prompt_time),
             generation_ms: ms(u.generation_time),
-        };
-        let n = (usage.struct_size as usize).min(std::mem::size_of::<zeph_usage>());
-        std::ptr::copy_nonoverlapping(
-            &usage as *const zeph_usage as *const u8,
-            usage_out as *mut u8,
-            n,
-        );
+        },
+    }
+}
+
+/// Copies `usage` into the caller's struct, no more than its `struct_size`
+/// bytes, keeping the caller's `struct_size`.
+///
+/// # Safety
+/// `usage_out` is non-NULL and passed `check_usage`.
+pub(crate) unsafe fn write_usage(usage_out: *mut zeph_usage, usage: zeph_usage) {
+    let size = (*usage_out).struct_size;
+    let usage = zeph_usage {
+        struct_size: size,
+        ..usage
+    };
+    let n = (size as usize).min(std::mem::size_of::<zeph_usage>());
+    std::ptr::copy_nonoverlapping(
+        &usage as *const zeph_usage as *const u8,
+        usage_out as *mut u8,
+        n,
+    );
+}
+
+/// Writes the text and usage of a finished request.
+///
+/// # Safety
+/// `text_out` is valid for a write; `usage_out` is NULL or passed
+/// `check_usage`.
+unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zeph_usage) {
+    if !usage_out.is_null() {
+        write_usage(usage_out, usage_to_c(Some(&c.usage)));
     }
     write_out(text_out, into_c_string(&c.text));
 }
@@ -223,7 +255,7 @@ pub unsafe extern "C" fn zeph_engine_complete(
 
 /// # Safety
 /// `messages` is NULL (with `n == 0`) or points to `n` valid messages.
-unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Result<Vec<Message>> {
+pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Result<Vec<Message>> {
     if n == 0 {
         return Ok(Vec::new());
     }

@@ -13,6 +13,7 @@ mod engine;
 mod model;
 mod options;
 mod status;
+mod stream;
 mod string;
 
 pub use cancel::*;
@@ -20,6 +21,7 @@ pub use engine::*;
 pub use model::*;
 pub use options::*;
 pub use status::*;
+pub use stream::*;
 pub use string::*;
 
 use std::cell::RefCell;

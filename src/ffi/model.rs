@@ -3,7 +3,7 @@
 use std::ffi::{c_char, CString};
 
 use super::engine::engine_ref;
-use super::options::read_versioned;
+use super::options::out_struct_size;
 use super::string::into_c_string;
 use super::{boundary, null_argument, str_arg, write_out, zeph_status};
 use crate::error::{Error, ErrorKind};
@@ -73,9 +73,8 @@ pub unsafe extern "C" fn zeph_engine_model_info(
         if info_out.is_null() {
             return Err(null_argument("info_out"));
         }
-        let given = read_versioned(
-            info_out as *const zeph_model_info,
-            empty_info(),
+        let size = out_struct_size(
+            info_out,
             std::mem::size_of::<zeph_model_info>(),
             "zeph_model_info",
         )?;
@@ -83,7 +82,7 @@ pub unsafe extern "C" fn zeph_engine_model_info(
         let tok = e.tokenizer();
         let id = |i: Option<u32>| i.map(|i| i as i32).unwrap_or(-1);
         let value = zeph_model_info {
-            struct_size: given.struct_size,
+            struct_size: size,
             context_length: info.context_length as u32,
             trained_context_length: info.trained_context_length as u32,
             vocab_size: info.vocab_size as u32,
@@ -95,26 +94,10 @@ pub unsafe extern "C" fn zeph_engine_model_info(
             quantization: strings.quantization.as_ptr(),
             chat_template: strings.chat_template.as_ptr(),
         };
-        let n = (given.struct_size as usize).min(std::mem::size_of::<zeph_model_info>());
+        let n = (size as usize).min(std::mem::size_of::<zeph_model_info>());
         std::ptr::copy_nonoverlapping(&value as *const _ as *const u8, info_out as *mut u8, n);
         Ok(())
     })
-}
-
-fn empty_info() -> zeph_model_info {
-    zeph_model_info {
-        struct_size: std::mem::size_of::<zeph_model_info>() as u32,
-        context_length: 0,
-        trained_context_length: 0,
-        vocab_size: 0,
-        parameter_count: 0,
-        bos_id: -1,
-        eos_id: -1,
-        architecture: std::ptr::null(),
-        name: std::ptr::null(),
-        quantization: std::ptr::null(),
-        chat_template: std::ptr::null(),
-    }
 }
 
 /// Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.

@@ -82,6 +82,13 @@ pub struct zeph_generate_options {
     /// A cancel token that stops this request when cancelled from another
     /// thread; NULL (default) = none.  Borrowed: it must outlive the call.
     pub cancel: *const super::zeph_cancel_token,
+    /// Non-zero (default): reuse the part of the prompt that is already in a
+    /// worker's KV cache, as a multi-turn conversation's history is; only the
+    /// rest of the prompt is evaluated.  0: evaluate the whole prompt.
+    pub cache_prompt: u32,
+    /// Non-zero: do not stop at end-of-generation tokens (for benchmarks);
+    /// default 0.
+    pub ignore_eog: u32,
 }
 
 /// The default engine options (see each field).
@@ -121,6 +128,8 @@ pub extern "C" fn zeph_generate_options_default() -> zeph_generate_options {
         stop: std::ptr::null(),
         n_stop: 0,
         cancel: std::ptr::null(),
+        cache_prompt: 1,
+        ignore_eog: 0,
     }
 }
 
@@ -161,6 +170,23 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
         size.min(ours),
     );
     Ok(value)
+}
+
+/// The `struct_size` of a struct the library fills, checked: at least
+/// `min_size` (the first published version).  Only this field is read, so
+/// whatever else the caller's memory holds does not matter.
+///
+/// # Safety
+/// `ptr` points to a struct whose first field is a `u32` `struct_size`.
+pub(crate) unsafe fn out_struct_size<T>(ptr: *const T, min_size: usize, name: &str) -> Result<u32> {
+    let size = (ptr as *const u32).read();
+    if (size as usize) < min_size {
+        return Err(Error::invalid_argument(format!(
+            "{name}.struct_size = {size} is smaller than any version of {name} ({min_size}); \
+             set it to sizeof({name})"
+        )));
+    }
+    Ok(size)
 }
 
 /// # Safety
@@ -234,6 +260,8 @@ pub(crate) unsafe fn generate_options(
         timeout: (o.timeout_ms != 0).then(|| Duration::from_millis(o.timeout_ms)),
         stop,
         cancel: o.cancel.as_ref().map(|t| t.token.clone()),
+        cache_prompt: o.cache_prompt != 0,
+        ignore_eog: o.ignore_eog != 0,
     };
     options.validate()?;
     Ok(options)

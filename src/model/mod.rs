@@ -49,6 +49,8 @@ pub trait Session: Send {
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>>;
     /// Empties the cache.
     fn reset(&mut self);
+    /// Keeps the first `len` positions of the cache and drops the rest.
+    fn truncate(&mut self, len: usize);
 }
 
 /// Architectures this build can run, for error messages.

@@ -487,4 +487,24 @@ impl Session for TransformerSession {
         self.cache.iter_mut().for_each(|c| *c = None);
         self.len = 0;
     }
+
+    fn truncate(&mut self, len: usize) {
+        if len == 0 {
+            return self.reset();
+        }
+        if len >= self.len {
+            return;
+        }
+        for c in self.cache.iter_mut() {
+            let cut = c
+                .as_ref()
+                .and_then(|(k, v)| Some((k.narrow(2, 0, len).ok()?, v.narrow(2, 0, len).ok()?)));
+            *c = cut;
+        }
+        if self.cache.iter().any(Option::is_none) {
+            self.reset();
+        } else {
+            self.len = len;
+        }
+    }
 }

@@ -167,19 +167,25 @@ mod tests {
 
     #[test]
     fn highest_score_merges_first() {
-        let (map, scores) = vocab(&[
+        let entries = [
             ("a", 0.0),
             ("b", 0.0),
             ("c", 0.0),
             ("ab", -1.0),
             ("bc", -0.5),
-            ("abc", -2.0),
-        ]);
+        ];
+        let (map, scores) = vocab(&entries);
         let spm = Spm::new(scores, &map);
         let mut out = Vec::new();
-        // "bc" (-0.5) beats "ab" (-1); then "a"+"bc" is not in the vocabulary.
+        // "bc" (-0.5) beats "ab" (-1), and "a" + "bc" is no entry.
         spm.encode("abc", &map, &mut out, None);
         assert_eq!(out, vec![0, 4]);
+        // With "abc" in the vocabulary, the merged pair merges on.
+        let (map, scores) = vocab(&[entries.as_slice(), &[("abc", -2.0)]].concat());
+        let spm = Spm::new(scores, &map);
+        out.clear();
+        spm.encode("abc", &map, &mut out, None);
+        assert_eq!(out, vec![5]);
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! `zeph_stream_*`: text as it is generated, pulled by the caller.
+
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use super::engine::{check_usage, engine_ref, messages_arg, usage_to_c, write_usage};
+use super::options::generate_options;
+use super::string::into_c_string;
+use super::{boundary, boundary_or, null_argument, str_arg, write_out, zeph_status};
+use crate::engine::Stream;
+use crate::error::{Error, ErrorKind};
+
+/// One request's text, piece by piece.  Opaque.
+///
+/// Threads: `zeph_stream_next` and `zeph_stream_for_each` are for one
+/// consumer thread at a time; `zeph_stream_cancel` and `zeph_stream_usage`
+/// may be called from any thread at any time.  No library thread calls into
+/// the caller: pieces are pulled.
+pub struct zeph_stream {
+    stream: Stream,
+}
+
+/// Called by `zeph_stream_for_each` with each piece (`len` bytes of UTF-8,
+/// NUL-terminated, valid only during the call); return true to go on, false
+/// to cancel the request.
+pub type zeph_piece_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, piece: *const c_char, len: usize) -> bool>;
+
+/// Starts `zeph_engine_complete`'s work as a stream.  The request is queued
+/// now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
+/// pieces are read with `zeph_stream_next`.  On success `*stream_out`
+/// receives a stream the caller frees with `zeph_stream_free`.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_stream_complete(
+    engine: *mut super::zeph_engine,
+    prompt: *const c_char,
+    options: *const super::zeph_generate_options,
+    stream_out: *mut *mut zeph_stream,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let prompt = str_arg(prompt, "prompt")?;
+        if stream_out.is_null() {
+            return Err(null_argument("stream_out"));
+        }
+        let options = generate_options(options)?;
+        let stream = engine.stream_complete(prompt, &options)?;
+        write_out(stream_out, Box::into_raw(Box::new(zeph_stream { stream })));
+        Ok(())
+    })
+}
+
+/// Starts `zeph_engine_chat`'s work as a stream; as
+/// `zeph_engine_stream_complete` otherwise.  The messages are only read
+/// during the call.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_stream_chat(
+    engine: *mut super::zeph_engine,
+    messages: *const super::zeph_message,
+    n_messages: usize,
+    options: *const super::zeph_generate_options,
+    stream_out: *mut *mut zeph_stream,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        if stream_out.is_null() {
+            return Err(null_argument("stream_out"));
+        }
+        let options = generate_options(options)?;
+        let stream = engine.stream_chat(&messages, &options)?;
+        write_out(stream_out, Box::into_raw(Box::new(zeph_stream { stream })));
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `stream` is NULL or a live stream.
+unsafe fn stream_ref<'a>(stream: *const zeph_stream) -> Result<&'a Stream, Error> {
+    stream
+        .as_ref()
+        .map(|s| &s.stream)
+        .ok_or_else(|| null_argument("stream"))
+}
+
+/// Waits up to `timeout_ms` for the next piece of text.
+///
+/// - `ZEPH_STATUS_OK` with `*piece_out` a piece (whole UTF-8 characters,
+///   never text that may still become a stop string), which the caller frees
+///   with `zeph_string_free`; or `ZEPH_STATUS_OK` with `*piece_out` NULL once
+///   the stream has ended (the finish reason is in `zeph_stream_usage`).
+///   The pieces add up to exactly the text `zeph_engine_complete` returns.
+/// - `ZEPH_STATUS_TIMEOUT`: no piece within `timeout_ms`; the stream goes on,
+///   call again.  When instead the request's own deadline (its options'
+///   `timeout_ms`) passed, the stream has ended: `zeph_stream_usage` reports
+///   `ZEPH_FINISH_TIMEOUT`, and every later call returns TIMEOUT again.
+/// - `ZEPH_STATUS_CANCELLED` after `zeph_stream_cancel` (or the request's
+///   cancel token); `ZEPH_STATUS_SHUTDOWN`; or the request's failure.
+///
+/// Threads: one consumer thread at a time.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_stream_next(
+    stream: *mut zeph_stream,
+    timeout_ms: u32,
+    piece_out: *mut *mut c_char,
+) -> zeph_status {
+    boundary(|| {
+        let stream = stream_ref(stream)?;
+        if piece_out.is_null() {
+            return Err(null_argument("piece_out"));
+        }
+        let piece = stream.next(Duration::from_millis(timeout_ms as u64))?;
+        write_out(
+            piece_out,
+            piece.map_or(std::ptr::null_mut(), |p| into_c_string(&p)),
+        );
+        Ok(())
+    })
+}
+
+/// Pulls every piece of the stream on the calling thread and passes each to
+/// `on_piece(user_data, piece, len)` until the stream ends (`ZEPH_STATUS_OK`),
+/// `on_piece` returns false (the request is cancelled:
+/// `ZEPH_STATUS_CANCELLED`), or the request fails or its deadline passes.
+/// The callback runs on the thread that called this function, never on a
+/// library thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_stream_for_each(
+    stream: *mut zeph_stream,
+    on_piece: zeph_piece_fn,
+    user_data: *mut c_void,
+) -> zeph_status {
+    boundary(|| {
+        let stream = stream_ref(stream)?;
+        let Some(on_piece) = on_piece else {
+            return Err(null_argument("on_piece"));
+        };
+        loop {
+            match stream.next(Duration::from_secs(3600)) {
+                Ok(Some(piece)) => {
+                    let c = super::to_c_string(&piece);
+                    if !on_piece(user_data, c.as_ptr(), c.as_bytes().len()) {
+                        stream.cancel();
+                        return Err(Error::new(ErrorKind::Cancelled, "on_piece returned false"));
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) if e.kind == ErrorKind::Timeout && stream.usage().is_none() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+}
+
+/// Fills `*usage_out` (set its `struct_size` first).  While the stream runs
+/// the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after it
+/// ended, the request's usage (for a stream ended by its deadline or a
+/// cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_stream_usage(
+    stream: *const zeph_stream,
+    usage_out: *mut super::zeph_usage,
+) -> zeph_status {
+    boundary(|| {
+        let stream = stream_ref(stream)?;
+        if usage_out.is_null() {
+            return Err(null_argument("usage_out"));
+        }
+        check_usage(usage_out)?;
+        write_usage(usage_out, usage_to_c(stream.usage().as_ref()));
+        Ok(())
+    })
+}
+
+/// Cancels the stream's request: a queued one is dropped, a running one
+/// stops before its next token; `zeph_stream_next` then returns
+/// `ZEPH_STATUS_CANCELLED`.  NULL is a no-op.
+///
+/// Threads: any thread, at any time.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_stream_cancel(stream: *const zeph_stream) {
+    boundary_or((), || {
+        if let Ok(s) = stream_ref(stream) {
+            s.cancel();
+        }
+    })
+}
+
+/// Frees a stream, cancelling its work if it has not ended.  NULL is a
+/// no-op.  Call it once, when no other call on the stream is running.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_stream_free(stream: *mut zeph_stream) {
+    if !stream.is_null() {
+        boundary_or((), || drop(Box::from_raw(stream)));
+    }
+}
