@@ -35,16 +35,14 @@ fn agreement(model: &str) {
         // Free greedy generation: how many leading tokens equal llama.cpp's.
         session.reset();
         let mut logits = session.forward(&prompt, 0).unwrap();
-        let mut pos = prompt.len();
         let mut prefix = 0;
-        for &next in &want {
+        for (pos, &next) in (prompt.len()..).zip(&want) {
             let got = argmax(&logits);
             if got != next {
                 break;
             }
             prefix += 1;
             logits = session.forward(&[got], pos).unwrap();
-            pos += 1;
         }
         println!(
             "{model}: {:?}: teacher-forced {here}/{}, greedy matches the first {prefix} tokens",

@@ -17,7 +17,7 @@ pub fn config(g: &Gguf, hp: Hparams, context_length: usize) -> Config {
         .filter(|&p| p > 0)
         .unwrap_or(6) as usize;
     let local_base = g.float("gemma3.rope.local_freq_base").unwrap_or(10_000.0) as f32;
-    let global = |i: usize| (i + 1) % pattern == 0;
+    let global = |i: usize| (i + 1).is_multiple_of(pattern);
     Config {
         n_layer: hp.n_layer,
         n_embd: hp.n_embd,

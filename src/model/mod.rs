@@ -88,7 +88,11 @@ impl Hparams {
             Some(_) => g.require_uint(&k("rope.dimension_count"), head_dim as u64)? as usize,
             None => head_dim,
         };
-        if n_head % n_kv_head != 0 || head_dim == 0 || rope_dim % 2 != 0 || rope_dim != head_dim {
+        if !n_head.is_multiple_of(n_kv_head)
+            || head_dim == 0
+            || rope_dim % 2 != 0
+            || rope_dim != head_dim
+        {
             return Err(Error::model(format!(
                 "unsupported attention shape: {n_head} heads, {n_kv_head} KV heads, head size {head_dim}, rotary size {rope_dim}"
             )));

@@ -40,13 +40,15 @@ impl TokenType {
     }
 }
 
+struct SpmState {
+    spm: spm::Spm,
+    token_to_id: HashMap<String, u32>,
+    add_space_prefix: bool,
+}
+
 enum Algorithm {
     Bpe(Box<bpe::Bpe>),
-    Spm {
-        spm: spm::Spm,
-        token_to_id: HashMap<String, u32>,
-        add_space_prefix: bool,
-    },
+    Spm(Box<SpmState>),
     Hf(Box<hf::HfTokenizer>),
 }
 
@@ -164,13 +166,13 @@ impl Tokenizer {
                             )),
                         };
                     (
-                        Algorithm::Spm {
+                        Algorithm::Spm(Box::new(SpmState {
                             spm: spm::Spm::new(scores, &token_to_id),
                             token_to_id: token_to_id.clone(),
                             add_space_prefix: gguf
                                 .bool("tokenizer.ggml.add_space_prefix")
                                 .unwrap_or(true),
-                        },
+                        })),
                         true,
                     )
                 }
@@ -193,7 +195,7 @@ impl Tokenizer {
             .map(|(text, ty)| match (&algorithm, ty) {
                 (_, TokenType::Control | TokenType::UserDefined) => text.as_bytes().to_vec(),
                 (Algorithm::Bpe(b), _) => b.token_bytes(text),
-                (Algorithm::Spm { .. }, ty) => spm::Spm::token_bytes(text, *ty == TokenType::Byte),
+                (Algorithm::Spm(_), ty) => spm::Spm::token_bytes(text, *ty == TokenType::Byte),
                 (Algorithm::Hf(h), _) => h.token_bytes(text),
             })
             .collect();
@@ -303,11 +305,12 @@ impl Tokenizer {
                 Fragment::Text(t) => {
                     match &self.algorithm {
                         Algorithm::Bpe(b) => b.encode(t, &mut out, self.unk),
-                        Algorithm::Spm {
-                            spm,
-                            token_to_id,
-                            add_space_prefix,
-                        } => {
+                        Algorithm::Spm(state) => {
+                            let SpmState {
+                                spm,
+                                token_to_id,
+                                add_space_prefix,
+                            } = state.as_ref();
                             let prefix = if *add_space_prefix && after_special {
                                 " "
                             } else {
