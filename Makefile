@@ -17,7 +17,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp bench clean
+.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-install bench install clean
 
 all: lib
 
@@ -43,7 +43,7 @@ demo: models $(BUILD)/demo
 
 # ---- tests ------------------------------------------------------------------
 
-test: check-header lint test-rust test-c test-cpp
+test: check-header lint test-rust test-c test-cpp test-go test-install
 	@echo "make test: all suites passed"
 
 # The committed header must be what the build generates, and must compile on
@@ -73,6 +73,38 @@ $(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h lib | $(BUILD)
 
 test-cpp: models $(BUILD)/example_cpp
 	$(BUILD)/example_cpp "$(MODEL)"
+
+# ---- Go -----------------------------------------------------------------------
+
+test-go: models lib
+	cd bindings/go && test -z "$$(gofmt -l .)" || (gofmt -l . >&2; exit 1)
+	cd bindings/go && go vet ./...
+	cd bindings/go && ZEPH_MODEL="$(MODEL)" go test -count=1 -v ./...
+
+# ---- install ----------------------------------------------------------------
+
+PREFIX  ?= /usr/local
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# Before 1.0 every minor version may change the ABI: the soname carries it.
+# It is set on the installed copy only, so that programs built in the tree
+# link to target/release/libzeph_llm.so as it is.
+SONAME  := libzeph_llm.so.$(word 1,$(subst ., ,$(VERSION))).$(word 2,$(subst ., ,$(VERSION)))
+
+install: lib
+	install -d "$(DESTDIR)$(PREFIX)/lib/pkgconfig" "$(DESTDIR)$(PREFIX)/include"
+	install -m 644 include/zeph_llm.h "$(DESTDIR)$(PREFIX)/include/"
+	install -m 755 $(LIBDIR)/libzeph_llm.so "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
+	patchelf --set-soname $(SONAME) "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
+	ln -sf libzeph_llm.so.$(VERSION) "$(DESTDIR)$(PREFIX)/lib/$(SONAME)"
+	ln -sf $(SONAME) "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so"
+	install -m 644 $(LIBDIR)/libzeph_llm.a "$(DESTDIR)$(PREFIX)/lib/"
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' zeph_llm.pc.in \
+	  > "$(DESTDIR)$(PREFIX)/lib/pkgconfig/zeph_llm.pc"
+
+# Installs into a temporary prefix and builds the C demo with nothing but
+# what pkg-config says, shared and static, then runs both.
+test-install: models lib
+	scripts/test-install.sh "$(MODEL)"
 
 # ---- benchmark --------------------------------------------------------------
 

@@ -1,0 +1,3 @@
+module zephllm
+
+go 1.19
