@@ -71,8 +71,12 @@ test-c: models fixtures $(BUILD)/test_capi
 $(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h lib | $(BUILD)
 	$(CXX) $(CXXSTRICT) -Iinclude $< $(LINK) -o $@
 
-test-cpp: models $(BUILD)/example_cpp
+$(BUILD)/test_cpp: tests/cpp/test_cpp.cpp include/zeph_llm.hpp include/zeph_llm.h lib | $(BUILD)
+	$(CXX) $(CXXSTRICT) -Iinclude $< $(LINK) -o $@
+
+test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
 	$(BUILD)/example_cpp "$(MODEL)"
+	$(BUILD)/test_cpp "$(MODEL)"
 
 # ---- Go -----------------------------------------------------------------------
 
@@ -92,7 +96,7 @@ SONAME  := libzeph_llm.so.$(word 1,$(subst ., ,$(VERSION))).$(word 2,$(subst ., 
 
 install: lib
 	install -d "$(DESTDIR)$(PREFIX)/lib/pkgconfig" "$(DESTDIR)$(PREFIX)/include"
-	install -m 644 include/zeph_llm.h "$(DESTDIR)$(PREFIX)/include/"
+	install -m 644 include/zeph_llm.h include/zeph_llm.hpp "$(DESTDIR)$(PREFIX)/include/"
 	install -m 755 $(LIBDIR)/libzeph_llm.so "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
 	patchelf --set-soname $(SONAME) "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
 	ln -sf libzeph_llm.so.$(VERSION) "$(DESTDIR)$(PREFIX)/lib/$(SONAME)"

@@ -1,0 +1,222 @@
+// zeph_llm.hpp: a header-only C++17 wrapper over zeph_llm.h.
+//
+// RAII owns the engine, streams and strings; failures throw zeph::Error,
+// which carries the status and the library's message; text goes in as
+// std::string_view and comes out as std::string.  Written by hand (unlike
+// zeph_llm.h) and kept beside it in include/, so that an installed library
+// ships both headers and a C++ program needs nothing else.
+//
+// Thread safety is the C API's: an Engine may be used from many threads at
+// once; a Stream is read by one thread at a time, cancelled from any.
+#ifndef ZEPH_LLM_HPP
+#define ZEPH_LLM_HPP
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "zeph_llm.h"
+
+namespace zeph {
+
+/// A failed call: its status code and the library's message.
+class Error : public std::runtime_error {
+public:
+    Error(zeph_status status, const std::string &message)
+        : std::runtime_error(std::string(zeph_status_name(status)) + ": " + message),
+          status_(status), message_(message) {}
+    zeph_status status() const noexcept { return status_; }
+    const std::string &message() const noexcept { return message_; }
+
+private:
+    zeph_status status_;
+    std::string message_;
+};
+
+namespace detail {
+inline void check(zeph_status s) {
+    if (s != ZEPH_STATUS_OK) throw Error(s, zeph_last_error());
+}
+struct StringFree {
+    void operator()(char *p) const noexcept { zeph_string_free(p); }
+};
+using CString = std::unique_ptr<char, StringFree>;
+inline std::string take(char *p) {
+    CString owned(p);
+    return owned ? std::string(owned.get()) : std::string();
+}
+/// A NUL-terminated copy of a string_view, for the C API.
+inline std::string z(std::string_view s) { return std::string(s); }
+}  // namespace detail
+
+/// What a request used.
+struct Usage {
+    unsigned prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
+    zeph_finish_reason finish_reason = ZEPH_FINISH_NONE;
+    double queue_ms = 0, prompt_ms = 0, generation_ms = 0;
+
+    static Usage from(const zeph_usage &u) {
+        return {u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.finish_reason,
+                u.queue_ms,      u.prompt_ms,         u.generation_ms};
+    }
+};
+
+struct Message {
+    std::string role, content;
+};
+
+/// Options of one request; starts from the library's defaults.
+struct GenerateOptions {
+    zeph_generate_options c = zeph_generate_options_default();
+    std::vector<std::string> stop;
+
+    GenerateOptions &max_tokens(uint32_t n) { c.max_tokens = n; return *this; }
+    GenerateOptions &temperature(float t) { c.temperature = t; return *this; }
+    GenerateOptions &greedy() { c.temperature = 0; return *this; }
+    GenerateOptions &seed(uint64_t s) { c.seed = s; return *this; }
+    GenerateOptions &timeout(std::chrono::milliseconds t) {
+        c.timeout_ms = static_cast<uint64_t>(t.count());
+        return *this;
+    }
+    GenerateOptions &stop_at(std::string s) { stop.push_back(std::move(s)); return *this; }
+
+private:
+    friend class Engine;
+    /// The C struct with `stop` pointing into this object (valid while it lives).
+    zeph_generate_options build(std::vector<const char *> &ptrs) const {
+        zeph_generate_options o = c;
+        ptrs.clear();
+        for (const auto &s : stop) ptrs.push_back(s.c_str());
+        o.stop = ptrs.empty() ? nullptr : ptrs.data();
+        o.n_stop = ptrs.size();
+        return o;
+    }
+};
+
+/// Text of one request, piece by piece.
+class Stream {
+public:
+    /// The next piece; std::nullopt once the stream has ended.  Throws on
+    /// failure (a TIMEOUT here means the request's own deadline passed).
+    std::optional<std::string> next() {
+        for (;;) {
+            char *piece = nullptr;
+            zeph_status s = zeph_stream_next(ptr_.get(), 1000, &piece);
+            if (s == ZEPH_STATUS_TIMEOUT && usage().finish_reason == ZEPH_FINISH_NONE) continue;
+            detail::check(s);
+            if (!piece) return std::nullopt;
+            return detail::take(piece);
+        }
+    }
+    /// Stops the work; may be called from any thread.
+    void cancel() noexcept { zeph_stream_cancel(ptr_.get()); }
+    Usage usage() const {
+        zeph_usage u{};
+        u.struct_size = sizeof u;
+        detail::check(zeph_stream_usage(ptr_.get(), &u));
+        return Usage::from(u);
+    }
+
+private:
+    friend class Engine;
+    struct Free {
+        void operator()(zeph_stream *s) const noexcept { zeph_stream_free(s); }
+    };
+    explicit Stream(zeph_stream *s) : ptr_(s) {}
+    std::unique_ptr<zeph_stream, Free> ptr_;
+};
+
+/// A loaded model and its workers.  Movable, not copyable; frees the engine
+/// when destroyed (after shutting it down).
+class Engine {
+public:
+    explicit Engine(std::string_view model_path,
+                    const zeph_engine_options &options = zeph_engine_options_default()) {
+        zeph_engine *e = nullptr;
+        detail::check(zeph_engine_new(detail::z(model_path).c_str(), &options, &e));
+        ptr_.reset(e);
+    }
+
+    std::string complete(std::string_view prompt, const GenerateOptions &options = {},
+                         Usage *usage = nullptr) const {
+        std::vector<const char *> stops;
+        zeph_generate_options o = options.build(stops);
+        zeph_usage u{};
+        u.struct_size = sizeof u;
+        char *text = nullptr;
+        detail::check(zeph_engine_complete(ptr_.get(), detail::z(prompt).c_str(), &o, &text, &u));
+        if (usage) *usage = Usage::from(u);
+        return detail::take(text);
+    }
+
+    std::string chat(const std::vector<Message> &messages, const GenerateOptions &options = {},
+                     Usage *usage = nullptr) const {
+        std::vector<zeph_message> cm = c_messages(messages);
+        std::vector<const char *> stops;
+        zeph_generate_options o = options.build(stops);
+        zeph_usage u{};
+        u.struct_size = sizeof u;
+        char *text = nullptr;
+        detail::check(zeph_engine_chat(ptr_.get(), cm.data(), cm.size(), &o, &text, &u));
+        if (usage) *usage = Usage::from(u);
+        return detail::take(text);
+    }
+
+    Stream stream(std::string_view prompt, const GenerateOptions &options = {}) const {
+        std::vector<const char *> stops;
+        zeph_generate_options o = options.build(stops);
+        zeph_stream *s = nullptr;
+        detail::check(zeph_engine_stream_complete(ptr_.get(), detail::z(prompt).c_str(), &o, &s));
+        return Stream(s);
+    }
+
+    std::vector<uint32_t> tokenize(std::string_view text, bool add_special = true,
+                                   bool parse_special = true) const {
+        std::string t = detail::z(text);
+        size_t n = 0;
+        zeph_status s = zeph_engine_tokenize(ptr_.get(), t.c_str(), add_special, parse_special,
+                                             nullptr, 0, &n);
+        if (s != ZEPH_STATUS_OK && s != ZEPH_STATUS_INVALID_ARGUMENT) detail::check(s);
+        std::vector<uint32_t> ids(n);
+        detail::check(zeph_engine_tokenize(ptr_.get(), t.c_str(), add_special, parse_special,
+                                           ids.data(), ids.size(), &n));
+        return ids;
+    }
+
+    std::string detokenize(const std::vector<uint32_t> &ids, bool remove_special = false) const {
+        char *text = nullptr;
+        detail::check(zeph_engine_detokenize(ptr_.get(), ids.data(), ids.size(), remove_special, &text));
+        return detail::take(text);
+    }
+
+    uint32_t context_length() const noexcept { return zeph_engine_context_length(ptr_.get()); }
+
+    /// Makes waiting and later calls fail with ZEPH_STATUS_SHUTDOWN.
+    void shutdown() noexcept { zeph_engine_shutdown(ptr_.get()); }
+
+    zeph_engine *get() const noexcept { return ptr_.get(); }
+
+private:
+    static std::vector<zeph_message> c_messages(const std::vector<Message> &messages) {
+        std::vector<zeph_message> cm;
+        cm.reserve(messages.size());
+        for (const auto &m : messages) cm.push_back({m.role.c_str(), m.content.c_str()});
+        return cm;
+    }
+    struct Free {
+        void operator()(zeph_engine *e) const noexcept {
+            zeph_engine_shutdown(e);
+            zeph_engine_free(e);
+        }
+    };
+    std::unique_ptr<zeph_engine, Free> ptr_;
+};
+
+}  // namespace zeph
+
+#endif  // ZEPH_LLM_HPP
