@@ -15,7 +15,7 @@ MODEL     = $$($(FETCH) --path smollm2)
 
 CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
-LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread
+LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
 .PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-install bench install clean
 

@@ -1,0 +1,761 @@
+/*
+ * The C API tested as C: every exported function, every status on a real
+ * case, threads, streams.  Built with -std=c11 -Wall -Wextra -Wpedantic
+ * -Werror and run under valgrind by `make test-c`.
+ *
+ *   test_capi <smollm2.gguf> <fixtures-dir>
+ *
+ * The fixtures (tiny random-weight models written by
+ * tests/fixtures/make_fixtures.rs) keep the many-request cases fast under
+ * valgrind; the real model checks results against llama.cpp's reference.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "zeph_llm.h"
+
+static int passed, failed;
+static const char *model_path, *fixtures;
+static char tiny_path[4096], bad_shape_path[4096], tmpdir[4096];
+
+static void check(bool ok, const char *name, const char *detail) {
+    if (ok) {
+        passed++;
+        printf("ok - %s\n", name);
+    } else {
+        failed++;
+        printf("FAIL - %s%s%s\n", name, detail ? ": " : "", detail ? detail : "");
+    }
+    fflush(stdout);
+}
+
+/* Checks a status, and on a failure status that the message names `needle`. */
+static void expect(zeph_status got, zeph_status want, const char *name, const char *needle) {
+    char detail[1024];
+    const char *msg = zeph_last_error();
+    bool ok = got == want;
+    if (ok && want != ZEPH_STATUS_OK) ok = msg && msg[0] != '\0';
+    if (ok && needle) ok = strstr(msg, needle) != NULL;
+    snprintf(detail, sizeof detail, "got %s, want %s; message \"%s\"", zeph_status_name(got),
+             zeph_status_name(want), msg);
+    check(ok, name, ok ? NULL : detail);
+}
+
+/* Checks only the status of a call made on another thread (whose message
+ * belongs to that thread). */
+static void expect_status(zeph_status got, zeph_status want, const char *name) {
+    char detail[256];
+    snprintf(detail, sizeof detail, "got %s, want %s", zeph_status_name(got), zeph_status_name(want));
+    check(got == want, name, got == want ? NULL : detail);
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static zeph_generate_options greedy(uint32_t max_tokens) {
+    zeph_generate_options o = zeph_generate_options_default();
+    o.temperature = 0.0f;
+    o.max_tokens = max_tokens;
+    return o;
+}
+
+static zeph_engine *open_engine(const char *path, uint32_t workers, uint32_t queue) {
+    zeph_engine_options eo = zeph_engine_options_default();
+    eo.n_workers = workers;
+    eo.queue_capacity = queue;
+    zeph_engine *e = NULL;
+    zeph_status s = zeph_engine_new(path, &eo, &e);
+    if (s != ZEPH_STATUS_OK) {
+        fprintf(stderr, "cannot open %s: %s: %s\n", path, zeph_status_name(s), zeph_last_error());
+        exit(1);
+    }
+    return e;
+}
+
+static bool valid_utf8(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 0 : (*p >> 5) == 6 ? 1 : (*p >> 4) == 14 ? 2 : (*p >> 3) == 30 ? 3 : -1;
+        if (n < 0) return false;
+        p++;
+        for (int i = 0; i < n; i++, p++)
+            if ((*p & 0xC0) != 0x80) return false;
+    }
+    return true;
+}
+
+static void write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, len, f) != len) {
+        perror(path);
+        exit(1);
+    }
+    fclose(f);
+}
+
+/* The first `len` bytes of `src` (all when len is 0), into `dst`, with an
+ * optional same-length substitution of the first occurrence of `from`. */
+static void copy_file(const char *src, const char *dst, size_t len, const char *from, const char *to) {
+    FILE *f = fopen(src, "rb");
+    if (!f) {
+        perror(src);
+        exit(1);
+    }
+    struct stat st;
+    stat(src, &st);
+    size_t n = len ? len : (size_t)st.st_size;
+    char *buf = malloc(n);
+    if (!buf || fread(buf, 1, n, f) != n) {
+        perror(src);
+        exit(1);
+    }
+    fclose(f);
+    if (from) {
+        size_t fl = strlen(from);
+        for (size_t i = 0; i + fl <= n; i++)
+            if (memcmp(buf + i, from, fl) == 0) {
+                memcpy(buf + i, to, fl);
+                break;
+            }
+    }
+    write_file(dst, buf, n);
+    free(buf);
+}
+
+/* ---- a generation call on another thread ---------------------------------- */
+
+typedef struct {
+    zeph_engine *engine;
+    const char *prompt;
+    zeph_generate_options options;
+    zeph_status status;
+    char *text;
+    double ms;
+} call_t;
+
+static void *run_call(void *arg) {
+    call_t *c = arg;
+    double t0 = now_ms();
+    c->status = zeph_engine_complete(c->engine, c->prompt, &c->options, &c->text, NULL);
+    c->ms = now_ms() - t0;
+    return NULL;
+}
+
+static void *read_last_error(void *arg) {
+    *(const char **)arg = zeph_last_error();
+    return NULL;
+}
+
+/* ---- sections --------------------------------------------------------------- */
+
+static void test_basics(void) {
+    check(strcmp(zeph_version(), ZEPH_VERSION) == 0, "zeph_version equals ZEPH_VERSION", zeph_version());
+    const char *names[] = {"ZEPH_STATUS_OK", "ZEPH_STATUS_NULL_ARGUMENT", "ZEPH_STATUS_INVALID_ARGUMENT",
+                           "ZEPH_STATUS_INVALID_UTF8", "ZEPH_STATUS_IO", "ZEPH_STATUS_MODEL",
+                           "ZEPH_STATUS_TOKENIZER", "ZEPH_STATUS_TEMPLATE", "ZEPH_STATUS_CONTEXT_OVERFLOW",
+                           "ZEPH_STATUS_QUEUE_FULL", "ZEPH_STATUS_TIMEOUT", "ZEPH_STATUS_CANCELLED",
+                           "ZEPH_STATUS_SHUTDOWN", "ZEPH_STATUS_INFERENCE", "ZEPH_STATUS_PANIC"};
+    bool all = true;
+    for (int i = 0; i <= ZEPH_STATUS_PANIC; i++) all = all && strcmp(zeph_status_name((zeph_status)i), names[i]) == 0;
+    check(all, "zeph_status_name names every status", NULL);
+    check(strcmp(zeph_status_name((zeph_status)99), "ZEPH_STATUS_UNKNOWN") == 0 &&
+              strcmp(zeph_status_name((zeph_status)-1), "ZEPH_STATUS_UNKNOWN") == 0,
+          "zeph_status_name of a number that is no status", NULL);
+    const char *fresh = NULL;
+    pthread_t t;
+    pthread_create(&t, NULL, read_last_error, (void *)&fresh);
+    pthread_join(t, NULL);
+    check(fresh && fresh[0] == '\0', "zeph_last_error is empty on a thread with no failure", NULL);
+    zeph_string_free(NULL);
+    zeph_engine_free(NULL);
+    zeph_engine_shutdown(NULL);
+    zeph_cancel_token_free(NULL);
+    zeph_cancel_token_cancel(NULL);
+    zeph_stream_free(NULL);
+    zeph_stream_cancel(NULL);
+    check(!zeph_cancel_token_is_cancelled(NULL) && zeph_engine_context_length(NULL) == 0,
+          "NULL handles are no-ops", NULL);
+}
+
+static void test_loading(void) {
+    zeph_engine *sentinel = (zeph_engine *)&passed, *e = sentinel;
+    char path[4200];
+
+    expect(zeph_engine_new(NULL, NULL, &e), ZEPH_STATUS_NULL_ARGUMENT, "NULL model_path", "model_path");
+    expect(zeph_engine_new(tiny_path, NULL, NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL engine_out", "engine_out");
+    expect(zeph_engine_new("/nonexistent/dir/model.gguf", NULL, &e), ZEPH_STATUS_IO, "missing file", "model.gguf");
+    expect(zeph_engine_new(tmpdir, NULL, &e), ZEPH_STATUS_IO, "a directory", "directory");
+    expect(zeph_engine_new("bad-\xff-name.gguf", NULL, &e), ZEPH_STATUS_INVALID_UTF8,
+           "model path not UTF-8", "model_path");
+
+    snprintf(path, sizeof path, "%s/empty.gguf", tmpdir);
+    write_file(path, "", 0);
+    expect(zeph_engine_new(path, NULL, &e), ZEPH_STATUS_MODEL, "empty file", "empty.gguf");
+    snprintf(path, sizeof path, "%s/text.gguf", tmpdir);
+    const char *text = "This is a text file, not a GGUF model; it only pretends by its name.\n";
+    write_file(path, text, strlen(text));
+    expect(zeph_engine_new(path, NULL, &e), ZEPH_STATUS_MODEL, "a text file", "text.gguf");
+    snprintf(path, sizeof path, "%s/cut-1m.gguf", tmpdir);
+    copy_file(model_path, path, 1 << 20, NULL, NULL);
+    expect(zeph_engine_new(path, NULL, &e), ZEPH_STATUS_MODEL, "real model cut after 1 MiB", "cut-1m.gguf");
+    struct stat st;
+    stat(model_path, &st);
+    snprintf(path, sizeof path, "%s/cut-half.gguf", tmpdir);
+    copy_file(model_path, path, (size_t)st.st_size / 2, NULL, NULL);
+    expect(zeph_engine_new(path, NULL, &e), ZEPH_STATUS_MODEL, "real model cut in half", "truncated");
+    snprintf(path, sizeof path, "%s/zorro.gguf", tmpdir);
+    copy_file(tiny_path, path, 0, "llama", "zorro");
+    expect(zeph_engine_new(path, NULL, &e), ZEPH_STATUS_MODEL, "unknown architecture", "zorro");
+    check(e == sentinel, "engine_out untouched on failure", NULL);
+
+    zeph_engine_options eo = zeph_engine_options_default();
+    eo.n_workers = 0;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_INVALID_ARGUMENT, "zero workers", "n_workers");
+    eo = zeph_engine_options_default();
+    eo.queue_capacity = 0;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_INVALID_ARGUMENT, "zero queue", "queue_capacity");
+    eo = zeph_engine_options_default();
+    eo.default_timeout_ms = 0;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_INVALID_ARGUMENT, "zero default timeout",
+           "default_timeout_ms");
+    eo = zeph_engine_options_default();
+    eo.struct_size = 4;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_INVALID_ARGUMENT, "engine options struct_size too small",
+           "struct_size");
+
+    /* A caller compiled against a newer header: more fields. */
+    struct {
+        zeph_engine_options o;
+        uint64_t newer_field;
+    } bigger;
+    bigger.o = zeph_engine_options_default();
+    bigger.o.struct_size = sizeof bigger;
+    bigger.newer_field = 7;
+    expect(zeph_engine_new(tiny_path, &bigger.o, &e), ZEPH_STATUS_INVALID_ARGUMENT,
+           "unknown non-zero fields are refused", "does not support");
+    bigger.newer_field = 0;
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &bigger.o, &e), ZEPH_STATUS_OK, "unknown zero fields are accepted", NULL);
+    zeph_engine_free(e);
+
+    snprintf(path, sizeof path, "%s/tokenizer.json", tmpdir);
+    write_file(path, "{ not json", 10);
+    eo = zeph_engine_options_default();
+    eo.tokenizer_path = path;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_TOKENIZER, "a broken tokenizer.json", "tokenizer.json");
+    eo = zeph_engine_options_default();
+    eo.chat_template = "{% for %}";
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_TEMPLATE, "a chat template with a syntax error",
+           "chat template");
+}
+
+static void test_real_model(void) {
+    zeph_engine *e = open_engine(model_path, 1, 4);
+    zeph_generate_options o = greedy(8);
+    zeph_usage u = {.struct_size = sizeof u};
+    char *text = NULL;
+    expect(zeph_engine_complete(e, "The capital of France is", &o, &text, &u), ZEPH_STATUS_OK,
+           "complete on the real model", NULL);
+    /* llama.cpp's greedy continuation, tests/data/llamacpp-tokens-and-greedy.json. */
+    check(text && strcmp(text, " Paris.\n\nThe United States has") == 0, "greedy text equals llama.cpp's", text);
+    check(u.prompt_tokens == 5 && u.completion_tokens == 8 && u.finish_reason == ZEPH_FINISH_LENGTH &&
+              u.queue_ms >= 0 && u.prompt_ms > 0 && u.generation_ms > 0,
+          "usage numbers", NULL);
+    zeph_string_free(text);
+
+    /* A stop string: the text ends before it (" population" is the 11th token). */
+    const char *stops[] = {" population", "never appears"};
+    o = greedy(24);
+    o.stop = stops;
+    o.n_stop = 2;
+    text = NULL;
+    expect(zeph_engine_complete(e, "The capital of France is", &o, &text, &u), ZEPH_STATUS_OK,
+           "complete with stop strings", NULL);
+    check(text && strcmp(text, " Paris.\n\nThe United States has a") == 0 &&
+              u.finish_reason == ZEPH_FINISH_STOP_STRING,
+          "the text ends before the stop string", text);
+    zeph_string_free(text);
+
+    /* The same as a stream: the stop string spans two pieces (" pop",
+     * "ulation") and none of it is shown. */
+    zeph_stream *s = NULL;
+    expect(zeph_engine_stream_complete(e, "The capital of France is", &o, &s), ZEPH_STATUS_OK,
+           "stream with stop strings", NULL);
+    char joined[256] = {0};
+    for (;;) {
+        char *piece = NULL;
+        if (zeph_stream_next(s, 60000, &piece) != ZEPH_STATUS_OK || !piece) break;
+        strncat(joined, piece, sizeof joined - strlen(joined) - 1);
+        zeph_string_free(piece);
+    }
+    check(strcmp(joined, " Paris.\n\nThe United States has a") == 0, "streamed pieces stop before it", joined);
+    zeph_stream_usage(s, &u);
+    check(u.finish_reason == ZEPH_FINISH_STOP_STRING, "stream finish reason stop string", NULL);
+    zeph_stream_free(s);
+
+    zeph_message hi[] = {{"user", "Hi"}};
+    text = NULL;
+    expect(zeph_engine_apply_chat_template(e, hi, 1, true, &text), ZEPH_STATUS_OK, "apply_chat_template", NULL);
+    check(text && strcmp(text, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                               "Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n") == 0,
+          "the model's own template, byte for byte", text);
+    zeph_string_free(text);
+    o = greedy(3);
+    text = NULL;
+    expect(zeph_engine_chat(e, hi, 1, &o, &text, NULL), ZEPH_STATUS_OK, "chat with usage NULL", NULL);
+    check(text && valid_utf8(text), "chat answer is UTF-8", NULL);
+    zeph_string_free(text);
+
+    uint32_t ids[16];
+    size_t n = 0;
+    expect(zeph_engine_tokenize(e, "The capital of France is", true, true, NULL, 0, &n),
+           ZEPH_STATUS_INVALID_ARGUMENT, "tokenize sizes the buffer", "capacity");
+    check(n == 5, "tokenize reports the count needed", NULL);
+    expect(zeph_engine_tokenize(e, "The capital of France is", true, true, ids, 16, &n), ZEPH_STATUS_OK,
+           "tokenize", NULL);
+    uint32_t want[] = {504, 3575, 282, 4649, 314};
+    check(n == 5 && memcmp(ids, want, sizeof want) == 0, "token ids equal llama.cpp's", NULL);
+    expect(zeph_engine_tokenize(e, "<|im_start|>", false, true, ids, 16, &n), ZEPH_STATUS_OK, "tokenize special", NULL);
+    check(n == 1 && ids[0] == 1, "a special token is parsed when asked", NULL);
+    expect(zeph_engine_tokenize(e, "<|im_start|>", false, false, ids, 16, &n), ZEPH_STATUS_OK, "tokenize plain", NULL);
+    check(n > 1, "and stays text when not", NULL);
+    text = NULL;
+    expect(zeph_engine_detokenize(e, want, 5, false, &text), ZEPH_STATUS_OK, "detokenize", NULL);
+    check(text && strcmp(text, "The capital of France is") == 0, "detokenize round trip", text);
+    zeph_string_free(text);
+    uint32_t special[] = {1, 504, 2};
+    text = NULL;
+    zeph_engine_detokenize(e, special, 3, true, &text);
+    check(text && strcmp(text, "The") == 0, "detokenize drops control tokens on request", text);
+    zeph_string_free(text);
+
+    zeph_model_info info = {.struct_size = sizeof info};
+    expect(zeph_engine_model_info(e, &info), ZEPH_STATUS_OK, "model_info", NULL);
+    check(strcmp(info.architecture, "llama") == 0 && info.vocab_size == 49152 && info.bos_id == 1 &&
+              info.eos_id == 2 && strcmp(info.chat_template, "gguf") == 0 &&
+              info.context_length == zeph_engine_context_length(e) && info.context_length == 8192 &&
+              strcmp(info.quantization, "Q4_1") == 0 && info.parameter_count > 100000000,
+          "model_info fields", info.architecture);
+    zeph_model_info small_info = {.struct_size = 4};
+    expect(zeph_engine_model_info(e, &small_info), ZEPH_STATUS_INVALID_ARGUMENT, "model_info struct_size too small",
+           "struct_size");
+    zeph_engine_free(e);
+}
+
+static void test_requests(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 4);
+    char *sentinel = (char *)&failed, *text = sentinel;
+    zeph_generate_options o = greedy(4);
+    zeph_usage u = {.struct_size = sizeof u};
+
+    expect(zeph_engine_complete(NULL, "x", &o, &text, NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL engine", "engine");
+    expect(zeph_engine_complete(e, NULL, &o, &text, NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL prompt", "prompt");
+    expect(zeph_engine_complete(e, "x", &o, NULL, NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL text_out", "text_out");
+    expect(zeph_engine_chat(e, NULL, 2, &o, &text, NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL messages", "messages");
+    expect(zeph_cancel_token_new(NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL token_out", "token_out");
+    o.n_stop = 1;
+    expect(zeph_engine_complete(e, "x", &o, &text, NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL stop with n_stop", "stop");
+
+    expect(zeph_engine_complete(e, "\xff\xfe", NULL, &text, NULL), ZEPH_STATUS_INVALID_UTF8, "prompt not UTF-8",
+           "prompt");
+    zeph_message bad_msg[] = {{"user", "ok"}, {"user", "caf\xe9"}};
+    expect(zeph_engine_chat(e, bad_msg, 2, NULL, &text, NULL), ZEPH_STATUS_INVALID_UTF8, "message not UTF-8",
+           "messages[1].content");
+
+    zeph_generate_options bad;
+    bad = greedy(4); bad.temperature = NAN;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "NaN temperature", "temperature");
+    bad = greedy(4); bad.temperature = -1.0f;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "negative temperature", "temperature");
+    bad = greedy(4); bad.top_p = 0.0f;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "top_p 0", "top_p");
+    bad = greedy(4); bad.top_p = 1.5f;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "top_p 1.5", "top_p");
+    bad = greedy(4); bad.min_p = -1.0f;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "min_p -1", "min_p");
+    bad = greedy(4); bad.repeat_penalty = 0.0f;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "repeat_penalty 0", "repeat_penalty");
+    bad = greedy(0);
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "max_tokens 0", "max_tokens");
+    bad = greedy(4); bad.struct_size = 4;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "generate options struct_size too small", "struct_size");
+    const char *empty_stop[] = {""};
+    bad = greedy(4); bad.stop = empty_stop; bad.n_stop = 1;
+    expect(zeph_engine_complete(e, "x", &bad, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "an empty stop string", "stop[0]");
+    zeph_usage small_usage = {.struct_size = 4};
+    o = greedy(4);
+    expect(zeph_engine_complete(e, "x", &o, &text, &small_usage), ZEPH_STATUS_INVALID_ARGUMENT, "usage struct_size too small", "struct_size");
+    o = greedy(zeph_engine_context_length(e) + 1);
+    expect(zeph_engine_complete(e, "x", &o, &text, NULL), ZEPH_STATUS_CONTEXT_OVERFLOW, "prompt plus max_tokens beyond the context", "4096");
+    check(text == sentinel, "text_out untouched on failure", NULL);
+
+    /* Greedy is deterministic; a seed makes sampling so. */
+    char *a = NULL, *b = NULL;
+    o = greedy(12);
+    zeph_engine_complete(e, "hello", &o, &a, NULL);
+    zeph_engine_complete(e, "hello", &o, &b, NULL);
+    check(a && b && strcmp(a, b) == 0, "greedy twice, same text", NULL);
+    zeph_string_free(b);
+    o = zeph_generate_options_default();
+    o.max_tokens = 12; o.temperature = 1.0f; o.seed = 1234;
+    char *s1 = NULL, *s2 = NULL;
+    zeph_engine_complete(e, "hello", &o, &s1, NULL);
+    zeph_engine_complete(e, "hello", &o, &s2, NULL);
+    check(s1 && s2 && strcmp(s1, s2) == 0, "same seed, same text", NULL);
+    zeph_string_free(s1);
+    zeph_string_free(s2);
+
+    zeph_string_free(a);
+
+    /* TIMEOUT: a 1 ms deadline on a long request; the next one still runs. */
+    o = greedy(4000); o.timeout_ms = 1;
+    double t0 = now_ms();
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_TIMEOUT, "1 ms deadline", "timeout");
+    check(now_ms() - t0 < 5000, "the call returned at its deadline", NULL);
+    o = greedy(2);
+    text = NULL;
+    expect(zeph_engine_complete(e, "b", &o, &text, NULL), ZEPH_STATUS_OK, "the next request runs", NULL);
+    zeph_string_free(text);
+
+    /* TEMPLATE at render time. */
+    zeph_engine_options eo = zeph_engine_options_default();
+    eo.chat_template = "{{ raise_exception('custom failure') }}";
+    zeph_engine *te = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &te), ZEPH_STATUS_OK, "engine with a raising template", NULL);
+    zeph_message m[] = {{"user", "hi"}};
+    expect(zeph_engine_chat(te, m, 1, NULL, &text, NULL), ZEPH_STATUS_TEMPLATE, "raise_exception in chat", "custom failure");
+    expect(zeph_engine_apply_chat_template(te, m, 1, true, &text), ZEPH_STATUS_TEMPLATE,
+           "raise_exception in apply_chat_template", "custom failure");
+    zeph_engine_free(te);
+    zeph_engine_free(e);
+
+    /* INFERENCE: a model whose embeddings end before its vocabulary does. */
+    zeph_engine *be = open_engine(bad_shape_path, 1, 4);
+    o = greedy(4);
+    expect(zeph_engine_complete(be, "hello", &o, &text, NULL), ZEPH_STATUS_INFERENCE, "inference failure", "token id");
+    zeph_engine_free(be);
+}
+
+static void test_cancellation(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 4);
+    zeph_cancel_token *token = NULL;
+    expect(zeph_cancel_token_new(&token), ZEPH_STATUS_OK, "cancel token", NULL);
+    check(!zeph_cancel_token_is_cancelled(token), "a new token is not cancelled", NULL);
+    call_t c = {.engine = e, .prompt = "a", .options = greedy(4000)};
+    c.options.cancel = token;
+    pthread_t t;
+    pthread_create(&t, NULL, run_call, &c);
+    sleep_ms(300);
+    double t0 = now_ms();
+    zeph_cancel_token_cancel(token);
+    pthread_join(t, NULL);
+    expect_status(c.status, ZEPH_STATUS_CANCELLED, "cancelled from another thread");
+    printf("# cancel to return: %.1f ms\n", now_ms() - t0);
+    check(zeph_cancel_token_is_cancelled(token), "the token stays cancelled", NULL);
+    char *text = NULL;
+    zeph_generate_options o = greedy(2);
+    o.cancel = token;
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_CANCELLED, "a cancelled token fails at once", NULL);
+    zeph_cancel_token_free(token);
+    zeph_engine_free(e);
+}
+
+static void test_queue_full(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 1);
+    zeph_cancel_token *token = NULL;
+    zeph_cancel_token_new(&token);
+    call_t running = {.engine = e, .prompt = "a", .options = greedy(4000)};
+    running.options.cancel = token;
+    call_t queued = running;
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, run_call, &running);
+    sleep_ms(1000);
+    pthread_create(&t2, NULL, run_call, &queued);
+    sleep_ms(1000);
+    zeph_generate_options o = greedy(2);
+    o.timeout_ms = 300;
+    char *text = NULL;
+    expect(zeph_engine_complete(e, "b", &o, &text, NULL), ZEPH_STATUS_QUEUE_FULL, "a full queue", "capacity 1");
+    zeph_cancel_token_cancel(token);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    check(running.status == ZEPH_STATUS_CANCELLED && queued.status == ZEPH_STATUS_CANCELLED,
+          "the running and the queued request were cancelled, not dropped", NULL);
+    zeph_cancel_token_free(token);
+    zeph_engine_free(e);
+}
+
+static void test_shutdown(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 4);
+    call_t calls[3];
+    pthread_t threads[3];
+    for (int i = 0; i < 3; i++) {
+        calls[i] = (call_t){.engine = e, .prompt = "a", .options = greedy(4000)};
+        pthread_create(&threads[i], NULL, run_call, &calls[i]);
+    }
+    sleep_ms(1000);
+    double t0 = now_ms();
+    zeph_engine_shutdown(e);
+    bool all = true;
+    for (int i = 0; i < 3; i++) {
+        pthread_join(threads[i], NULL);
+        all = all && calls[i].status == ZEPH_STATUS_SHUTDOWN;
+    }
+    check(all, "shutdown wakes the running and the queued callers", NULL);
+    check(now_ms() - t0 < 10000, "promptly", NULL);
+    char *text = NULL;
+    zeph_generate_options o = greedy(2);
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_SHUTDOWN, "calls after shutdown", NULL);
+    zeph_engine_shutdown(e);
+    zeph_engine_free(e);
+    check(true, "shutdown twice, then free", NULL);
+}
+
+static void test_concurrency(void) {
+    zeph_engine *e = open_engine(tiny_path, 2, 16);
+    call_t calls[8];
+    pthread_t threads[8];
+    for (int i = 0; i < 8; i++) {
+        calls[i] = (call_t){.engine = e, .prompt = "the same prompt", .options = greedy(8)};
+        pthread_create(&threads[i], NULL, run_call, &calls[i]);
+    }
+    bool ok = true;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(threads[i], NULL);
+        ok = ok && calls[i].status == ZEPH_STATUS_OK && calls[i].text &&
+             strcmp(calls[i].text, calls[0].text) == 0;
+    }
+    check(ok, "8 threads at once, all answered alike", NULL);
+    for (int i = 0; i < 8; i++) zeph_string_free(calls[i].text);
+    zeph_engine_free(e);
+}
+
+static void test_panics(void) {
+    const char *faults[] = {"caller-panic", "worker-panic"};
+    for (int i = 0; i < 2; i++) {
+        setenv("ZEPH_FAULT", faults[i], 1);
+        zeph_engine *e = open_engine(tiny_path, 1, 4);
+        unsetenv("ZEPH_FAULT");
+        char *text = NULL;
+        zeph_generate_options o = greedy(2);
+        char name[64];
+        snprintf(name, sizeof name, "%s becomes ZEPH_STATUS_PANIC", faults[i]);
+        expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_PANIC, name, "panic");
+        snprintf(name, sizeof name, "%s: the engine goes on", faults[i]);
+        expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_PANIC, name, NULL);
+        zeph_engine_free(e);
+    }
+}
+
+/* ---- streams ------------------------------------------------------------------ */
+
+typedef struct {
+    char text[65536];
+    int pieces, stop_after;
+} collected_t;
+
+static bool collect_piece(void *user_data, const char *piece, size_t len) {
+    collected_t *c = user_data;
+    if (strlen(piece) != len || !valid_utf8(piece)) return false;
+    strncat(c->text, piece, sizeof c->text - strlen(c->text) - 1);
+    c->pieces++;
+    return c->stop_after == 0 || c->pieces < c->stop_after;
+}
+
+static void *cancel_stream_later(void *arg) {
+    sleep_ms(300);
+    zeph_stream_cancel(arg);
+    return NULL;
+}
+
+static void test_streams(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 4);
+    zeph_generate_options o = greedy(40);
+    char *whole = NULL;
+    zeph_engine_complete(e, "stream me", &o, &whole, NULL);
+
+    zeph_stream *s = NULL;
+    expect(zeph_engine_stream_complete(e, "stream me", &o, &s), ZEPH_STATUS_OK, "stream_complete", NULL);
+    zeph_usage u = {.struct_size = sizeof u};
+    collected_t *c = calloc(1, sizeof *c);
+    bool utf8 = true;
+    for (;;) {
+        char *piece = NULL;
+        zeph_status st = zeph_stream_next(s, 10000, &piece);
+        if (st != ZEPH_STATUS_OK || !piece) break;
+        utf8 = utf8 && valid_utf8(piece) && piece[0] != '\0';
+        strcat(c->text, piece);
+        c->pieces++;
+        zeph_string_free(piece);
+    }
+    check(whole && strcmp(c->text, whole) == 0 && c->pieces > 1, "pieces add up to the blocking answer", NULL);
+    check(utf8, "every piece is whole UTF-8", NULL);
+    expect(zeph_stream_usage(s, &u), ZEPH_STATUS_OK, "stream_usage", NULL);
+    check(u.finish_reason == ZEPH_FINISH_LENGTH && u.completion_tokens == 40, "stream usage after the end", NULL);
+    char *piece = (char *)&passed;
+    expect(zeph_stream_next(s, 0, &piece), ZEPH_STATUS_OK, "next after the end", NULL);
+    check(piece == NULL, "gives NULL again", NULL);
+    zeph_stream_free(s);
+
+    /* The callback form delivers the same pieces. */
+    memset(c, 0, sizeof *c);
+    o = greedy(40);
+    expect(zeph_engine_stream_complete(e, "stream me", &o, &s), ZEPH_STATUS_OK, "a second stream", NULL);
+    expect(zeph_stream_for_each(s, collect_piece, c), ZEPH_STATUS_OK, "stream_for_each", NULL);
+    check(strcmp(c->text, whole) == 0, "for_each pieces add up too", NULL);
+    zeph_stream_free(s);
+    zeph_string_free(whole);
+
+    /* next() with a short timeout: TIMEOUT, the stream goes on. */
+    o = greedy(3000);
+    zeph_engine_stream_complete(e, "a", &o, &s);
+    int timeouts = 0, pieces = 0;
+    while (pieces < 20) {
+        piece = NULL;
+        zeph_status st = zeph_stream_next(s, 0, &piece);
+        if (st == ZEPH_STATUS_TIMEOUT) {
+            timeouts++;
+            sleep_ms(1);
+            continue;
+        }
+        if (st != ZEPH_STATUS_OK || !piece) break;
+        pieces++;
+        zeph_string_free(piece);
+    }
+    zeph_stream_usage(s, &u);
+    check(timeouts > 0 && pieces == 20 && u.finish_reason == ZEPH_FINISH_NONE,
+          "a short next() times out and the stream goes on", NULL);
+    /* Cancel from another thread while this one waits. */
+    pthread_t t;
+    pthread_create(&t, NULL, cancel_stream_later, s);
+    zeph_status st;
+    do {
+        piece = NULL;
+        st = zeph_stream_next(s, 10000, &piece);
+        zeph_string_free(piece);
+    } while (st == ZEPH_STATUS_OK && piece);
+    pthread_join(t, NULL);
+    expect(st, ZEPH_STATUS_CANCELLED, "stream cancelled from another thread", "cancelled");
+    zeph_stream_usage(s, &u);
+    check(u.finish_reason == ZEPH_FINISH_CANCELLED, "finish reason cancelled", NULL);
+    zeph_stream_free(s);
+
+    /* A callback that says stop cancels the request. */
+    memset(c, 0, sizeof *c);
+    c->stop_after = 3;
+    zeph_engine_stream_complete(e, "a", &o, &s);
+    expect(zeph_stream_for_each(s, collect_piece, c), ZEPH_STATUS_CANCELLED, "on_piece returning false", NULL);
+    check(c->pieces == 3, "no piece after it", NULL);
+    zeph_stream_free(s);
+
+    /* The request's deadline ends the stream with TIMEOUT. */
+    o = greedy(4000);
+    o.timeout_ms = 200;
+    zeph_engine_stream_complete(e, "a", &o, &s);
+    do {
+        piece = NULL;
+        st = zeph_stream_next(s, 10000, &piece);
+        zeph_string_free(piece);
+    } while (st == ZEPH_STATUS_OK && piece);
+    expect(st, ZEPH_STATUS_TIMEOUT, "the deadline ends a stream", NULL);
+    zeph_stream_usage(s, &u);
+    check(u.finish_reason == ZEPH_FINISH_TIMEOUT, "finish reason timeout", NULL);
+    zeph_stream_free(s);
+
+    /* Freeing a stream mid-way cancels its work: the worker is free. */
+    o = greedy(4000);
+    zeph_engine_stream_complete(e, "a", &o, &s);
+    piece = NULL;
+    zeph_stream_next(s, 10000, &piece);
+    zeph_string_free(piece);
+    zeph_stream_free(s);
+    o = greedy(2);
+    o.timeout_ms = 20000;
+    char *text = NULL;
+    expect(zeph_engine_complete(e, "b", &o, &text, NULL), ZEPH_STATUS_OK, "a freed stream frees its worker", NULL);
+    zeph_string_free(text);
+
+    /* Chat streams, and their argument checks. */
+    zeph_message m[] = {{"user", "hi"}};
+    o = greedy(5);
+    expect(zeph_engine_stream_chat(e, m, 1, &o, &s), ZEPH_STATUS_OK, "stream_chat", NULL);
+    memset(c, 0, sizeof *c);
+    zeph_stream_for_each(s, collect_piece, c);
+    zeph_stream_free(s);
+    check(c->pieces > 0, "stream_chat delivers", NULL);
+    expect(zeph_engine_stream_complete(e, "a", &o, NULL), ZEPH_STATUS_NULL_ARGUMENT, "NULL stream_out", "stream_out");
+    expect(zeph_stream_next(NULL, 0, &piece), ZEPH_STATUS_NULL_ARGUMENT, "NULL stream", "stream");
+    free(c);
+    zeph_engine_free(e);
+}
+
+static void test_conversation(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 4);
+    zeph_generate_options o = greedy(6);
+    zeph_usage first = {.struct_size = sizeof first}, second = first, fresh = first;
+    char *a = NULL, *b = NULL, *f = NULL;
+    zeph_message turn1[] = {{"user", "a long first message, long enough to matter"}};
+    zeph_engine_chat(e, turn1, 1, &o, &a, &first);
+    zeph_message turn2[] = {{"user", "a long first message, long enough to matter"}, {"assistant", a},
+                            {"user", "and a second one"}};
+    zeph_engine_chat(e, turn2, 3, &o, &b, &second);
+    o.cache_prompt = 0;
+    zeph_engine_chat(e, turn2, 3, &o, &f, &fresh);
+    check(second.cached_tokens >= first.prompt_tokens && fresh.cached_tokens == 0,
+          "a second turn reuses the first turn's cache", NULL);
+    check(b && f && strcmp(b, f) == 0, "and answers as without reuse", NULL);
+    zeph_string_free(a);
+    zeph_string_free(b);
+    zeph_string_free(f);
+    zeph_engine_free(e);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s <smollm2.gguf> <fixtures-dir>\n", argv[0]);
+        return 2;
+    }
+    model_path = argv[1];
+    fixtures = argv[2];
+    snprintf(tiny_path, sizeof tiny_path, "%s/tiny-llama.gguf", fixtures);
+    snprintf(bad_shape_path, sizeof bad_shape_path, "%s/bad-shape.gguf", fixtures);
+    snprintf(tmpdir, sizeof tmpdir, "%s/capi-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+
+    test_basics();
+    test_loading();
+    test_real_model();
+    test_requests();
+    test_cancellation();
+    test_queue_full();
+    test_shutdown();
+    test_concurrency();
+    test_panics();
+    test_streams();
+    test_conversation();
+
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
