@@ -17,7 +17,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-install bench install clean
+.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench install clean
 
 all: lib
 
@@ -43,7 +43,7 @@ demo: models $(BUILD)/demo
 
 # ---- tests ------------------------------------------------------------------
 
-test: check-header lint test-rust test-c test-cpp test-go test-install
+test: check-header lint test-rust test-c test-cpp test-go test-swift test-install
 	@echo "make test: all suites passed"
 
 # The committed header must be what the build generates, and must compile on
@@ -84,6 +84,12 @@ test-go: models lib
 	cd bindings/go && test -z "$$(gofmt -l .)" || (gofmt -l . >&2; exit 1)
 	cd bindings/go && go vet ./...
 	cd bindings/go && ZEPH_MODEL="$(MODEL)" go test -count=1 -v ./...
+
+# ---- Swift --------------------------------------------------------------------
+
+# Runs in a Debian trixie root (this Debian has no Swift); see the script.
+test-swift: models lib
+	scripts/test-swift.sh "$(MODEL)"
 
 # ---- install ----------------------------------------------------------------
 

@@ -1,0 +1,2 @@
+/* The C API, from the checkout's include/ folder. */
+#include "../../../../include/zeph_llm.h"

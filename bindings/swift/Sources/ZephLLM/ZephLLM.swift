@@ -1,0 +1,251 @@
+// ZephLLM: local GGUF language models from Swift, over libzeph_llm's C API.
+// An Engine is safe to share between tasks; cancelling the Swift Task that
+// awaits a call cancels the work in the engine.
+import CZephLLM
+import Foundation
+
+/// A failed call, one case per zeph_status, with the library's message.
+public enum ZephError: Error, Equatable, CustomStringConvertible {
+    case nullArgument(String)
+    case invalidArgument(String)
+    case invalidUTF8(String)
+    case io(String)
+    case model(String)
+    case tokenizer(String)
+    case template(String)
+    case contextOverflow(String)
+    case queueFull(String)
+    case timeout(String)
+    case cancelled(String)
+    case shutdown(String)
+    case inference(String)
+    case panic(String)
+    case unknown(Int32, String)
+
+    init(status: zeph_status, message: String) {
+        switch status {
+        case ZEPH_STATUS_NULL_ARGUMENT: self = .nullArgument(message)
+        case ZEPH_STATUS_INVALID_ARGUMENT: self = .invalidArgument(message)
+        case ZEPH_STATUS_INVALID_UTF8: self = .invalidUTF8(message)
+        case ZEPH_STATUS_IO: self = .io(message)
+        case ZEPH_STATUS_MODEL: self = .model(message)
+        case ZEPH_STATUS_TOKENIZER: self = .tokenizer(message)
+        case ZEPH_STATUS_TEMPLATE: self = .template(message)
+        case ZEPH_STATUS_CONTEXT_OVERFLOW: self = .contextOverflow(message)
+        case ZEPH_STATUS_QUEUE_FULL: self = .queueFull(message)
+        case ZEPH_STATUS_TIMEOUT: self = .timeout(message)
+        case ZEPH_STATUS_CANCELLED: self = .cancelled(message)
+        case ZEPH_STATUS_SHUTDOWN: self = .shutdown(message)
+        case ZEPH_STATUS_INFERENCE: self = .inference(message)
+        case ZEPH_STATUS_PANIC: self = .panic(message)
+        default: self = .unknown(Int32(status.rawValue), message)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case let .nullArgument(m), let .invalidArgument(m), let .invalidUTF8(m), let .io(m),
+             let .model(m), let .tokenizer(m), let .template(m), let .contextOverflow(m),
+             let .queueFull(m), let .timeout(m), let .cancelled(m), let .shutdown(m),
+             let .inference(m), let .panic(m), let .unknown(_, m):
+            return m
+        }
+    }
+}
+
+/// Throws the status as a ZephError, with this thread's message.  Must run
+/// on the thread that made the call (the message is per thread).
+func check(_ status: zeph_status) throws {
+    if status != ZEPH_STATUS_OK {
+        throw ZephError(status: status, message: String(cString: zeph_last_error()))
+    }
+}
+
+public struct Message: Sendable {
+    public var role: String
+    public var content: String
+    public init(role: String, content: String) {
+        self.role = role
+        self.content = content
+    }
+}
+
+/// Options of one request; the defaults are the library's.
+public struct GenerateOptions: Sendable {
+    public var maxTokens: UInt32
+    public var temperature: Float
+    public var seed: UInt64
+    public var timeout: Duration?
+    public var stop: [String] = []
+
+    public init() {
+        let d = zeph_generate_options_default()
+        maxTokens = d.max_tokens
+        temperature = d.temperature
+        seed = d.seed
+    }
+
+    public static func greedy(maxTokens: UInt32) -> GenerateOptions {
+        var o = GenerateOptions()
+        o.temperature = 0
+        o.maxTokens = maxTokens
+        return o
+    }
+}
+
+/// The C side of one request: options, stop strings and a cancel token, all
+/// owned here and freed in deinit.
+final class Request: @unchecked Sendable {
+    var options = zeph_generate_options_default()
+    let token: OpaquePointer
+    private var stops: [UnsafeMutablePointer<CChar>]
+    private let stopArray: UnsafeMutablePointer<UnsafePointer<CChar>?>
+
+    init(_ o: GenerateOptions) throws {
+        var token: OpaquePointer?
+        try check(zeph_cancel_token_new(&token))
+        self.token = token!
+        stops = o.stop.map { strdup($0)! }
+        stopArray = .allocate(capacity: max(stops.count, 1))
+        for (i, s) in stops.enumerated() { stopArray[i] = UnsafePointer(s) }
+        options.max_tokens = o.maxTokens
+        options.temperature = o.temperature
+        options.seed = o.seed
+        if let t = o.timeout {
+            let ms = t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000
+            options.timeout_ms = UInt64(max(ms, 1))
+        }
+        options.stop = UnsafePointer(stopArray)
+        options.n_stop = stops.count
+        options.cancel = self.token
+    }
+
+    func cancel() { zeph_cancel_token_cancel(token) }
+
+    deinit {
+        zeph_cancel_token_free(token)
+        stops.forEach { free($0) }
+        stopArray.deallocate()
+    }
+}
+
+/// Runs a blocking C call on a thread of its own, so that no Swift
+/// concurrency thread waits on inference.
+func offload<T>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            continuation.resume(with: Result { try body() })
+        }
+    }
+}
+
+/// A zeph_stream handed to the thread that reads it (the C API allows
+/// reading from any one thread at a time).
+struct StreamHandle: @unchecked Sendable {
+    let ptr: OpaquePointer
+    init(_ ptr: OpaquePointer) { self.ptr = ptr }
+}
+
+/// A loaded model and its workers.
+public final class Engine: @unchecked Sendable {
+    let ptr: OpaquePointer
+
+    public init(modelPath: String, workers: UInt32 = 1) throws {
+        var options = zeph_engine_options_default()
+        options.n_workers = workers
+        var engine: OpaquePointer?
+        try check(zeph_engine_new(modelPath, &options, &engine))
+        ptr = engine!
+    }
+
+    deinit {
+        zeph_engine_shutdown(ptr)
+        zeph_engine_free(ptr)
+    }
+
+    public var contextLength: UInt32 { zeph_engine_context_length(ptr) }
+
+    /// Continues `prompt`.  Cancelling the awaiting Task cancels the work.
+    public func complete(_ prompt: String, options: GenerateOptions = GenerateOptions()) async throws -> String {
+        let request = try Request(options)
+        let engine = self
+        return try await withTaskCancellationHandler {
+            try await offload {
+                var text: UnsafeMutablePointer<CChar>?
+                try check(zeph_engine_complete(engine.ptr, prompt, &request.options, &text, nil))
+                defer { zeph_string_free(text) }
+                return String(cString: text!)
+            }
+        } onCancel: {
+            request.cancel()
+        }
+    }
+
+    /// Renders `messages` with the model's chat template and generates the reply.
+    public func chat(_ messages: [Message], options: GenerateOptions = GenerateOptions()) async throws -> String {
+        let request = try Request(options)
+        let engine = self
+        return try await withTaskCancellationHandler {
+            try await offload {
+                let roles = messages.map { strdup($0.role)! }
+                let contents = messages.map { strdup($0.content)! }
+                defer {
+                    roles.forEach { free($0) }
+                    contents.forEach { free($0) }
+                }
+                var cm = zip(roles, contents).map { zeph_message(role: UnsafePointer($0), content: UnsafePointer($1)) }
+                var text: UnsafeMutablePointer<CChar>?
+                try check(zeph_engine_chat(engine.ptr, &cm, cm.count, &request.options, &text, nil))
+                defer { zeph_string_free(text) }
+                return String(cString: text!)
+            }
+        } onCancel: {
+            request.cancel()
+        }
+    }
+
+    /// The text of `prompt`'s continuation as it is generated.  Ending the
+    /// iteration early, or cancelling the consuming Task, cancels the work.
+    public func stream(_ prompt: String, options: GenerateOptions = GenerateOptions()) -> AsyncThrowingStream<String, Error> {
+        AsyncThrowingStream { continuation in
+            let request: Request
+            var stream: OpaquePointer?
+            do {
+                request = try Request(options)
+                try check(zeph_engine_stream_complete(ptr, prompt, &request.options, &stream))
+            } catch {
+                continuation.finish(throwing: error)
+                return
+            }
+            let s = StreamHandle(stream!)
+            continuation.onTermination = { _ in request.cancel() }
+            let engine = self
+            Thread.detachNewThread {
+                defer {
+                    zeph_stream_free(s.ptr)
+                    _ = engine  // the engine outlives its stream
+                }
+                while true {
+                    var piece: UnsafeMutablePointer<CChar>?
+                    let status = zeph_stream_next(s.ptr, 100, &piece)
+                    if status == ZEPH_STATUS_TIMEOUT {
+                        var usage = zeph_usage()
+                        usage.struct_size = UInt32(MemoryLayout<zeph_usage>.size)
+                        zeph_stream_usage(s.ptr, &usage)
+                        if usage.finish_reason == ZEPH_FINISH_NONE { continue }
+                    }
+                    if status != ZEPH_STATUS_OK {
+                        continuation.finish(throwing: ZephError(status: status, message: String(cString: zeph_last_error())))
+                        return
+                    }
+                    guard let p = piece else {
+                        continuation.finish()
+                        return
+                    }
+                    continuation.yield(String(cString: p))
+                    zeph_string_free(p)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+import Foundation
+import XCTest
+
+@testable import ZephLLM
+
+/// The test model, found as the project's other tests find it: ZEPH_MODEL,
+/// or the fetch script.
+func modelPath() throws -> String {
+    if let p = ProcessInfo.processInfo.environment["ZEPH_MODEL"], !p.isEmpty { return p }
+    let script = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("scripts/fetch-models.sh").path
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/bash")
+    process.arguments = [script, "--path", "smollm2"]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    try process.run()
+    process.waitUntilExit()
+    let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return out.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// llama.cpp's greedy continuation (8 tokens), tests/data/llamacpp-tokens-and-greedy.json.
+let reference = " Paris.\n\nThe United States has"
+
+final class ZephLLMTests: XCTestCase {
+    func testGreedyAnswerMatchesLlamaCpp() async throws {
+        let engine = try Engine(modelPath: try modelPath())
+        let text = try await engine.complete("The capital of France is", options: .greedy(maxTokens: 8))
+        XCTAssertEqual(text, reference)
+    }
+
+    func testChat() async throws {
+        let engine = try Engine(modelPath: try modelPath())
+        let text = try await engine.chat([Message(role: "user", content: "What is 2+2?")], options: .greedy(maxTokens: 12))
+        XCTAssertFalse(text.isEmpty)
+    }
+
+    func testStreamAddsUpToComplete() async throws {
+        let engine = try Engine(modelPath: try modelPath())
+        var pieces: [String] = []
+        for try await piece in engine.stream("The capital of France is", options: .greedy(maxTokens: 8)) {
+            pieces.append(piece)
+        }
+        XCTAssertGreaterThan(pieces.count, 1)
+        XCTAssertEqual(pieces.joined(), reference)
+    }
+
+    func testCancellingTheTaskCancelsTheWork() async throws {
+        let engine = try Engine(modelPath: try modelPath())
+        let task = Task { try await engine.complete("Once upon a time", options: .greedy(maxTokens: 2000)) }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let start = Date()
+        task.cancel()
+        do {
+            _ = try await task.value
+            XCTFail("the task finished 2,000 tokens")
+        } catch let error as ZephError {
+            guard case .cancelled = error else { return XCTFail("\(error)") }
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5)
+        // The worker is free again.
+        let next = try await engine.complete("Hi", options: .greedy(maxTokens: 2))
+        XCTAssertFalse(next.isEmpty)
+    }
+
+    func testErrorsMirrorTheStatus() async throws {
+        XCTAssertThrowsError(try Engine(modelPath: "/nonexistent/model.gguf")) { error in
+            guard case let .io(message) = error as? ZephError else { return XCTFail("\(error)") }
+            XCTAssertTrue(message.contains("model.gguf"))
+        }
+        let engine = try Engine(modelPath: try modelPath())
+        var options = GenerateOptions.greedy(maxTokens: 8)
+        options.temperature = -1
+        do {
+            _ = try await engine.complete("x", options: options)
+            XCTFail("accepted a negative temperature")
+        } catch let error as ZephError {
+            guard case let .invalidArgument(message) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(message.contains("temperature"))
+        }
+    }
+}
