@@ -65,7 +65,7 @@ $(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h lib | $(BUILD)
 	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
 
 test-c: models fixtures $(BUILD)/test_capi
-	$(VALGRIND) --quiet --leak-check=full \
+	$(VALGRIND) --quiet --leak-check=full --suppressions=tests/c/valgrind.supp \
 	  --error-exitcode=1 $(BUILD)/test_capi "$(MODEL)" $(BUILD)/fixtures
 
 $(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h lib | $(BUILD)
@@ -119,7 +119,7 @@ test-install: models lib
 # ---- benchmark --------------------------------------------------------------
 
 $(BUILD)/bench: bench/bench.c include/zeph_llm.h lib | $(BUILD)
-	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -lm -o $@
+	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -o $@
 
 bench: models $(BUILD)/bench
 	$(BUILD)/bench "$(MODEL)" $(BUILD)/bench.json

@@ -8,6 +8,7 @@
  * Each figure is the median of REPS runs on an idle one-worker engine.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,43 @@ static char *repeat(const char *unit, int times) {
     return s;
 }
 
+typedef struct {
+    zeph_engine *engine;
+    zeph_cancel_token *token;
+    double returned_at;
+} cancel_run_t;
+
+static void *long_request(void *arg) {
+    cancel_run_t *r = arg;
+    zeph_generate_options o = zeph_generate_options_default();
+    o.max_tokens = 2000;
+    o.ignore_eog = 1;
+    o.cancel = r->token;
+    char *text = NULL;
+    zeph_engine_complete(r->engine, "Once upon a time", &o, &text, NULL);
+    r->returned_at = now_ms();
+    zeph_string_free(text);
+    return NULL;
+}
+
+/* Time to first token of a chat turn: the wall time of a one-token answer. */
+static double chat_ttft(zeph_engine *engine, const zeph_message *m, size_t n, uint32_t cache_prompt,
+                        zeph_usage *u) {
+    zeph_generate_options o = zeph_generate_options_default();
+    o.max_tokens = 1;
+    o.temperature = 0.0f;
+    o.cache_prompt = cache_prompt;
+    o.timeout_ms = 600000;
+    char *text = NULL;
+    u->struct_size = sizeof *u;
+    double t0 = now_ms();
+    zeph_status s = zeph_engine_chat(engine, m, n, &o, &text, u);
+    double ms = now_ms() - t0;
+    if (s != ZEPH_STATUS_OK) die("zeph_engine_chat", s);
+    zeph_string_free(text);
+    return ms;
+}
+
 static zeph_usage run(zeph_engine *engine, const char *prompt, uint32_t max_tokens,
                       float temperature, double *wall_ms) {
     zeph_generate_options o = zeph_generate_options_default();
@@ -56,6 +94,7 @@ static zeph_usage run(zeph_engine *engine, const char *prompt, uint32_t max_toke
     o.temperature = temperature;
     o.seed = 1234;
     o.timeout_ms = 600000;
+    o.ignore_eog = 1;
     zeph_usage u = {.struct_size = sizeof u};
     char *text = NULL;
     double t0 = now_ms();
@@ -88,8 +127,8 @@ int main(int argc, char **argv) {
     }
     free(long_prompt);
 
-    /* tg128: a short prompt, up to 128 sampled tokens (a story rarely ends
-     * early; the rate uses the tokens actually generated). */
+    /* tg128: a short prompt, 128 sampled tokens (end-of-generation tokens
+     * ignored, as llama-bench does not stop either). */
     double tg[REPS];
     unsigned tg_tokens = 0;
     for (int i = 0; i < REPS; i++) {
@@ -108,6 +147,42 @@ int main(int argc, char **argv) {
         ttft[i] = wall;
     }
 
+    /* A second chat turn over a ~1,000-token history, with the first turn's
+     * KV cache reused and without. */
+    char *history = repeat("The quick brown fox jumps over the lazy dog. ", 100);
+    zeph_message turn1[] = {{"user", history}};
+    zeph_usage u1, reused, fresh;
+    chat_ttft(engine, turn1, 1, 1, &u1);
+    zeph_message turn2[] = {{"user", history}, {"assistant", "The"}, {"user", "Say it shorter."}};
+    double ttft_fresh[REPS], ttft_reused[REPS];
+    for (int i = 0; i < REPS; i++) {
+        ttft_fresh[i] = chat_ttft(engine, turn2, 3, 0, &fresh);
+        chat_ttft(engine, turn1, 1, 1, &u1); /* back to the first turn's cache */
+        ttft_reused[i] = chat_ttft(engine, turn2, 3, 1, &reused);
+    }
+    free(history);
+    double fresh_med = median(ttft_fresh, REPS), reused_med = median(ttft_reused, REPS);
+
+    /* Cancellation latency: a cancel token tripped at moments spread over a
+     * running request; time from cancel to the call's return. */
+    double lat[8];
+    for (int i = 0; i < 8; i++) {
+        cancel_run_t r = {.engine = engine};
+        zeph_cancel_token_new(&r.token);
+        pthread_t t;
+        pthread_create(&t, NULL, long_request, &r);
+        struct timespec ts = {0, (long)(50 + 60 * i) * 1000000L};
+        nanosleep(&ts, NULL);
+        double at = now_ms();
+        zeph_cancel_token_cancel(r.token);
+        pthread_join(t, NULL);
+        lat[i] = r.returned_at - at;
+        zeph_cancel_token_free(r.token);
+    }
+    double lat_max = 0;
+    for (int i = 0; i < 8; i++) lat_max = lat[i] > lat_max ? lat[i] : lat_max;
+    double lat_med = median(lat, 8);
+
     zeph_engine_free(engine);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -121,6 +196,12 @@ int main(int argc, char **argv) {
     printf("| ttft       | %9.1f ms |\n", ttft_med);
     printf("| load       | %9.1f ms |\n", load_ms);
     printf("| peak RSS   | %8.1f MiB |\n", rss_mib);
+    printf("\nsecond chat turn over a %u-token history, time to first token:\n", fresh.prompt_tokens);
+    printf("  without cache reuse %8.1f ms (%u tokens evaluated)\n", fresh_med,
+           fresh.prompt_tokens - fresh.cached_tokens);
+    printf("  with cache reuse    %8.1f ms (%u tokens evaluated, %u reused)  => %.1fx\n", reused_med,
+           reused.prompt_tokens - reused.cached_tokens, reused.cached_tokens, fresh_med / reused_med);
+    printf("cancel to return: median %.2f ms, worst %.2f ms (8 cancels)\n", lat_med, lat_max);
 
     if (argc > 2) {
         FILE *f = fopen(argv[2], "w");
@@ -132,9 +213,13 @@ int main(int argc, char **argv) {
                 "{\"library\": \"zeph_llm %s\", \"model\": \"%s\", \"reps\": %d,\n"
                 " \"pp\": {\"prompt_tokens\": %u, \"tokens_per_s\": %.2f},\n"
                 " \"tg\": {\"tokens\": %u, \"tokens_per_s\": %.2f},\n"
-                " \"ttft_ms\": %.2f, \"load_ms\": %.2f, \"peak_rss_mib\": %.1f}\n",
+                " \"ttft_ms\": %.2f, \"load_ms\": %.2f, \"peak_rss_mib\": %.1f,\n"
+                " \"second_turn\": {\"prompt_tokens\": %u, \"ttft_ms_without_reuse\": %.2f,"
+                " \"ttft_ms_with_reuse\": %.2f, \"cached_tokens\": %u},\n"
+                " \"cancel_latency_ms\": {\"median\": %.3f, \"worst\": %.3f}}\n",
                 zeph_version(), argv[1], REPS, pp_tokens, pp_med, tg_tokens, tg_med, ttft_med,
-                load_ms, rss_mib);
+                load_ms, rss_mib, fresh.prompt_tokens, fresh_med, reused_med, reused.cached_tokens,
+                lat_med, lat_max);
         fclose(f);
         printf("written: %s\n", argv[2]);
     }
