@@ -280,7 +280,12 @@ typedef struct zeph_generate_options {
   /**
    * Non-zero (default): reuse the part of the prompt that is already in a
    * worker's KV cache, as a multi-turn conversation's history is; only the
-   * rest of the prompt is evaluated.  0: evaluate the whole prompt.
+   * rest of the prompt is evaluated (`zeph_usage.cached_tokens` says how
+   * much was reused).  With several workers, the request goes to an idle
+   * worker whose cache holds the longest prefix of the prompt; when no idle
+   * worker holds any, it goes to the shared queue, and the worker that
+   * takes it rebuilds its cache from the prompt (same answer, just the
+   * full prompt-evaluation time).  0: evaluate the whole prompt.
    */
   uint32_t cache_prompt;
   /**

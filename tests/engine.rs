@@ -319,3 +319,57 @@ fn every_architecture_loads_generates_deterministically_and_reports_its_context(
         "{err}"
     );
 }
+
+#[test]
+fn an_external_tokenizer_json_overrides_the_gguf_vocabulary() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+        "decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"hello":5,"world":6},
+        "unk_token":"[UNK]"}}"#;
+    std::fs::write(dir.join("wordlevel.json"), json).unwrap();
+    let e = tiny(EngineOptions {
+        tokenizer_path: Some(dir.join("wordlevel.json")),
+        ..Default::default()
+    });
+    assert_eq!(
+        e.tokenizer().encode("hello world", false, false).unwrap(),
+        vec![5, 6]
+    );
+    assert_eq!(
+        e.tokenizer().encode("hello there", false, false).unwrap(),
+        vec![5, 0]
+    );
+    // Without it, the GGUF's byte-level vocabulary: one id per byte here.
+    let plain = tiny(EngineOptions::default());
+    assert_eq!(
+        plain
+            .tokenizer()
+            .encode("hello world", false, false)
+            .unwrap()
+            .len(),
+        11
+    );
+}
+
+#[test]
+fn an_unknown_pre_tokenizer_falls_back_with_a_warning() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let mut b = std::fs::read(fixtures().join("tiny-llama.gguf")).unwrap();
+    // "default" -> "dEfault": same length, a name llama.cpp does not know.
+    let at = b.windows(7).position(|w| w == b"default").unwrap();
+    b[at + 1] = b'E';
+    std::fs::write(dir.join("weird-pre.gguf"), b).unwrap();
+    let gguf = zeph_llm::gguf::Gguf::open(&dir.join("weird-pre.gguf")).unwrap();
+    let tok = zeph_llm::tokenizer::Tokenizer::load(&gguf, None).unwrap();
+    assert!(
+        tok.warning.as_deref().unwrap_or("").contains("dEfault"),
+        "{:?}",
+        tok.warning
+    );
+    let known = zeph_llm::gguf::Gguf::open(&fixtures().join("tiny-llama.gguf")).unwrap();
+    assert!(zeph_llm::tokenizer::Tokenizer::load(&known, None)
+        .unwrap()
+        .warning
+        .is_none());
+}
