@@ -17,7 +17,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench install clean
+.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench bench-reference install clean
 
 all: lib
 
@@ -121,8 +121,18 @@ test-install: models lib
 $(BUILD)/bench: bench/bench.c include/zeph_llm.h lib | $(BUILD)
 	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -o $@
 
+# zeph_llm's numbers, then llama.cpp's on the same model when llama-cpp-python
+# is installed (`make bench-reference` installs it from PyPI: it compiles
+# llama.cpp, which takes several minutes).
 bench: models $(BUILD)/bench
 	$(BUILD)/bench "$(MODEL)" $(BUILD)/bench.json
+	@if python3 -c "import llama_cpp" 2>/dev/null; then \
+	  python3 bench/reference.py "$(MODEL)" $(BUILD)/bench-reference.json; \
+	else echo "(no reference: run make bench-reference to measure llama.cpp beside it)"; fi
+
+bench-reference: models
+	python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install llama-cpp-python==0.3.36
+	python3 bench/reference.py "$(MODEL)" $(BUILD)/bench-reference.json
 
 clean:
 	rm -rf $(BUILD)
