@@ -1,51 +1,18 @@
 //! Engine behaviour on the small fixture models (see tests/fixtures): the
 //! worker, deadlines, cancellation, back-pressure and shutdown.
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use zeph_llm::{
-    CancelToken, Engine, EngineOptions, ErrorKind, FinishReason, GenerateOptions, SamplingOptions,
-};
-
-fn fixtures() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "--example",
-                "make-fixtures",
-                "--",
-            ])
-            .arg(&dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running make-fixtures");
-        assert!(status.success());
-        dir
-    })
-    .clone()
-}
+use common::{fixtures, greedy};
+use zeph_llm::{CancelToken, Engine, EngineOptions, ErrorKind, FinishReason};
 
 fn tiny(options: EngineOptions) -> Engine {
     Engine::new(&fixtures().join("tiny-llama.gguf"), options).unwrap()
-}
-
-fn greedy(max_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens,
-        sampling: SamplingOptions {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
 }
 
 #[test]

@@ -2,15 +2,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use zeph_llm::{
-    CancelToken, Engine, EngineOptions, ErrorKind, FinishReason, GenerateOptions, Message,
-    SamplingOptions,
-};
+use common::greedy;
+use zeph_llm::{CancelToken, Engine, EngineOptions, ErrorKind, FinishReason, Message};
 
 fn smollm2() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -20,31 +17,7 @@ fn smollm2() -> &'static Engine {
 }
 
 fn tiny(options: EngineOptions) -> Engine {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures-streaming");
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args(["run", "--quiet", "--release", "--example", "make-fixtures", "--"])
-            .arg(&dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        dir
-    });
-    Engine::new(&dir.join("tiny-llama.gguf"), options).unwrap()
-}
-
-fn greedy(max_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens,
-        sampling: SamplingOptions {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    Engine::new(&common::fixtures().join("tiny-llama.gguf"), options).unwrap()
 }
 
 fn collect(stream: &zeph_llm::engine::Stream) -> Vec<String> {
@@ -82,12 +55,18 @@ fn a_stop_string_split_across_pieces_is_never_shown() {
         .unwrap();
     let text = collect(&stream).concat();
     assert_eq!(text, " ");
-    assert_eq!(stream.usage().unwrap().finish_reason, FinishReason::StopString);
+    assert_eq!(
+        stream.usage().unwrap().finish_reason,
+        FinishReason::StopString
+    );
     o.stop = vec![" population".into()];
     let stream = smollm2()
         .stream_complete("The capital of France is", &o)
         .unwrap();
-    assert_eq!(collect(&stream).concat(), " Paris.\n\nThe United States has a");
+    assert_eq!(
+        collect(&stream).concat(),
+        " Paris.\n\nThe United States has a"
+    );
 }
 
 #[test]
@@ -142,9 +121,15 @@ fn cancel_from_another_thread_ends_the_stream() {
     let cancelled_at = t.join().unwrap();
     assert_eq!(err.kind, ErrorKind::Cancelled);
     println!("cancel to return: {:?}", cancelled_at.elapsed());
-    assert_eq!(stream.usage().unwrap().finish_reason, FinishReason::Cancelled);
+    assert_eq!(
+        stream.usage().unwrap().finish_reason,
+        FinishReason::Cancelled
+    );
     // And it stays ended.
-    assert_eq!(stream.next(Duration::ZERO).unwrap_err().kind, ErrorKind::Cancelled);
+    assert_eq!(
+        stream.next(Duration::ZERO).unwrap_err().kind,
+        ErrorKind::Cancelled
+    );
 }
 
 #[test]
@@ -244,7 +229,10 @@ fn a_second_turn_reuses_the_history_and_answers_the_same() {
     let edited = e.chat(&messages, &greedy(12)).unwrap();
     let mut fresh_options = greedy(12);
     fresh_options.cache_prompt = false;
-    assert_eq!(edited.tokens, e.chat(&messages, &fresh_options).unwrap().tokens);
+    assert_eq!(
+        edited.tokens,
+        e.chat(&messages, &fresh_options).unwrap().tokens
+    );
 }
 
 #[test]

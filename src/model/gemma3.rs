@@ -1,8 +1,8 @@
 //! `gemma3`: Gemma 3.  What sets it apart, as llama.cpp runs it: GELU (tanh)
 //! in the feed-forward, RMS norm on q and k, norms after attention and after
-//! the feed-forward, embeddings scaled by sqrt(n_embd), and every sixth
-//! layer global while the others see a sliding window with their own rotary
-//! base.
+//! the feed-forward (the decoder finds those tensors), embeddings scaled by
+//! sqrt(n_embd), and every sixth layer global while the others see a
+//! sliding window with their own rotary base.
 
 use super::transformer::{Activation, Config, RopeStyle};
 use super::Hparams;
@@ -19,14 +19,6 @@ pub fn config(g: &Gguf, hp: Hparams, context_length: usize) -> Config {
     let local_base = g.float("gemma3.rope.local_freq_base").unwrap_or(10_000.0) as f32;
     let global = |i: usize| (i + 1).is_multiple_of(pattern);
     Config {
-        n_layer: hp.n_layer,
-        n_embd: hp.n_embd,
-        n_head: hp.n_head,
-        n_kv_head: hp.n_kv_head,
-        head_dim: hp.head_dim,
-        rms_eps: hp.rms_eps,
-        rope_style: RopeStyle::Halves,
-        rope_dim: hp.rope_dim,
         rope_base: (0..hp.n_layer)
             .map(|i| if global(i) { hp.rope_base } else { local_base })
             .collect(),
@@ -35,8 +27,7 @@ pub fn config(g: &Gguf, hp: Hparams, context_length: usize) -> Config {
             .collect(),
         embed_scale: Some((hp.n_embd as f64).sqrt()),
         activation: Activation::GeluTanh,
-        attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
         final_softcap: g.float("gemma3.final_logit_softcapping"),
-        context_length,
+        ..Config::plain(&hp, context_length, RopeStyle::Halves)
     }
 }

@@ -1,7 +1,8 @@
-//! `phi3`: fused q/k/v and gate/up projections (the decoder detects both).
-//! Long-context rope scaling (`rope.scaling.*`) is not applied.
+//! `phi3`: fused q/k/v and gate/up projections (the decoder detects both),
+//! and an optional sliding window.  Long-context rope scaling
+//! (`rope.scaling.*`) is not applied.
 
-use super::transformer::{Activation, Config, RopeStyle};
+use super::transformer::{Config, RopeStyle};
 use super::Hparams;
 use crate::gguf::Gguf;
 
@@ -11,20 +12,7 @@ pub fn config(g: &Gguf, hp: Hparams, context_length: usize) -> Config {
         .filter(|&w| w > 0)
         .map(|w| w as usize);
     Config {
-        n_layer: hp.n_layer,
-        n_embd: hp.n_embd,
-        n_head: hp.n_head,
-        n_kv_head: hp.n_kv_head,
-        head_dim: hp.head_dim,
-        rms_eps: hp.rms_eps,
-        rope_style: RopeStyle::Halves,
-        rope_dim: hp.rope_dim,
-        rope_base: vec![hp.rope_base; hp.n_layer],
         window: vec![window; hp.n_layer],
-        embed_scale: None,
-        activation: Activation::Silu,
-        attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
-        final_softcap: None,
-        context_length,
+        ..Config::plain(&hp, context_length, RopeStyle::Halves)
     }
 }

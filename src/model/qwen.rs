@@ -1,26 +1,10 @@
 //! `qwen2` (biases on q, k, v) and `qwen3` (RMS norm on q and k); the
 //! decoder picks both up from the tensors present.
 
-use super::transformer::{Activation, Config, RopeStyle};
+use super::transformer::{Config, RopeStyle};
 use super::Hparams;
 use crate::gguf::Gguf;
 
 pub fn config(_g: &Gguf, hp: Hparams, context_length: usize) -> Config {
-    Config {
-        n_layer: hp.n_layer,
-        n_embd: hp.n_embd,
-        n_head: hp.n_head,
-        n_kv_head: hp.n_kv_head,
-        head_dim: hp.head_dim,
-        rms_eps: hp.rms_eps,
-        rope_style: RopeStyle::Halves,
-        rope_dim: hp.rope_dim,
-        rope_base: vec![hp.rope_base; hp.n_layer],
-        window: vec![None; hp.n_layer],
-        embed_scale: None,
-        activation: Activation::Silu,
-        attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
-        final_softcap: None,
-        context_length,
-    }
+    Config::plain(&hp, context_length, RopeStyle::Halves)
 }

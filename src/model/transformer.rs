@@ -54,6 +54,31 @@ pub struct Config {
     pub context_length: usize,
 }
 
+impl Config {
+    /// The plain decoder (Llama's): full attention everywhere, one rotary
+    /// base, SiLU, no embedding scale, attention scaled by 1/sqrt(head_dim).
+    /// Architectures change what differs with struct update syntax.
+    pub fn plain(hp: &super::Hparams, context_length: usize, rope_style: RopeStyle) -> Self {
+        Self {
+            n_layer: hp.n_layer,
+            n_embd: hp.n_embd,
+            n_head: hp.n_head,
+            n_kv_head: hp.n_kv_head,
+            head_dim: hp.head_dim,
+            rms_eps: hp.rms_eps,
+            rope_style,
+            rope_dim: hp.rope_dim,
+            rope_base: vec![hp.rope_base; hp.n_layer],
+            window: vec![None; hp.n_layer],
+            embed_scale: None,
+            activation: Activation::Silu,
+            attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
+            final_softcap: None,
+            context_length,
+        }
+    }
+}
+
 struct Layer {
     attn_norm: RmsNorm,
     /// Either one fused projection (Phi-3) or q, k, v.

@@ -5,6 +5,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
+
+use zeph_llm::{GenerateOptions, SamplingOptions};
 
 /// Path of a test model.  `ZEPH_MODEL` overrides the default (smollm2)
 /// model; otherwise the fetch script downloads it if needed.  A model that
@@ -43,4 +46,40 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
+}
+
+/// The directory of the small fixture models (tests/fixtures), written once
+/// per test binary.
+pub fn fixtures() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--example",
+                "make-fixtures",
+                "--",
+            ])
+            .arg(&dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running make-fixtures");
+        assert!(status.success());
+        dir
+    })
+    .clone()
+}
+
+pub fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampling: SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
