@@ -95,6 +95,8 @@ static zeph_usage run(zeph_engine *engine, const char *prompt, uint32_t max_toke
     o.seed = 1234;
     o.timeout_ms = 600000;
     o.ignore_eog = 1;
+    /* Every repetition evaluates its whole prompt. */
+    o.cache_prompt = 0;
     zeph_usage u = {.struct_size = sizeof u};
     char *text = NULL;
     double t0 = now_ms();
