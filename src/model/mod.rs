@@ -8,6 +8,7 @@
 mod gemma3;
 mod llama;
 mod phi3;
+mod q4_1;
 mod qwen;
 pub mod transformer;
 

@@ -79,28 +79,50 @@ impl Config {
     }
 }
 
+/// A weight matrix: our Q4_1 kernel where it applies, candle's otherwise.
+pub enum Linear {
+    Candle(QMatMul),
+    Q41(super::q4_1::Q41Matrix),
+}
+
+impl Linear {
+    fn new(t: QTensor) -> candle_core::Result<Self> {
+        match super::q4_1::Q41Matrix::from_qtensor(&t)? {
+            Some(m) => Ok(Self::Q41(m)),
+            None => Ok(Self::Candle(QMatMul::from_qtensor(t)?)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Candle(m) => m.forward(x),
+            Self::Q41(m) => m.forward(x),
+        }
+    }
+}
+
 struct Layer {
     attn_norm: RmsNorm,
     /// Either one fused projection (Phi-3) or q, k, v.
     qkv: Qkv,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
-    wo: QMatMul,
+    wo: Linear,
     post_attn_norm: Option<RmsNorm>,
     ffn_norm: RmsNorm,
     /// Either separate gate and up projections, or one fused (Phi-3).
-    gate: Option<QMatMul>,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Option<Linear>,
+    up: Linear,
+    down: Linear,
     post_ffn_norm: Option<RmsNorm>,
 }
 
 enum Qkv {
-    Fused(QMatMul),
+    Fused(Linear),
     Split {
-        q: QMatMul,
-        k: QMatMul,
-        v: QMatMul,
+        q: Linear,
+        k: Linear,
+        v: Linear,
         bias: Option<[Tensor; 3]>,
     },
 }
@@ -110,7 +132,7 @@ pub struct Model {
     embed: Tensor,
     layers: Vec<Layer>,
     out_norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
     /// (cos, sin) per distinct rotary base, and each layer's index into it.
     rope: Vec<(Tensor, Tensor)>,
     rope_of_layer: Vec<usize>,
@@ -146,7 +168,7 @@ impl<'a> Loader<'a> {
     }
 
     /// A weight matrix of shape [rows, cols], checked.
-    pub fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
+    pub fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
         match self.dims(name) {
             Some(d) if d == [rows, cols] => {}
             Some(d) => {
@@ -156,8 +178,7 @@ impl<'a> Loader<'a> {
             }
             None => return Err(Error::model(format!("tensor {name} is missing"))),
         }
-        QMatMul::from_qtensor(self.qtensor(name)?)
-            .map_err(|e| Error::model(format!("tensor {name}: {e}")))
+        Linear::new(self.qtensor(name)?).map_err(|e| Error::model(format!("tensor {name}: {e}")))
     }
 
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
@@ -208,7 +229,7 @@ impl Model {
         let output = if l.has("output.weight") {
             l.matmul("output.weight", vocab, e)?
         } else {
-            QMatMul::from_qtensor(embed_q).map_err(candle_error)?
+            Linear::new(embed_q).map_err(candle_error)?
         };
         let out_norm = l.norm("output_norm.weight", e, cfg.rms_eps)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
