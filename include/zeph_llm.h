@@ -709,7 +709,10 @@ void zeph_stream_cancel(const struct zeph_stream *stream);
 
 /**
  * Frees a stream, cancelling its work if it has not ended.  NULL is a
- * no-op.  Call it once, when no other call on the stream is running.
+ * no-op.  Call it once, when no other call on the stream is running.  A
+ * stream may outlive its engine: once the engine is freed, its
+ * `zeph_stream_next` returns `ZEPH_STATUS_SHUTDOWN`, and it must still be
+ * freed.
  */
 void zeph_stream_free(struct zeph_stream *stream);
 

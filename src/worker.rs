@@ -75,19 +75,20 @@ impl Job {
         }
     }
 
-    fn finish(self, result: Result<Completion>) {
-        match self.output {
+    fn finish(self, result: Result<Completion>, shutting_down: &AtomicBool) {
+        match &self.output {
             Output::Reply(tx) => {
                 let _ = tx.try_send(result);
             }
             Output::Stream(tx) => {
                 // The stream may be full of unread pieces: wait for room a
-                // little, but never past the deadline or a cancel.
+                // little, but never past the deadline, a cancel or shutdown
+                // (so that freeing the engine never waits on a reader).
                 let mut event = StreamEvent::Done(result);
                 while let Err(SendTimeoutError::Timeout(e)) =
                     tx.send_timeout(event, Duration::from_millis(20))
                 {
-                    if self.cancel.is_cancelled() || Instant::now() >= self.deadline {
+                    if self.interrupted(shutting_down).is_err() {
                         break;
                     }
                     event = e;
@@ -141,7 +142,7 @@ pub fn run(
 fn run_job(index: usize, shared: &Shared, cache: &mut Cache, job: Job) {
     // A job whose caller already gave up is dropped unrun.
     if let Err(e) = job.interrupted(&shared.shutting_down) {
-        job.finish(Err(e));
+        job.finish(Err(e), &shared.shutting_down);
         return;
     }
     let queue_time = job.enqueued.elapsed();
@@ -198,7 +199,7 @@ fn run_job(index: usize, shared: &Shared, cache: &mut Cache, job: Job) {
             ))
         }
     };
-    job.finish(result);
+    job.finish(result, &shared.shutting_down);
 }
 
 #[cfg(test)]

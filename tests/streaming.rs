@@ -265,3 +265,24 @@ fn a_conversation_that_outgrows_the_context_is_an_error() {
     let err = e.complete(&long, &greedy(20)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::ContextOverflow);
 }
+
+#[test]
+fn freeing_the_engine_does_not_wait_for_an_unread_stream() {
+    let e = tiny(EngineOptions::default());
+    let stream = e.stream_complete("a", &greedy(4000)).unwrap();
+    // Let the worker fill the stream's buffer and wait for a reader.
+    thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    drop(e);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The stream outlives its engine safely: it reports the shutdown.
+    let mut last = stream.next(Duration::from_secs(1));
+    while let Ok(Some(_)) = last {
+        last = stream.next(Duration::from_secs(1));
+    }
+    assert_eq!(last.unwrap_err().kind, ErrorKind::Shutdown);
+}

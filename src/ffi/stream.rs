@@ -193,7 +193,10 @@ pub unsafe extern "C" fn zeph_stream_cancel(stream: *const zeph_stream) {
 }
 
 /// Frees a stream, cancelling its work if it has not ended.  NULL is a
-/// no-op.  Call it once, when no other call on the stream is running.
+/// no-op.  Call it once, when no other call on the stream is running.  A
+/// stream may outlive its engine: once the engine is freed, its
+/// `zeph_stream_next` returns `ZEPH_STATUS_SHUTDOWN`, and it must still be
+/// freed.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_free(stream: *mut zeph_stream) {
     if !stream.is_null() {
