@@ -43,3 +43,9 @@ impl CancelToken {
         &self.rx
     }
 }
+
+/// A receiver that becomes ready when `token` is cancelled, or never when
+/// there is no token: one arm of a `select!` either way.
+pub fn cancelled_receiver(token: Option<&std::sync::Arc<CancelToken>>) -> Receiver<()> {
+    token.map_or_else(crossbeam_channel::never, |t| t.rx.clone())
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::cancel::CancelToken;
+use crate::cancel::{cancelled_receiver, CancelToken};
 use crate::chat::{self, ChatTemplate, Message};
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
@@ -297,12 +297,7 @@ impl Engine {
                 }
             }
         }
-        let never = crossbeam_channel::never();
-        let token = options
-            .cancel
-            .as_ref()
-            .map(|c| c.receiver())
-            .unwrap_or(&never);
+        let token = cancelled_receiver(options.cancel.as_ref());
         let wait = deadline.saturating_duration_since(Instant::now());
         select! {
             send(self.queue, job) -> sent => match sent {
@@ -322,12 +317,7 @@ impl Engine {
     fn submit(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
         let (reply, reply_rx) = bounded(1);
         let pending = self.enqueue(tokens, options, Output::Reply(reply))?;
-        let never = crossbeam_channel::never();
-        let token = options
-            .cancel
-            .as_ref()
-            .map(|c| c.receiver())
-            .unwrap_or(&never);
+        let token = cancelled_receiver(options.cancel.as_ref());
         let wait = pending.deadline.saturating_duration_since(Instant::now());
         let outcome = select! {
             recv(reply_rx) -> r => r.unwrap_or_else(|_| Err(Error::new(
@@ -428,12 +418,7 @@ impl Stream {
                 Some(e) => Err(e.clone()),
             };
         }
-        let never = crossbeam_channel::never();
-        let user = self
-            .user_cancel
-            .as_ref()
-            .map(|c| c.receiver())
-            .unwrap_or(&never);
+        let user = cancelled_receiver(self.user_cancel.as_ref());
         let now = Instant::now();
         let to_deadline = self.pending.deadline.saturating_duration_since(now);
         let event = select! {
