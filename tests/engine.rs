@@ -340,3 +340,29 @@ fn an_unknown_pre_tokenizer_falls_back_with_a_warning() {
         .warning
         .is_none());
 }
+
+/// Peak resident memory of this process so far, in bytes.
+fn peak_rss() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn an_absurd_context_length_allocates_nothing_up_front() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let mut b = std::fs::read(fixtures().join("tiny-llama.gguf")).unwrap();
+    // The value follows the key and its u32 type tag.
+    let key = b"llama.context_length";
+    let at = b.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
+    b[at..at + 4].copy_from_slice(&(1u32 << 24).to_le_bytes());
+    std::fs::write(dir.join("huge-context.gguf"), b).unwrap();
+    let before = peak_rss();
+    let e = Engine::new(&dir.join("huge-context.gguf"), EngineOptions::default()).unwrap();
+    assert_eq!(e.info().context_length, 1 << 24);
+    let c = e.complete("hello", &greedy(8)).unwrap();
+    assert_eq!(c.usage.completion_tokens, 8);
+    // Tables sized to 16M positions would take gigabytes.
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 256 << 20, "peak RSS grew by {} MiB", grew >> 20);
+}

@@ -133,8 +133,11 @@ pub struct Model {
     layers: Vec<Layer>,
     out_norm: RmsNorm,
     output: Linear,
-    /// (cos, sin) per distinct rotary base, and each layer's index into it.
-    rope: Vec<(Tensor, Tensor)>,
+    /// The distinct rotary bases, and each layer's index into them.  The
+    /// cos/sin tables are made per forward pass for its positions only, so
+    /// that no context length, however large the file claims, is allocated
+    /// up front.
+    rope_bases: Vec<f32>,
     rope_of_layer: Vec<usize>,
 }
 
@@ -285,16 +288,14 @@ impl Model {
                 post_ffn_norm: l.opt_norm(&n("post_ffw_norm"), e, cfg.rms_eps)?,
             });
         }
-        let mut rope: Vec<(Tensor, Tensor)> = Vec::new();
-        let mut bases: Vec<f32> = Vec::new();
+        let mut rope_bases: Vec<f32> = Vec::new();
         let mut rope_of_layer = Vec::with_capacity(cfg.n_layer);
         for &base in &cfg.rope_base {
-            let idx = match bases.iter().position(|&b| b == base) {
+            let idx = match rope_bases.iter().position(|&b| b == base) {
                 Some(i) => i,
                 None => {
-                    rope.push(rope_table(cfg.rope_dim, base, cfg.context_length)?);
-                    bases.push(base);
-                    bases.len() - 1
+                    rope_bases.push(base);
+                    rope_bases.len() - 1
                 }
             };
             rope_of_layer.push(idx);
@@ -305,7 +306,7 @@ impl Model {
             layers,
             out_norm,
             output,
-            rope,
+            rope_bases,
             rope_of_layer,
         })
     }
@@ -315,14 +316,20 @@ impl Model {
     }
 }
 
-fn rope_table(dim: usize, base: f32, len: usize) -> Result<(Tensor, Tensor)> {
+/// cos and sin of the rotary angles for positions `from..from + len`.
+fn rope_table(
+    dim: usize,
+    base: f32,
+    from: usize,
+    len: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let inv: Vec<f32> = (0..dim)
         .step_by(2)
         .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
         .collect();
     let mut cos = Vec::with_capacity(len * inv.len());
     let mut sin = Vec::with_capacity(len * inv.len());
-    for p in 0..len {
+    for p in from..from + len {
         for f in &inv {
             let a = p as f32 * f;
             cos.push(a.cos());
@@ -331,8 +338,8 @@ fn rope_table(dim: usize, base: f32, len: usize) -> Result<(Tensor, Tensor)> {
     }
     let shape = (len, inv.len());
     Ok((
-        Tensor::from_vec(cos, shape, &Device::Cpu).map_err(candle_error)?,
-        Tensor::from_vec(sin, shape, &Device::Cpu).map_err(candle_error)?,
+        Tensor::from_vec(cos, shape, &Device::Cpu)?,
+        Tensor::from_vec(sin, shape, &Device::Cpu)?,
     ))
 }
 
@@ -374,6 +381,11 @@ impl Model {
             x = (x * s)?;
         }
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        let ropes = self
+            .rope_bases
+            .iter()
+            .map(|&base| rope_table(c.rope_dim, base, pos, seq))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
             let (q, k, v) = match &layer.qkv {
@@ -409,11 +421,10 @@ impl Model {
             if let Some(n) = &layer.k_norm {
                 k = n.forward(&k)?;
             }
-            let (cos, sin) = &self.rope[self.rope_of_layer[i]];
-            let (cos, sin) = (cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?);
+            let (cos, sin) = &ropes[self.rope_of_layer[i]];
             let rope = |t: &Tensor| match c.rope_style {
-                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(t, &cos, &sin),
-                RopeStyle::Halves => candle_nn::rotary_emb::rope(t, &cos, &sin),
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(t, cos, sin),
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(t, cos, sin),
             };
             let q = rope(&q)?;
             let k = rope(&k)?;
