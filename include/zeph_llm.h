@@ -212,6 +212,17 @@ typedef struct zeph_engine_options {
    * during the call.
    */
   const char *chat_template;
+  /**
+   * Compute threads of each worker, which split every matrix product
+   * between them (the worker's own thread is one of them); 0 (default)
+   * = the available cores divided by `n_workers`, at least 1; at most
+   * 256.
+   */
+  uint32_t n_threads;
+  /**
+   * Reserved for a later option; must be 0.
+   */
+  uint32_t reserved;
 } zeph_engine_options;
 
 /**

@@ -100,8 +100,12 @@ impl Engine {
             &token(tokenizer.bos()),
             &token(tokenizer.eos()),
         )?;
-        let weights = model::load(&mut gguf, options.context_length)
-            .map_err(|e| e.context(path.display()))?;
+        let weights = model::load(
+            &mut gguf,
+            options.context_length,
+            options.threads_per_worker(),
+        )
+        .map_err(|e| e.context(path.display()))?;
         drop(gguf);
 
         let shared = Arc::new(Shared {

@@ -23,6 +23,8 @@ pub mod model;
 /// cbindgen:ignore
 pub mod options;
 /// cbindgen:ignore
+pub mod runtime;
+/// cbindgen:ignore
 pub mod sampling;
 /// cbindgen:ignore
 pub mod stop;

@@ -24,7 +24,13 @@ pub struct EngineOptions {
     pub chat_template: Option<String>,
     /// Upper bound on the context length; 0 = the model's own.
     pub context_length: usize,
+    /// Compute threads per worker; 0 = the available cores divided by
+    /// `n_workers`, at least 1.
+    pub n_threads: usize,
 }
+
+/// Most compute threads per worker.
+pub const MAX_THREADS: usize = 256;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -35,11 +41,22 @@ impl Default for EngineOptions {
             tokenizer_path: None,
             chat_template: None,
             context_length: 0,
+            n_threads: 0,
         }
     }
 }
 
 impl EngineOptions {
+    /// Compute threads each worker runs: `n_threads`, or when that is 0
+    /// the available cores shared between the workers.
+    pub fn threads_per_worker(&self) -> usize {
+        if self.n_threads > 0 {
+            return self.n_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.n_workers.max(1)).max(1)
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_WORKERS).contains(&self.n_workers) {
             return Err(Error::invalid_argument(format!(
@@ -51,6 +68,12 @@ impl EngineOptions {
             return Err(Error::invalid_argument(format!(
                 "queue_capacity = {} is outside 1..={MAX_QUEUE_CAPACITY}",
                 self.queue_capacity
+            )));
+        }
+        if self.n_threads > MAX_THREADS {
+            return Err(Error::invalid_argument(format!(
+                "n_threads = {} is more than {MAX_THREADS}",
+                self.n_threads
             )));
         }
         if self.default_timeout.is_zero() {

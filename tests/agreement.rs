@@ -10,7 +10,7 @@ use zeph_llm::sampling::argmax;
 
 fn agreement(model: &str) {
     let mut gguf = Gguf::open(&common::model_path(model)).unwrap();
-    let weights = zeph_llm::model::load(&mut gguf, 0).unwrap();
+    let weights = zeph_llm::model::load(&mut gguf, 0, 2).unwrap();
     let reference = common::reference();
     let (mut agree, mut total) = (0, 0);
     for case in reference["models"][model]["greedy"].as_array().unwrap() {

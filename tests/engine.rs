@@ -250,7 +250,7 @@ fn every_architecture_loads_generates_deterministically_and_reports_its_context(
         // One pass or chunk by chunk (with the cache and masks offset) or
         // token by token: the same logits.
         let mut gguf = zeph_llm::gguf::Gguf::open(&fixtures().join(file)).unwrap();
-        let weights = zeph_llm::model::load(&mut gguf, 0).unwrap();
+        let weights = zeph_llm::model::load(&mut gguf, 0, 2).unwrap();
         let ids: Vec<u32> = (0..150u32).map(|i| 32 + i % 90).collect();
         let whole = weights.new_session().forward(&ids, 0).unwrap();
         for step in [64, 1] {

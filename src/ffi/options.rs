@@ -43,6 +43,13 @@ pub struct zeph_engine_options {
     /// (default) = the model's (ChatML when the file has none).  Copied
     /// during the call.
     pub chat_template: *const c_char,
+    /// Compute threads of each worker, which split every matrix product
+    /// between them (the worker's own thread is one of them); 0 (default)
+    /// = the available cores divided by `n_workers`, at least 1; at most
+    /// 256.
+    pub n_threads: u32,
+    /// Reserved for a later option; must be 0.
+    pub reserved: u32,
 }
 
 /// Options of one generation request.  Get the defaults from
@@ -110,6 +117,8 @@ pub extern "C" fn zeph_engine_options_default() -> zeph_engine_options {
         default_timeout_ms: d.default_timeout.as_millis() as u64,
         tokenizer_path: std::ptr::null(),
         chat_template: std::ptr::null(),
+        n_threads: 0,
+        reserved: 0,
     }
 }
 
@@ -215,7 +224,13 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
             .map(PathBuf::from),
         chat_template: opt_str_arg(o.chat_template, "options->chat_template")?.map(str::to_string),
         context_length: o.context_length as usize,
+        n_threads: o.n_threads as usize,
     };
+    if o.reserved != 0 {
+        return Err(Error::invalid_argument(
+            "zeph_engine_options.reserved must be 0",
+        ));
+    }
     options.validate()?;
     Ok(options)
 }

@@ -4,7 +4,7 @@
 //! sqrt(n_embd), and every sixth layer global while the others see a
 //! sliding window with their own rotary base.
 
-use super::transformer::{Activation, Config, RopeStyle};
+use super::config::{Activation, Config, RopeStyle};
 use super::Hparams;
 use crate::gguf::Gguf;
 

@@ -1,7 +1,7 @@
 //! `llama`: Llama 2/3, Mistral, SmolLM2, TinyLlama: the plain decoder with
 //! interleaved rotary pairs.
 
-use super::transformer::{Config, RopeStyle};
+use super::config::{Config, RopeStyle};
 use super::Hparams;
 use crate::gguf::Gguf;
 

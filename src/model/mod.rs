@@ -1,22 +1,36 @@
 //! The model behind a narrow interface of our own: token ids and a position
 //! in, logits of the last position out, and a cache that can be reset.  One
-//! general decoder ([`transformer`]) runs every architecture; each
-//! architecture is one file that maps its GGUF metadata onto the decoder's
-//! [`transformer::Config`], and `load` dispatches on `general.architecture`.
-//! Nothing outside this folder knows which library computes the logits.
+//! general decoder runs every architecture; each architecture is one file
+//! that maps its GGUF metadata onto a [`config::Config`], and `load`
+//! dispatches on `general.architecture`.  Two decoders run a `Config`:
+//! [`decoder`] on our CPU runtime (what the engine uses) and [`reference`]
+//! on candle's tensors (what the runtime is tested against).  Nothing
+//! outside this folder knows which one computes the logits.
 
+pub mod config;
+pub mod decoder;
 mod gemma3;
 mod llama;
 mod phi3;
 mod q4_1;
 mod qwen;
-pub mod transformer;
+pub mod reference;
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use transformer::{Config, Loader, Model, SharedModel};
+use config::Config;
+use reference::Loader;
+
+/// Which decoder computes the logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Our CPU runtime, with this many threads per session (at least 1).
+    Cpu { threads: usize },
+    /// The candle reference decoder (tests).
+    Reference,
+}
 
 /// Facts about a loaded model that the engine and callers need.
 #[derive(Debug, Clone)]
@@ -68,6 +82,7 @@ pub struct Hparams {
     pub rope_dim: usize,
     pub rms_eps: f64,
     pub rope_base: f32,
+    pub rope_scale: f32,
     pub trained_context: usize,
 }
 
@@ -113,6 +128,17 @@ impl Hparams {
             )));
         }
         let trained_context = g.require_uint(&k("context_length"), 1 << 24)? as usize;
+        // Linear rope scaling, as llama.cpp reads it: positions divided by
+        // the factor.  Other kinds (yarn, longrope) are not applied.
+        let linear = match g.string(&k("rope.scaling.type")) {
+            Some("linear") => g.float(&k("rope.scaling.factor")),
+            Some(_) => None,
+            None => g.float(&k("rope.scale_linear")),
+        };
+        let rope_scale = match linear {
+            Some(f) if f.is_finite() && f > 0.0 => (1.0 / f) as f32,
+            _ => 1.0,
+        };
         Ok(Self {
             n_layer,
             n_embd,
@@ -122,14 +148,25 @@ impl Hparams {
             rope_dim,
             rms_eps,
             rope_base,
+            rope_scale,
             trained_context,
         })
     }
 }
 
-/// Loads the weights of `gguf`.  `max_context` (0 = no cap) limits the
-/// context length below the model's own.
-pub fn load(gguf: &mut Gguf, max_context: usize) -> Result<Box<dyn Weights>> {
+/// Loads the weights of `gguf` for the CPU runtime with `threads` threads
+/// per session.  `max_context` (0 = no cap) limits the context length
+/// below the model's own.
+pub fn load(gguf: &mut Gguf, max_context: usize, threads: usize) -> Result<Box<dyn Weights>> {
+    load_with(gguf, max_context, Backend::Cpu { threads })
+}
+
+/// [`load`] with a choice of decoder.
+pub fn load_with(
+    gguf: &mut Gguf,
+    max_context: usize,
+    backend: Backend,
+) -> Result<Box<dyn Weights>> {
     let arch = gguf.architecture()?.to_string();
     if !SUPPORTED.contains(&arch.as_str()) {
         return Err(Error::model(format!(
@@ -164,15 +201,31 @@ pub fn load(gguf: &mut Gguf, max_context: usize) -> Result<Box<dyn Weights>> {
         parameter_count: gguf.parameter_count(),
         quantization: gguf.dominant_type(),
     };
-    let model = Model::load(cfg, &mut Loader::new(gguf)).map_err(|e| e.context(&arch))?;
-    let info = ModelInfo {
-        vocab_size: model.vocab_size(),
-        ..info
-    };
-    Ok(Box::new(SharedModel {
-        model: Arc::new(model),
-        info,
-    }))
+    match backend {
+        Backend::Cpu { threads } => {
+            let model = decoder::Model::load(cfg, gguf, threads).map_err(|e| e.context(&arch))?;
+            let info = ModelInfo {
+                vocab_size: model.vocab_size(),
+                ..info
+            };
+            Ok(Box::new(decoder::SharedModel {
+                model: Arc::new(model),
+                info,
+            }))
+        }
+        Backend::Reference => {
+            let model = reference::Model::load(cfg, &mut Loader::new(gguf))
+                .map_err(|e| e.context(&arch))?;
+            let info = ModelInfo {
+                vocab_size: model.vocab_size(),
+                ..info
+            };
+            Ok(Box::new(reference::SharedModel {
+                model: Arc::new(model),
+                info,
+            }))
+        }
+    }
 }
 
 pub(crate) fn candle_error(e: candle_core::Error) -> Error {

@@ -2,7 +2,7 @@
 //! and an optional sliding window.  Long-context rope scaling
 //! (`rope.scaling.*`) is not applied.
 
-use super::transformer::{Config, RopeStyle};
+use super::config::{Config, RopeStyle};
 use super::Hparams;
 use crate::gguf::Gguf;
 

@@ -1,7 +1,7 @@
 //! `qwen2` (biases on q, k, v) and `qwen3` (RMS norm on q and k); the
 //! decoder picks both up from the tensors present.
 
-use super::transformer::{Config, RopeStyle};
+use super::config::{Config, RopeStyle};
 use super::Hparams;
 use crate::gguf::Gguf;
 

@@ -1,7 +1,7 @@
-//! One decoder-only transformer that covers the architectures we support;
-//! each architecture file only says how its GGUF names and hyperparameters
-//! map onto [`Config`].  Weights stay quantized (candle's `QMatMul`); the KV
-//! cache, masks and rotary tables are ours, sized to the context we run.
+//! The reference decoder, written on candle's device-generic tensors: the
+//! runtime's logits are tested against it, and it keeps a GPU backend
+//! (candle's CUDA or Metal) one feature away.  Weights stay quantized
+//! (candle's `QMatMul`); the KV cache, masks and rotary tables are ours.
 
 use std::sync::Arc;
 
@@ -10,74 +10,10 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::repeat_kv;
 
+use super::config::{Activation, Config, RopeStyle};
 use super::{candle_error, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Silu,
-    /// GELU, tanh approximation (Gemma).
-    GeluTanh,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Pairs (2i, 2i+1): llama.cpp's "norm" (Llama, Mistral).
-    Interleaved,
-    /// Pairs (i, i + d/2): llama.cpp's "neox" (Gemma, Qwen, Phi-3).
-    Halves,
-}
-
-/// What distinguishes one architecture's decoder from another's.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub n_layer: usize,
-    pub n_embd: usize,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub rms_eps: f64,
-    pub rope_style: RopeStyle,
-    pub rope_dim: usize,
-    /// Rotary base of each layer.
-    pub rope_base: Vec<f32>,
-    /// Sliding attention window of each layer (`None`: full attention).
-    pub window: Vec<Option<usize>>,
-    /// Multiplies the token embeddings (Gemma: sqrt(n_embd)).
-    pub embed_scale: Option<f64>,
-    pub activation: Activation,
-    /// Attention scores are multiplied by this (usually 1/sqrt(head_dim)).
-    pub attn_scale: f64,
-    /// Soft-capping of the final logits (Gemma 2), if any.
-    pub final_softcap: Option<f64>,
-    pub context_length: usize,
-}
-
-impl Config {
-    /// The plain decoder (Llama's): full attention everywhere, one rotary
-    /// base, SiLU, no embedding scale, attention scaled by 1/sqrt(head_dim).
-    /// Architectures change what differs with struct update syntax.
-    pub fn plain(hp: &super::Hparams, context_length: usize, rope_style: RopeStyle) -> Self {
-        Self {
-            n_layer: hp.n_layer,
-            n_embd: hp.n_embd,
-            n_head: hp.n_head,
-            n_kv_head: hp.n_kv_head,
-            head_dim: hp.head_dim,
-            rms_eps: hp.rms_eps,
-            rope_style,
-            rope_dim: hp.rope_dim,
-            rope_base: vec![hp.rope_base; hp.n_layer],
-            window: vec![None; hp.n_layer],
-            embed_scale: None,
-            activation: Activation::Silu,
-            attn_scale: 1.0 / (hp.head_dim as f64).sqrt(),
-            final_softcap: None,
-            context_length,
-        }
-    }
-}
 
 /// A weight matrix: our Q4_1 kernel where it applies, candle's otherwise.
 pub enum Linear {
@@ -139,6 +75,8 @@ pub struct Model {
     /// up front.
     rope_bases: Vec<f32>,
     rope_of_layer: Vec<usize>,
+    /// Frequency divisors of the rotary pairs (`rope_freqs`, Llama 3.1+).
+    rope_freqs: Option<Vec<f32>>,
 }
 
 /// Reads tensors by name, with the file's name in errors.
@@ -300,7 +238,14 @@ impl Model {
             };
             rope_of_layer.push(idx);
         }
+        let rope_freqs = if l.has("rope_freqs.weight") {
+            let t = l.vector("rope_freqs.weight", cfg.rope_dim / 2)?;
+            Some(t.to_vec1::<f32>().map_err(candle_error)?)
+        } else {
+            None
+        };
         Ok(Self {
+            rope_freqs,
             cfg,
             embed,
             layers,
@@ -320,18 +265,23 @@ impl Model {
 fn rope_table(
     dim: usize,
     base: f32,
+    scale: f32,
+    freqs: Option<&[f32]>,
     from: usize,
     len: usize,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let inv: Vec<f32> = (0..dim)
         .step_by(2)
-        .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
+        .map(|i| {
+            let f = 1.0 / base.powf(i as f32 / dim as f32);
+            freqs.map_or(f, |d| f / d[i / 2])
+        })
         .collect();
     let mut cos = Vec::with_capacity(len * inv.len());
     let mut sin = Vec::with_capacity(len * inv.len());
     for p in from..from + len {
         for f in &inv {
-            let a = p as f32 * f;
+            let a = p as f32 * scale * f;
             cos.push(a.cos());
             sin.push(a.sin());
         }
@@ -384,7 +334,16 @@ impl Model {
         let ropes = self
             .rope_bases
             .iter()
-            .map(|&base| rope_table(c.rope_dim, base, pos, seq))
+            .map(|&base| {
+                rope_table(
+                    c.rope_dim,
+                    base,
+                    c.rope_scale,
+                    self.rope_freqs.as_deref(),
+                    pos,
+                    seq,
+                )
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;

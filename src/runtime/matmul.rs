@@ -1,0 +1,146 @@
+//! Matrix products `Y = X Wᵀ` of a weight matrix, read in place from the
+//! memory-mapped file, with `n` activation rows.  Each thread of a pool job
+//! takes a contiguous share of the weight rows; within it, blocks of weight
+//! rows stay in cache while the activation rows pass by, up to
+//! [`MAX_COLS`](super::quant::MAX_COLS) at a time per kernel call.
+
+use super::quant::{dot_kernel, ActRow, ActRows, Dot, WType, MAX_COLS};
+use super::simd::SimdLevel;
+
+/// Weight rows computed together against every activation row.
+const ROW_BLOCK: usize = 16;
+
+/// A weight matrix of `rows` rows of `k` values, at byte `offset` of the
+/// mapped file.
+#[derive(Clone)]
+pub struct Matrix {
+    pub ty: WType,
+    pub rows: usize,
+    pub k: usize,
+    pub offset: usize,
+    row_bytes: usize,
+    dot: Dot,
+}
+
+impl Matrix {
+    pub fn new(ty: WType, rows: usize, k: usize, offset: usize, level: SimdLevel) -> Self {
+        Self {
+            ty,
+            rows,
+            k,
+            offset,
+            row_bytes: ty.row_bytes(k),
+            dot: dot_kernel(ty, level),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    pub fn row<'a>(&self, file: &'a [u8], r: usize) -> &'a [u8] {
+        let start = self.offset + r * self.row_bytes;
+        &file[start..start + self.row_bytes]
+    }
+
+    pub fn quantized(&self) -> bool {
+        !self.ty.is_float()
+    }
+}
+
+/// The activations of a product: quantized rows for quantized weights, f32
+/// rows (consecutive, `k` apart) for float weights.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub q: &'a ActRows,
+    pub f: &'a [f32],
+}
+
+/// An output matrix written by several threads at once, each to its own
+/// columns.
+#[derive(Clone, Copy)]
+pub struct Out {
+    ptr: *mut f32,
+    len: usize,
+    /// Distance between output rows.
+    pub ld: usize,
+}
+
+// SAFETY: threads write disjoint elements (their own weight rows' columns).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    pub fn new(buf: &mut [f32], ld: usize) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            ld,
+        }
+    }
+
+    /// # Safety
+    /// No other thread reads or writes element `i` during the job, and the
+    /// buffer outlives the job.
+    #[inline]
+    pub unsafe fn write(&self, i: usize, v: f32) {
+        assert!(i < self.len);
+        *self.ptr.add(i) = v;
+    }
+}
+
+/// Computes weight rows `rows` of `w` for all `n` activation rows:
+/// `out[t * ld + col + r] = Σ_i W[r][i] · x[t][i]`.
+///
+/// # Safety
+/// `out` is written only by this call at those elements during the job;
+/// the kernel's SIMD level is supported by this CPU.
+pub unsafe fn matmul_rows(
+    w: &Matrix,
+    file: &[u8],
+    x: Input<'_>,
+    n: usize,
+    rows: std::ops::Range<usize>,
+    out: Out,
+    col: usize,
+) {
+    let mut res = [0f32; MAX_COLS];
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r1 = (r0 + ROW_BLOCK).min(rows.end);
+        let mut t0 = 0;
+        while t0 < n {
+            let t1 = (t0 + MAX_COLS).min(n);
+            let cols = t1 - t0;
+            match w.dot {
+                Dot::Quant(f) => {
+                    let mut a: [ActRow<'_>; MAX_COLS] = [x.q.row(t0); MAX_COLS];
+                    for (c, slot) in a.iter_mut().enumerate().take(cols) {
+                        *slot = x.q.row(t0 + c);
+                    }
+                    for r in r0..r1 {
+                        f(w.row(file, r), &a[..cols], &mut res[..cols]);
+                        for (c, v) in res[..cols].iter().enumerate() {
+                            out.write((t0 + c) * out.ld + col + r, *v);
+                        }
+                    }
+                }
+                Dot::Float(f) => {
+                    let k = w.k;
+                    let mut a: [&[f32]; MAX_COLS] = [&[]; MAX_COLS];
+                    for (c, slot) in a.iter_mut().enumerate().take(cols) {
+                        *slot = &x.f[(t0 + c) * k..(t0 + c + 1) * k];
+                    }
+                    for r in r0..r1 {
+                        f(w.row(file, r), &a[..cols], &mut res[..cols]);
+                        for (c, v) in res[..cols].iter().enumerate() {
+                            out.write((t0 + c) * out.ld + col + r, *v);
+                        }
+                    }
+                }
+            }
+            t0 = t1;
+        }
+        r0 = r1;
+    }
+}
