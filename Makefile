@@ -17,7 +17,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench bench-reference install clean
+.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench bench-forward bench-reference install clean
 
 all: lib
 
@@ -118,21 +118,36 @@ test-install: models lib
 
 # ---- benchmark --------------------------------------------------------------
 
+# Both test models, zeph_llm beside llama.cpp's own llama-bench and
+# llama-batched-bench (built once from the llama-cpp-python sdist's source by
+# scripts/build-llama-bench.sh, ~10 minutes on first use), THREADS threads
+# each; one table, everything in build/bench.json.  BENCH_CLIENTS is the
+# concurrency table's client counts (empty: no concurrency table);
+# BENCH_REPS zeph_llm's repetitions; BENCH_EXTRAS=0 skips the second-chat-turn
+# figures (the slowest part while the runtime is slow).
+THREADS       ?= 2
+BENCH_CLIENTS ?= 1,2,4,8
+BENCH_REPS    ?= 3
+BENCH_EXTRAS  ?= 1
+LLAMA_BIN     := $(BUILD)/llama.cpp/bin
+BENCH_MODELS   = smollm2="$$($(FETCH) --path smollm2)" gemma3="$$($(FETCH) --path gemma3)"
+
 $(BUILD)/bench: bench/bench.c include/zeph_llm.h lib | $(BUILD)
 	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -o $@
 
-# zeph_llm's numbers, then llama.cpp's on the same model when llama-cpp-python
-# is installed (`make bench-reference` installs it from PyPI: it compiles
-# llama.cpp, which takes several minutes).
-bench: models $(BUILD)/bench
-	$(BUILD)/bench "$(MODEL)" $(BUILD)/bench.json
-	@if python3 -c "import llama_cpp" 2>/dev/null; then \
-	  python3 bench/reference.py "$(MODEL)" $(BUILD)/bench-reference.json; \
-	else echo "(no reference: run make bench-reference to measure llama.cpp beside it)"; fi
+bench-forward:
+	$(CARGO) build --release --example bench-forward
 
-bench-reference: models
-	python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install llama-cpp-python==0.3.36
-	python3 bench/reference.py "$(MODEL)" $(BUILD)/bench-reference.json
+bench: $(BUILD)/bench bench-forward bench-reference
+	python3 bench/report.py --threads $(THREADS) --bench $(BUILD)/bench \
+	  --forward target/release/examples/bench-forward --llama-bin $(LLAMA_BIN) \
+	  --reps $(BENCH_REPS) --extras $(BENCH_EXTRAS) \
+	  --concurrency "$(BENCH_CLIENTS)" --out $(BUILD)/bench.json $(BENCH_MODELS)
+
+# llama.cpp's benchmark tools only (built once, cached in build/llama.cpp;
+# the script returns at once when they are there).
+bench-reference:
+	scripts/build-llama-bench.sh
 
 clean:
 	rm -rf $(BUILD)
