@@ -132,16 +132,22 @@ pub fn run(
             },
         };
         slot.state.lock().busy = true;
-        run_job(index, &shared, &mut cache, job);
-        let mut state = slot.state.lock();
-        state.busy = false;
-        state.tokens.clone_from(&cache.tokens);
+        run_job(index, &shared, &slot, &mut cache, job);
     }
 }
 
-fn run_job(index: usize, shared: &Shared, cache: &mut Cache, job: Job) {
+/// Marks the worker idle with what its cache now holds.  Done before the
+/// caller hears the answer, so that its next turn finds the cache.
+fn release(slot: &Slot, cache: &Cache) {
+    let mut state = slot.state.lock();
+    state.busy = false;
+    state.tokens.clone_from(&cache.tokens);
+}
+
+fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, job: Job) {
     // A job whose caller already gave up is dropped unrun.
     if let Err(e) = job.interrupted(&shared.shutting_down) {
+        release(slot, cache);
         job.finish(Err(e), &shared.shutting_down);
         return;
     }
@@ -199,6 +205,7 @@ fn run_job(index: usize, shared: &Shared, cache: &mut Cache, job: Job) {
             ))
         }
     };
+    release(slot, cache);
     job.finish(result, &shared.shutting_down);
 }
 

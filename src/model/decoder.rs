@@ -10,6 +10,7 @@
 //! split into passes, nor on the number of threads.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use half::f16;
@@ -48,6 +49,8 @@ struct Layer {
 pub struct Model {
     cfg: Config,
     map: Mmap,
+    /// The layer matrices that have a GEMM kernel, rearranged for it.
+    packed: Vec<u8>,
     level: SimdLevel,
     threads: usize,
     embed: Matrix,
@@ -165,6 +168,11 @@ impl Model {
         let file = map.bytes();
         let t = Tensors { g, level };
         let (e, hd) = (cfg.n_embd, cfg.head_dim);
+        if hd > 4096 {
+            return Err(Error::model(format!(
+                "attention heads of {hd} values are more than this runtime's 4096"
+            )));
+        }
         let (q_dim, kv_dim) = (cfg.n_head * hd, cfg.n_kv_head * hd);
         let vocab = match t.dims("token_embd.weight") {
             Some(d) if d.len() == 2 && d[1] == e => d[0],
@@ -232,9 +240,12 @@ impl Model {
             });
         }
         let rope_freqs = t.opt_vector(file, "rope_freqs.weight", cfg.rope_dim / 2)?;
+        let mut output = output;
+        let packed = pack_matrices(&mut layers, &mut output, &map, level, threads.max(1));
         Ok(Self {
             cfg,
             map,
+            packed,
             level,
             threads: threads.max(1),
             embed,
@@ -253,6 +264,44 @@ impl Model {
     pub fn simd_level(&self) -> SimdLevel {
         self.level
     }
+}
+
+/// Rearranges every matrix that has a GEMM kernel into one buffer, and
+/// drops the file's pages of those matrices from this process's memory.
+/// The embedding stays in the file's layout, where its rows are looked up
+/// (a tied output matrix is packed as a copy; the few embedding pages that
+/// lookups touch come back from the page cache).
+fn pack_matrices(
+    layers: &mut [Layer],
+    output: &mut Matrix,
+    map: &Mmap,
+    level: SimdLevel,
+    threads: usize,
+) -> Vec<u8> {
+    let mut all: Vec<&mut Matrix> = vec![output];
+    for l in layers.iter_mut() {
+        all.extend(l.qkv.iter_mut());
+        all.push(&mut l.wo);
+        all.extend(l.gate_up.iter_mut());
+        all.push(&mut l.down);
+    }
+    let total: usize = all
+        .iter()
+        .filter(|m| m.packable(level))
+        .map(|m| m.bytes())
+        .sum();
+    // Zeroed pages come from the kernel untouched: only packing writes them.
+    let mut packed = vec![0u8; total];
+    let mut at = 0;
+    for m in all {
+        if m.packable(level) {
+            let range = m.offset..m.offset + m.bytes();
+            m.pack(map.bytes(), &mut packed, at, level, threads);
+            at += m.bytes();
+            map.release(range);
+        }
+    }
+    packed
 }
 
 /// Shares `Model` between sessions.
@@ -359,14 +408,33 @@ impl DecoderSession {
     fn matmuls(&self, ws: &[(&Matrix, usize)], x: Input<'_>, n: usize, out: &mut [f32], ld: usize) {
         let out = Out::new(out, ld);
         let file = self.model.map.bytes();
-        let threads = self.pool.threads();
-        self.pool.run(&|tid| {
-            for &(w, col) in ws {
-                let rows = share(w.rows, threads, tid);
-                // SAFETY: each thread writes its own rows' columns of `out`;
-                // the kernels were chosen for this CPU's level.
-                unsafe { matmul_rows(w, file, x, n, rows, out, col) };
+        let packed = &self.model.packed[..];
+        // The rows of all matrices, in chunks that threads take one at a
+        // time: a thread slowed by the memory or by another process does not
+        // hold the others up.  A row is always computed whole by one thread
+        // with the same kernel, so the split never changes a result.
+        let chunk = if n == 1 { 64 } else { 32 };
+        let mut starts = Vec::with_capacity(ws.len() + 1);
+        let mut units = 0;
+        for (w, _) in ws {
+            starts.push(units);
+            units += w.rows.div_ceil(chunk);
+        }
+        starts.push(units);
+        let next = AtomicUsize::new(0);
+        self.pool.run(&|_| loop {
+            let u = next.fetch_add(1, Ordering::Relaxed);
+            if u >= units {
+                break;
             }
+            let i = starts.partition_point(|&s| s <= u) - 1;
+            let (w, col) = ws[i];
+            let r0 = (u - starts[i]) * chunk;
+            let rows = r0..(r0 + chunk).min(w.rows);
+            // SAFETY: each unit's rows are written by the one thread that
+            // took it; chunks are whole packed groups (multiples of 8); the
+            // kernels were chosen for this CPU's level.
+            unsafe { matmul_rows(w, file, packed, x, n, rows, out, col) };
         });
     }
 
@@ -507,9 +575,7 @@ impl DecoderSession {
 
         // The last position's logits.
         let last = &self.buf.x[(n - 1) * e..n * e];
-        let mut h = vec![0f32; e];
-        ops::rms_norm(last, &m.out_norm, c.rms_eps as f32, &mut h);
-        self.buf.h[..e].copy_from_slice(&h);
+        ops::rms_norm(last, &m.out_norm, c.rms_eps as f32, &mut self.buf.h[..e]);
         self.quantize_h(1, e);
         let mut logits = std::mem::take(&mut self.buf.logits);
         fit(&mut logits, m.output.rows);
@@ -574,27 +640,23 @@ impl DecoderSession {
         self.buf.act = act;
     }
 
-    /// x += post_norm(o).
+    /// x += post_norm(o).  Uses `h` as scratch: its rows are free by then.
     fn residual(&mut self, n: usize, e: usize, post_norm: Option<&[f32]>) {
         let eps = self.model.cfg.rms_eps as f32;
         let o = Shared::new(&mut self.buf.o);
         let x = Shared::new(&mut self.buf.x);
+        let h = Shared::new(&mut self.buf.h);
         self.par(n, &|r| {
             for t in r {
                 // SAFETY: row t belongs to this thread.
-                let (o, x) = unsafe { (o.slice(t * e, e), x.slice(t * e, e)) };
+                let (o, x, tmp) =
+                    unsafe { (o.slice(t * e, e), x.slice(t * e, e), h.slice(t * e, e)) };
                 if let Some(w) = post_norm {
-                    let mut tmp = [0f32; 256];
-                    if e <= tmp.len() {
-                        ops::rms_norm(o, w, eps, &mut tmp[..e]);
-                        o.copy_from_slice(&tmp[..e]);
-                    } else {
-                        let mut tmp = vec![0f32; e];
-                        ops::rms_norm(o, w, eps, &mut tmp);
-                        o.copy_from_slice(&tmp);
-                    }
+                    ops::rms_norm(o, w, eps, tmp);
+                    ops::add(x, tmp);
+                } else {
+                    ops::add(x, o);
                 }
-                ops::add(x, o);
             }
         });
     }
@@ -668,7 +730,10 @@ impl DecoderSession {
         };
         // Per (token, q or k head): bias, norm, rotary; k and v cached.
         par(n, &|r| {
-            let mut tmp = vec![0f32; hd];
+            // Head sizes are at most 4096 (checked at load), so no
+            // allocation per step.
+            let mut tmp = [0f32; 4096];
+            let tmp = &mut tmp[..hd];
             for t in r {
                 // SAFETY: row t belongs to this thread, as do cache row pos+t.
                 let row = unsafe { qkv.slice(t * qkv_dim, qkv_dim) };
@@ -684,8 +749,8 @@ impl DecoderSession {
                         &layer.k_norm
                     };
                     if let Some(w) = norm {
-                        ops::rms_norm(v, w, eps, &mut tmp);
-                        v.copy_from_slice(&tmp);
+                        ops::rms_norm(v, w, eps, tmp);
+                        v.copy_from_slice(tmp);
                     }
                     rotate(v, cs, c.rope_style);
                 }

@@ -4,14 +4,17 @@
 //! rows stay in cache while the activation rows pass by, up to
 //! [`MAX_COLS`](super::quant::MAX_COLS) at a time per kernel call.
 
-use super::quant::{dot_kernel, ActRow, ActRows, Dot, WType, MAX_COLS};
+use super::quant::{
+    dot_kernel, gemm_kernel, ActRow, ActRows, Dot, GemmFn, WType, MAX_COLS, PACK_ROWS,
+};
 use super::simd::SimdLevel;
 
 /// Weight rows computed together against every activation row.
 const ROW_BLOCK: usize = 16;
 
 /// A weight matrix of `rows` rows of `k` values, at byte `offset` of the
-/// mapped file.
+/// mapped file, or, once [`Matrix::pack`] has run, at byte `offset` of the
+/// model's packed weights in the GEMM kernel's layout.
 #[derive(Clone)]
 pub struct Matrix {
     pub ty: WType,
@@ -20,6 +23,7 @@ pub struct Matrix {
     pub offset: usize,
     row_bytes: usize,
     dot: Dot,
+    gemm: Option<GemmFn>,
 }
 
 impl Matrix {
@@ -31,6 +35,60 @@ impl Matrix {
             offset,
             row_bytes: ty.row_bytes(k),
             dot: dot_kernel(ty, level),
+            gemm: None,
+        }
+    }
+
+    /// Whether this matrix has a packed kernel at `level`.
+    pub fn packable(&self, level: SimdLevel) -> bool {
+        self.rows.is_multiple_of(PACK_ROWS) && gemm_kernel(self.ty, level).is_some()
+    }
+
+    /// Writes this matrix, rearranged for its GEMM kernel, at byte `start`
+    /// of `packed`, and reads it from there from now on.  Call only when
+    /// `packable`.  Uses up to `threads` threads.
+    pub fn pack(
+        &mut self,
+        file: &[u8],
+        packed: &mut [u8],
+        start: usize,
+        level: SimdLevel,
+        threads: usize,
+    ) {
+        let Some((pack, gemm)) = gemm_kernel(self.ty, level) else {
+            return;
+        };
+        let group = PACK_ROWS * self.row_bytes;
+        let dst = &mut packed[start..start + self.bytes()];
+        let src = &file[self.offset..self.offset + self.bytes()];
+        let groups = self.rows / PACK_ROWS;
+        let per = groups.div_ceil(threads.max(1)).max(1) * group;
+        let k = self.k;
+        std::thread::scope(|s| {
+            for (d, s_) in dst.chunks_mut(per).zip(src.chunks(per)) {
+                s.spawn(move || {
+                    for (dg, sg) in d.chunks_mut(group).zip(s_.chunks(group)) {
+                        pack(sg, k, dg);
+                    }
+                });
+            }
+        });
+        self.offset = start;
+        self.gemm = Some(gemm);
+    }
+
+    pub fn is_packed(&self) -> bool {
+        self.gemm.is_some()
+    }
+
+    /// How a product's rows are split between threads: in whole packed
+    /// groups for a packed matrix.
+    pub fn share(&self, threads: usize, tid: usize) -> std::ops::Range<usize> {
+        if self.is_packed() {
+            let r = super::pool::share(self.rows / PACK_ROWS, threads, tid);
+            r.start * PACK_ROWS..r.end * PACK_ROWS
+        } else {
+            super::pool::share(self.rows, threads, tid)
         }
     }
 
@@ -90,20 +148,48 @@ impl Out {
 }
 
 /// Computes weight rows `rows` of `w` for all `n` activation rows:
-/// `out[t * ld + col + r] = Σ_i W[r][i] · x[t][i]`.
+/// `out[t * ld + col + r] = Σ_i W[r][i] · x[t][i]`.  `file` is the mapped
+/// file, `packed` the model's packed weights.
 ///
 /// # Safety
 /// `out` is written only by this call at those elements during the job;
-/// the kernel's SIMD level is supported by this CPU.
+/// the kernel's SIMD level is supported by this CPU; for a packed matrix,
+/// `rows` is in whole groups (see [`Matrix::share`]).
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_rows(
     w: &Matrix,
     file: &[u8],
+    packed: &[u8],
     x: Input<'_>,
     n: usize,
     rows: std::ops::Range<usize>,
     out: Out,
     col: usize,
 ) {
+    if let Some(gemm) = w.gemm {
+        let group = PACK_ROWS * w.row_bytes;
+        let mut res = [0f32; MAX_COLS * PACK_ROWS];
+        let mut a: [ActRow<'_>; MAX_COLS] = [x.q.row(0); MAX_COLS];
+        for g in rows.start / PACK_ROWS..rows.end / PACK_ROWS {
+            let src = &packed[w.offset + g * group..w.offset + (g + 1) * group];
+            let mut t0 = 0;
+            while t0 < n {
+                let cols = (n - t0).min(MAX_COLS);
+                for (c, slot) in a.iter_mut().enumerate().take(cols) {
+                    *slot = x.q.row(t0 + c);
+                }
+                gemm(src, &a[..cols], &mut res[..cols * PACK_ROWS]);
+                for c in 0..cols {
+                    let base = (t0 + c) * out.ld + col + g * PACK_ROWS;
+                    for i in 0..PACK_ROWS {
+                        out.write(base + i, res[c * PACK_ROWS + i]);
+                    }
+                }
+                t0 += cols;
+            }
+        }
+        return;
+    }
     let mut res = [0f32; MAX_COLS];
     let mut r0 = rows.start;
     while r0 < rows.end {

@@ -44,6 +44,29 @@ impl Mmap {
     }
 }
 
+impl Mmap {
+    /// Tells the kernel this process no longer needs the pages of
+    /// `range` (whole pages inside it), so they leave its resident set;
+    /// the file's pages stay in the page cache.  Reading them again is
+    /// still valid (they are read back from the file).
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start.div_ceil(PAGE) * PAGE;
+        let end = (range.end.min(self.len) / PAGE) * PAGE;
+        if start < end {
+            // SAFETY: a range of our own mapping; MADV_DONTNEED on a private
+            // read-only file mapping only drops pages that can be re-read.
+            unsafe {
+                libc::madvise(
+                    (self.ptr as *mut u8).add(start) as *mut libc::c_void,
+                    end - start,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+}
+
 impl Drop for Mmap {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what `map` mapped.

@@ -25,7 +25,7 @@ fn poll(limit: Duration, mut done: impl FnMut() -> bool, mut idle: impl FnMut() 
     let mut spins = 0u32;
     while !done() {
         spins = spins.wrapping_add(1);
-        if spins % 64 != 0 {
+        if !spins.is_multiple_of(64) {
             std::hint::spin_loop();
             continue;
         }

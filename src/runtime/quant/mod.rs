@@ -12,12 +12,14 @@
 pub mod act;
 pub mod float;
 pub mod kquants;
+pub mod kquants_gemm;
 pub mod legacy;
+pub mod legacy_gemm;
 mod types;
 
 use super::simd::SimdLevel;
 pub use act::{ActRow, ActRows};
-pub use types::{Dot, FloatDot, QuantDot, WType, MAX_COLS};
+pub use types::{Dot, FloatDot, GemmFn, PackFn, QuantDot, WType, MAX_COLS, PACK_ROWS};
 
 /// Dequantizes one row: `w` holds whole blocks, `out.len()` values.
 pub fn dequantize_row(ty: WType, w: &[u8], out: &mut [f32]) {
@@ -39,5 +41,20 @@ pub fn dot_kernel(ty: WType, level: SimdLevel) -> Dot {
             Dot::Quant(legacy::dot_fn(ty, level))
         }
         _ => Dot::Quant(kquants::dot_fn(ty, level)),
+    }
+}
+
+/// The packed (row-interleaved) kernel for `ty` at `level`, when there is
+/// one: the weights are then rearranged at load by the [`PackFn`], and
+/// products use the [`GemmFn`].
+pub fn gemm_kernel(ty: WType, level: SimdLevel) -> Option<(PackFn, GemmFn)> {
+    match ty {
+        WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0 => {
+            legacy_gemm::gemm(ty, level)
+        }
+        WType::Q2K | WType::Q3K | WType::Q4K | WType::Q5K | WType::Q6K => {
+            kquants_gemm::gemm(ty, level)
+        }
+        _ => None,
     }
 }

@@ -134,3 +134,22 @@ impl WType {
         n / self.block_len() * self.block_bytes()
     }
 }
+
+/// Weight rows interleaved together for the GEMM kernels.
+pub const PACK_ROWS: usize = 8;
+
+/// Rearranges `PACK_ROWS` consecutive weight rows of `k` values (`src`,
+/// `PACK_ROWS · row_bytes` bytes in the file's layout) into the kernel's
+/// layout in `dst` (exactly as many bytes).
+pub type PackFn = fn(src: &[u8], k: usize, dst: &mut [u8]);
+
+/// `out[c · PACK_ROWS + i] = Σ_j W[i][j] · a[c][j]` for the `PACK_ROWS`
+/// rows `i` of one packed group and every column `c < a.len() ≤ MAX_COLS`;
+/// `out.len() == a.len() · PACK_ROWS`.  As for [`QuantDot`], a column's
+/// results are bit-identical whatever `a.len()` is and wherever the column
+/// sits.
+///
+/// # Safety
+/// As for [`QuantDot`]; `packed` is one group made by the matching
+/// [`PackFn`].
+pub type GemmFn = unsafe fn(packed: &[u8], a: &[ActRow<'_>], out: &mut [f32]);

@@ -1,0 +1,597 @@
+//! Packed GEMM kernels for the legacy block types (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0): [`PACK_ROWS`] = 8 weight rows interleaved so that one VNNI
+//! instruction (`vpdpbusd` on 256 bits) multiplies four weights of each of
+//! the 8 rows by the same four activations (one 32-bit group of a column,
+//! broadcast), giving partial sums for the 8 rows in 8 lanes.  The 8 rows'
+//! block scales are then one vector: a block costs one conversion, one
+//! multiply and one FMA per column for all 8 rows.
+//!
+//! # Packed layout
+//!
+//! A group of 8 rows of `nb` blocks each is stored block after block (one
+//! sequential stream; separate regions per part streamed from memory at
+//! half the speed); block `b` of the 8 rows is, in this order:
+//!
+//! | part | bytes | contents |
+//! | --- | --- | --- |
+//! | scales | 16 | the 8 rows' f16 `d` |
+//! | minimums (Q4_1, Q5_1) | 16 | the 8 rows' f16 `m` |
+//! | fifth bits (Q5 only) | 32 | eight `u32` masks `i`; bits `4r..4r + 4` of mask `i` are bits `4i..4i + 4` of row `r`'s `qh` |
+//! | quants | 128 (nibble types), 256 (Q8_0) | 32-byte chunks `m`; bytes `4r..4r + 4` of a chunk are bytes `4m..4m + 4` of row `r`'s quants |
+//!
+//! The parts add up to `8 ·` the block size, so a packed group
+//! has exactly the bytes of the 8 rows.  Q8_0's bytes are stored with the
+//! sign bit flipped (`s + 128`, unsigned).
+//!
+//! Nibble chunk `m` holds elements `4m..4m + 4` (low nibbles) and
+//! `16 + 4m..` (high nibbles) of each row, so its low nibbles pair with the
+//! activations' 32-bit group `m` and its high nibbles with group `m + 4`.
+//!
+//! # Arithmetic
+//!
+//! The weights enter `vpdpbusd` as unsigned codes `u` (Q4: 0..16, Q5:
+//! 0..32, Q8_0: 0..256) against the signed activations `q`.  The types with
+//! an offset `o` (Q4_0: 8, Q5_0: 16, Q8_0: 128) start each block's integer
+//! sum at `−o · Σ q` (from the activations' half-block sums `s16`), so each
+//! lane holds exactly `Σ s · q` for its row; Q4_1 and Q5_1 add `m · dsum`
+//! in a separate accumulator, as the per-row kernels do.  Every column has
+//! its own accumulators and the same operations in the same order whatever
+//! the number of columns, so a column's results are the same bits in any
+//! tile.
+
+use super::act::ActRow;
+use super::{GemmFn, PackFn, WType, MAX_COLS, PACK_ROWS};
+use crate::runtime::simd::SimdLevel;
+
+// The types, as const-generic parameters.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+
+/// Bytes per block in GGUF's layout.
+const fn block_bytes(t: u8) -> usize {
+    match t {
+        Q4_0 => 18,
+        Q4_1 => 20,
+        Q5_0 => 22,
+        Q5_1 => 24,
+        _ => 34,
+    }
+}
+
+const fn has_min(t: u8) -> bool {
+    t == Q4_1 || t == Q5_1
+}
+
+const fn is_q5(t: u8) -> bool {
+    t == Q5_0 || t == Q5_1
+}
+
+/// Offset of the quants (nibbles or bytes) in a GGUF block.
+const fn qs_offset(t: u8) -> usize {
+    match t {
+        Q4_0 => 2,
+        Q4_1 => 4,
+        Q5_0 => 6,
+        Q5_1 => 8,
+        _ => 2,
+    }
+}
+
+/// Offset of `qh` in a Q5 GGUF block.
+const fn qh_offset(t: u8) -> usize {
+    if t == Q5_0 {
+        2
+    } else {
+        4
+    }
+}
+
+/// Quant bytes of one block of the 8 rows in the packed layout.
+const fn quant_bytes(t: u8) -> usize {
+    if t == Q8_0 {
+        256
+    } else {
+        128
+    }
+}
+
+/// What the unsigned codes exceed the signed values by (0 for the types
+/// with a minimum).
+const fn offset(t: u8) -> i32 {
+    match t {
+        Q4_0 => 8,
+        Q5_0 => 16,
+        Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+/// The packed kernel for `ty` at `level` (or the best below it), or `None`
+/// when there is none (then the caller uses the per-row dot kernels).
+pub fn gemm(ty: WType, level: SimdLevel) -> Option<(PackFn, GemmFn)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level >= SimdLevel::Avx512 {
+            let k: (PackFn, GemmFn) = match ty {
+                WType::Q4_0 => (pack::<Q4_0>, avx512::gemm::<Q4_0>),
+                WType::Q4_1 => (pack::<Q4_1>, avx512::gemm::<Q4_1>),
+                WType::Q5_0 => (pack::<Q5_0>, avx512::gemm::<Q5_0>),
+                WType::Q5_1 => (pack::<Q5_1>, avx512::gemm::<Q5_1>),
+                WType::Q8_0 => (pack::<Q8_0>, avx512::gemm::<Q8_0>),
+                _ => return None,
+            };
+            return Some(k);
+        }
+    }
+    let _ = (ty, level);
+    None
+}
+
+/// Where the parts of one block of the 8 rows start, from the block's
+/// start: scales, minimums, fifth bits, quants (a part a type lacks has
+/// no bytes).
+const fn parts(t: u8) -> [usize; 4] {
+    let m = 16;
+    let h = m + if has_min(t) { 16 } else { 0 };
+    let q = h + if is_q5(t) { 32 } else { 0 };
+    [0, m, h, q]
+}
+
+/// Packs 8 rows of `k` values (`src`, GGUF layout) into `dst`.
+fn pack<const T: u8>(src: &[u8], k: usize, dst: &mut [u8]) {
+    assert!(k.is_multiple_of(32), "k = {k} is not whole blocks");
+    let nb = k / 32;
+    let bb = block_bytes(T);
+    let rb = nb * bb;
+    assert!(src.len() == PACK_ROWS * rb && dst.len() == src.len());
+    let [dof, mo, ho, qo] = parts(T);
+    let qb = quant_bytes(T);
+    for r in 0..PACK_ROWS {
+        for b in 0..nb {
+            let blk = &src[r * rb + b * bb..][..bb];
+            let out = &mut dst[b * PACK_ROWS * bb..][..PACK_ROWS * bb];
+            out[dof + 2 * r..][..2].copy_from_slice(&blk[0..2]);
+            if has_min(T) {
+                out[mo + 2 * r..][..2].copy_from_slice(&blk[2..4]);
+            }
+            let qs = &blk[qs_offset(T)..];
+            for m in 0..qb / 32 {
+                let o = qo + 32 * m + 4 * r;
+                for t in 0..4 {
+                    let v = qs[4 * m + t];
+                    out[o + t] = if T == Q8_0 { v ^ 0x80 } else { v };
+                }
+            }
+            if is_q5(T) {
+                let o = qh_offset(T);
+                let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
+                for i in 0..8 {
+                    let at = ho + 4 * i;
+                    let mut mask = u32::from_le_bytes(out[at..at + 4].try_into().unwrap());
+                    // Rows write disjoint bit fields; clear ours first.
+                    mask &= !(0xF << (4 * r));
+                    mask |= ((qh >> (4 * i)) & 0xF) << (4 * r);
+                    out[at..at + 4].copy_from_slice(&mask.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub unsafe fn gemm<const T: u8>(packed: &[u8], a: &[ActRow], out: &mut [f32]) {
+        match a.len() {
+            1 => tile::<T, 1>(packed, a, out),
+            2 => tile::<T, 2>(packed, a, out),
+            3 => tile::<T, 3>(packed, a, out),
+            _ => tile::<T, 4>(packed, a, out),
+        }
+    }
+
+    /// The 8 weight chunks of block `b` as unsigned bytes: chunk `i` holds
+    /// the 8 rows' codes for activation group `i` (elements `4i..4i + 4`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn weights<const T: u8>(blk: *const u8) -> [__m256i; 8] {
+        let [_, _, ho, qo] = parts(T);
+        let p = blk.add(qo);
+        let mut w = [_mm256_setzero_si256(); 8];
+        if T == Q8_0 {
+            for (i, w) in w.iter_mut().enumerate() {
+                *w = _mm256_loadu_si256(p.add(32 * i) as *const __m256i);
+            }
+            return w;
+        }
+        let nib = _mm256_set1_epi8(0x0F);
+        for m in 0..4 {
+            let v = _mm256_loadu_si256(p.add(32 * m) as *const __m256i);
+            w[m] = _mm256_and_si256(v, nib);
+            w[m + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+        }
+        if is_q5(T) {
+            let h = blk.add(ho);
+            let sixteen = _mm256_set1_epi8(0x10);
+            for (i, w) in w.iter_mut().enumerate() {
+                let k = std::ptr::read_unaligned(h.add(4 * i) as *const u32);
+                *w = _mm256_mask_add_epi8(*w, k, *w, sixteen);
+            }
+        }
+        w
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+    unsafe fn tile<const T: u8, const C: usize>(packed: &[u8], a: &[ActRow], out: &mut [f32]) {
+        let gb = PACK_ROWS * block_bytes(T);
+        let nb = packed.len() / gb;
+        assert!(packed.len() == nb * gb);
+        assert!(a.len() == C && C <= MAX_COLS && out.len() >= C * PACK_ROWS);
+        for r in a {
+            assert!(r.qs.len() >= nb * 32 && r.d.len() >= nb);
+            assert!(if has_min(T) {
+                r.dsum.len() >= nb
+            } else {
+                r.s16.len() >= 2 * nb
+            });
+        }
+        let a: &[ActRow; C] = a.try_into().unwrap();
+        let [dof, mo, _, _] = parts(T);
+        let mut acc = [_mm256_setzero_ps(); C];
+        let mut macc = [_mm256_setzero_ps(); C];
+        // −o for the pairs of half-block sums (vpmaddwd adds the two).
+        let neg_o = _mm256_set1_epi16(-offset(T) as i16);
+        for b in 0..nb {
+            let blk = packed.as_ptr().add(b * gb);
+            let w = weights::<T>(blk);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(dof) as *const __m128i));
+            let mw = if has_min(T) {
+                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(mo) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for c in 0..C {
+                let r = &a[c];
+                let ap = r.qs.as_ptr().add(32 * b);
+                // Two chains of four, for latency.
+                let mut i0 = if has_min(T) {
+                    _mm256_setzero_si256()
+                } else {
+                    let s = std::ptr::read_unaligned(r.s16.as_ptr().add(2 * b) as *const i32);
+                    _mm256_madd_epi16(_mm256_set1_epi32(s), neg_o)
+                };
+                let mut i1 = _mm256_setzero_si256();
+                for g in 0..4 {
+                    let x0 =
+                        _mm256_set1_epi32(std::ptr::read_unaligned(ap.add(8 * g) as *const i32));
+                    let x1 = _mm256_set1_epi32(std::ptr::read_unaligned(
+                        ap.add(8 * g + 4) as *const i32
+                    ));
+                    i0 = _mm256_dpbusd_epi32(i0, w[2 * g], x0);
+                    i1 = _mm256_dpbusd_epi32(i1, w[2 * g + 1], x1);
+                }
+                let isum = _mm256_add_epi32(i0, i1);
+                let s = _mm256_mul_ps(dw, _mm256_set1_ps(*r.d.get_unchecked(b)));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), s, acc[c]);
+                if has_min(T) {
+                    let ds = _mm256_set1_ps(*r.dsum.get_unchecked(b));
+                    macc[c] = _mm256_fmadd_ps(mw, ds, macc[c]);
+                }
+            }
+        }
+        for c in 0..C {
+            let mut v = acc[c];
+            if has_min(T) {
+                v = _mm256_add_ps(v, macc[c]);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(c * PACK_ROWS), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::quant::{legacy, ActRows};
+    use crate::runtime::simd;
+
+    const TYPES: [WType; 5] = [
+        WType::Q4_0,
+        WType::Q4_1,
+        WType::Q5_0,
+        WType::Q5_1,
+        WType::Q8_0,
+    ];
+
+    /// xorshift64*.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        /// Uniform in [-1, 1).
+        fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    fn f16_bits(x: f32) -> [u8; 2] {
+        half::f16::from_f32(x).to_bits().to_le_bytes()
+    }
+
+    fn random_scale(r: &mut Rng) -> f32 {
+        match r.below(12) {
+            0 => 0.0,
+            1 => 1e-8,
+            2 => -1e-8,
+            3 => 60000.0,
+            4 => -60000.0,
+            5 => 6.1e-5,
+            _ => r.unit() * 0.1,
+        }
+    }
+
+    /// A row of `nb` random blocks, with all-zero blocks, blocks of maximal
+    /// and of minimal codes mixed in.
+    fn random_row(ty: WType, nb: usize, r: &mut Rng) -> Vec<u8> {
+        let bb = ty.block_bytes();
+        let mut w = vec![0u8; nb * bb];
+        for blk in w.chunks_exact_mut(bb) {
+            let kind = r.below(10);
+            if kind == 0 {
+                continue;
+            }
+            for x in blk.iter_mut() {
+                *x = r.next() as u8;
+            }
+            if kind == 1 {
+                blk.fill(0xFF);
+            }
+            if kind == 2 {
+                let start = if ty == WType::Q8_0 { 2 } else { 4 };
+                blk[start..].fill(if ty == WType::Q8_0 { 0x80 } else { 0 });
+            }
+            if kind == 3 && ty == WType::Q8_0 {
+                blk[2..].fill(0x7F);
+            }
+            blk[0..2].copy_from_slice(&f16_bits(random_scale(r)));
+            if matches!(ty, WType::Q4_1 | WType::Q5_1) {
+                blk[2..4].copy_from_slice(&f16_bits(random_scale(r)));
+            }
+        }
+        w
+    }
+
+    fn random_acts(k: usize, r: &mut Rng) -> Vec<f32> {
+        let scale = match r.below(5) {
+            0 => 1e4,
+            1 => 1e-3,
+            2 => 1e15,
+            _ => 1.0,
+        };
+        let kind = r.below(8);
+        (0..k)
+            .map(|i| match (kind, r.below(10)) {
+                (0, _) => 0.0,
+                (1, _) => scale,
+                (_, 0) => 0.0,
+                (_, 1) if i % 64 < 32 => 0.0,
+                (_, 2) => r.unit() * 1e3 * scale,
+                _ => r.unit() * scale,
+            })
+            .collect()
+    }
+
+    const KS: [usize; 6] = [32, 64, 96, 576, 640, 1536];
+
+    struct Case {
+        src: Vec<u8>,
+        packed: Vec<u8>,
+        acts: ActRows,
+    }
+
+    fn case(ty: WType, k: usize, r: &mut Rng) -> Case {
+        let mut src = Vec::new();
+        for _ in 0..PACK_ROWS {
+            src.extend(random_row(ty, k / 32, r));
+        }
+        let mut x = Vec::new();
+        for _ in 0..MAX_COLS {
+            x.extend(random_acts(k, r));
+        }
+        let mut acts = ActRows::new();
+        acts.quantize(&x, MAX_COLS, k);
+        // Poisoned, to see that packing writes every byte.
+        let packed = vec![0xA5; src.len()];
+        Case { src, packed, acts }
+    }
+
+    #[test]
+    fn kernels_match_the_dequantized_product() {
+        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut worst = 0f64;
+        let mut ran = 0;
+        for ty in TYPES {
+            for &k in &KS {
+                for _ in 0..4 {
+                    let mut cs = case(ty, k, &mut r);
+                    let rb = ty.row_bytes(k);
+                    let wf: Vec<Vec<f32>> = cs
+                        .src
+                        .chunks_exact(rb)
+                        .map(|row| {
+                            let mut f = vec![0f32; k];
+                            legacy::dequantize_row(ty, row, &mut f);
+                            f
+                        })
+                        .collect();
+                    let rows: Vec<_> = (0..MAX_COLS).map(|i| cs.acts.row(i)).collect();
+                    for level in simd::available() {
+                        let Some((pack, gemm)) = gemm(ty, level) else {
+                            continue;
+                        };
+                        ran += 1;
+                        pack(&cs.src, k, &mut cs.packed);
+                        let mut out = [0f32; MAX_COLS * PACK_ROWS];
+                        unsafe { gemm(&cs.packed, &rows, &mut out) };
+                        for (c, col) in rows.iter().enumerate() {
+                            for (i, wrow) in wf.iter().enumerate() {
+                                let (mut exact, mut mag) = (0f64, 0f64);
+                                for (j, &wv) in wrow.iter().enumerate() {
+                                    let p = wv as f64 * (col.d[j / 32] as f64 * col.qs[j] as f64);
+                                    exact += p;
+                                    mag += p.abs();
+                                }
+                                let got = out[c * PACK_ROWS + i];
+                                let err = (got as f64 - exact).abs();
+                                if mag > 0.0 {
+                                    worst = worst.max(err / mag);
+                                }
+                                assert!(
+                                    err <= 1e-5 * mag + 1e-30,
+                                    "{} {} k={k} col {c} row {i}: {got} vs {exact} (Σ|wa| {mag})",
+                                    ty.name(),
+                                    level.name(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("worst error / Σ|w·a|: {worst:e} over {ran} products");
+        #[cfg(target_arch = "x86_64")]
+        if simd::detected() >= simd::SimdLevel::Avx512 {
+            assert!(ran > 0);
+        }
+    }
+
+    #[test]
+    fn a_column_gives_the_same_bits_in_any_tile() {
+        let mut r = Rng(12345);
+        for ty in TYPES {
+            for &k in &KS {
+                let mut cs = case(ty, k, &mut r);
+                for level in simd::available() {
+                    let Some((pack, gemm)) = gemm(ty, level) else {
+                        continue;
+                    };
+                    pack(&cs.src, k, &mut cs.packed);
+                    let alone: Vec<[u32; PACK_ROWS]> = (0..MAX_COLS)
+                        .map(|c| {
+                            let mut o = [0f32; PACK_ROWS];
+                            unsafe { gemm(&cs.packed, &[cs.acts.row(c)], &mut o) };
+                            o.map(f32::to_bits)
+                        })
+                        .collect();
+                    for n in 2..=MAX_COLS {
+                        for start in 0..MAX_COLS {
+                            let cols: Vec<usize> = (0..n).map(|i| (start + i) % MAX_COLS).collect();
+                            let rows: Vec<_> = cols.iter().map(|&c| cs.acts.row(c)).collect();
+                            let mut o = vec![0f32; n * PACK_ROWS];
+                            unsafe { gemm(&cs.packed, &rows, &mut o) };
+                            for (i, &c) in cols.iter().enumerate() {
+                                let got: Vec<u32> = o[i * PACK_ROWS..(i + 1) * PACK_ROWS]
+                                    .iter()
+                                    .map(|v| v.to_bits())
+                                    .collect();
+                                assert_eq!(
+                                    got,
+                                    alone[c],
+                                    "{} {} k={k}: column {c} at {i} of {n}",
+                                    ty.name(),
+                                    level.name()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the packed layout back into GGUF rows (the inverse of `pack`,
+    /// written independently from the layout's description).
+    fn unpack(ty: WType, packed: &[u8], k: usize) -> Vec<u8> {
+        let t = match ty {
+            WType::Q4_0 => Q4_0,
+            WType::Q4_1 => Q4_1,
+            WType::Q5_0 => Q5_0,
+            WType::Q5_1 => Q5_1,
+            _ => Q8_0,
+        };
+        let (nb, bb) = (k / 32, block_bytes(t));
+        let rb = nb * bb;
+        let [dof, mo, ho, qo] = parts(t);
+        let qb = quant_bytes(t);
+        let mut src = vec![0u8; PACK_ROWS * rb];
+        for r in 0..PACK_ROWS {
+            for b in 0..nb {
+                let blk = &mut src[r * rb + b * bb..][..bb];
+                let g = &packed[b * PACK_ROWS * bb..][..PACK_ROWS * bb];
+                blk[0..2].copy_from_slice(&g[dof + 2 * r..][..2]);
+                if has_min(t) {
+                    blk[2..4].copy_from_slice(&g[mo + 2 * r..][..2]);
+                }
+                for j in 0..qb / 8 {
+                    let v = g[qo + 32 * (j / 4) + 4 * r + j % 4];
+                    blk[qs_offset(t) + j] = if t == Q8_0 { v ^ 0x80 } else { v };
+                }
+                if is_q5(t) {
+                    let mut qh = 0u32;
+                    for i in 0..8 {
+                        let at = ho + 4 * i;
+                        let m = u32::from_le_bytes(g[at..at + 4].try_into().unwrap());
+                        qh |= ((m >> (4 * r)) & 0xF) << (4 * i);
+                    }
+                    blk[qh_offset(t)..qh_offset(t) + 4].copy_from_slice(&qh.to_le_bytes());
+                }
+            }
+        }
+        src
+    }
+
+    #[test]
+    fn packing_keeps_the_size_and_every_bit() {
+        let mut r = Rng(777);
+        for ty in TYPES {
+            for &k in &KS {
+                let cs = case(ty, k, &mut r);
+                assert_eq!(cs.src.len(), PACK_ROWS * ty.row_bytes(k));
+                for level in simd::available() {
+                    let Some((pack, _)) = gemm(ty, level) else {
+                        continue;
+                    };
+                    for fill in [0x00, 0xFF, 0xA5] {
+                        let mut packed = vec![fill; cs.src.len()];
+                        pack(&cs.src, k, &mut packed);
+                        assert_eq!(packed.len(), cs.src.len());
+                        assert_eq!(unpack(ty, &packed, k), cs.src, "{} k={k}", ty.name());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_legacy_types_have_kernels() {
+        for level in simd::available() {
+            for ty in WType::ALL {
+                if !TYPES.contains(&ty) {
+                    assert!(gemm(ty, level).is_none());
+                }
+            }
+        }
+    }
+}
