@@ -119,16 +119,17 @@ pub fn generate(
     }
     let start = Instant::now();
     // At least the last prompt token is evaluated, for its logits.
-    let keep = if options.cache_prompt {
+    let mut keep = if options.cache_prompt {
         cache.common_prefix(prompt).min(prompt.len() - 1)
     } else {
         0
     };
+    if keep < cache.tokens.len() {
+        keep = cache.session.truncate(keep);
+        cache.tokens.truncate(keep);
+    }
     if keep == 0 {
         cache.clear();
-    } else if keep < cache.tokens.len() {
-        cache.session.truncate(keep);
-        cache.tokens.truncate(keep);
     }
     let mut logits = Vec::new();
     for chunk in prompt[keep..].chunks(PROMPT_CHUNK) {

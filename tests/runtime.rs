@@ -149,3 +149,43 @@ fn smollm2_logits_do_not_depend_on_the_split() {
 fn gemma3_logits_do_not_depend_on_the_split() {
     split_invariance("gemma3");
 }
+
+/// Gemma 3's sliding-window layers keep only their window (512) in a ring:
+/// beyond it, one pass, uneven chunks and the reference decoder (which keeps
+/// every position and masks) still agree; truncating far back starts over.
+#[test]
+fn gemma3_beyond_the_sliding_window() {
+    let cpu = weights("gemma3", Backend::Cpu { threads: 2 });
+    let reference = weights("gemma3", Backend::Reference);
+    let mut seq: Vec<u32> = Vec::new();
+    while seq.len() < 700 {
+        for s in sequences("gemma3") {
+            seq.extend(&s[1..]);
+        }
+    }
+    seq.truncate(700);
+    let mut s = cpu.new_session();
+    let whole = s.forward(&seq, 0).unwrap();
+    let mut chunked = cpu.new_session();
+    let mut pos = 0;
+    let mut last = Vec::new();
+    for chunk in seq.chunks(97) {
+        last = chunked.forward(chunk, pos).unwrap();
+        pos += chunk.len();
+    }
+    assert_eq!(whole, last, "one pass vs chunks of 97");
+    let want = reference.new_session().forward(&seq, 0).unwrap();
+    assert_eq!(
+        argmax(&whole),
+        argmax(&want),
+        "top token after 700 positions"
+    );
+    // Going back further than the ring keeps is refused (0 kept) ...
+    assert_eq!(s.truncate(100), 0);
+    // ... while going back a little keeps the cache, and equals a fresh run.
+    let mut t = cpu.new_session();
+    t.forward(&seq, 0).unwrap();
+    assert_eq!(t.truncate(690), 690);
+    let again = t.forward(&seq[690..], 690).unwrap();
+    assert_eq!(again, whole, "after a short truncate");
+}

@@ -20,7 +20,7 @@ use super::{ModelInfo, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::runtime::matmul::{matmul_rows, Input, Matrix, Out};
-use crate::runtime::mmap::Mmap;
+use crate::runtime::mmap::{AnonBuf, Mmap};
 use crate::runtime::ops;
 use crate::runtime::pool::{share, Pool};
 use crate::runtime::quant::{dequantize_row, ActRows, WType};
@@ -50,7 +50,7 @@ pub struct Model {
     cfg: Config,
     map: Mmap,
     /// The layer matrices that have a GEMM kernel, rearranged for it.
-    packed: Vec<u8>,
+    packed: AnonBuf,
     level: SimdLevel,
     threads: usize,
     embed: Matrix,
@@ -241,7 +241,8 @@ impl Model {
         }
         let rope_freqs = t.opt_vector(file, "rope_freqs.weight", cfg.rope_dim / 2)?;
         let mut output = output;
-        let packed = pack_matrices(&mut layers, &mut output, &map, level, threads.max(1));
+        let packed = pack_matrices(&mut layers, &mut output, &map, level, threads.max(1))
+            .map_err(|e| Error::model(format!("cannot allocate the packed weights: {e}")))?;
         Ok(Self {
             cfg,
             map,
@@ -277,7 +278,7 @@ fn pack_matrices(
     map: &Mmap,
     level: SimdLevel,
     threads: usize,
-) -> Vec<u8> {
+) -> std::io::Result<AnonBuf> {
     let mut all: Vec<&mut Matrix> = vec![output];
     for l in layers.iter_mut() {
         all.extend(l.qkv.iter_mut());
@@ -291,17 +292,23 @@ fn pack_matrices(
         .map(|m| m.bytes())
         .sum();
     // Zeroed pages come from the kernel untouched: only packing writes them.
-    let mut packed = vec![0u8; total];
+    // Each matrix is packed in slices whose file pages are released as soon
+    // as they are copied, so the file's copy and the packed copy are never
+    // both resident (peak memory stays at the packed size).
+    let mut buf = AnonBuf::zeroed(total)?;
+    let packed = buf.bytes_mut();
     let mut at = 0;
     for m in all {
         if m.packable(level) {
-            let range = m.offset..m.offset + m.bytes();
-            m.pack(map.bytes(), &mut packed, at, level, threads);
-            at += m.bytes();
-            map.release(range);
+            let (offset, bytes) = (m.offset, m.bytes());
+            m.pack(map.bytes(), packed, at, level, threads, &|done| {
+                map.release(offset + done.start..offset + done.end)
+            });
+            at += bytes;
+            map.release(offset..offset + bytes);
         }
     }
-    packed
+    Ok(buf)
 }
 
 /// Shares `Model` between sessions.
@@ -320,11 +327,26 @@ impl Weights for SharedModel {
     }
 }
 
+/// Most tokens one pass of a model with sliding-window layers computes:
+/// longer passes are split (which changes no result), so that a window
+/// layer's ring needs only this many positions beyond its window.
+const WINDOW_PASS: usize = 64;
+
 /// One layer's cache: rows of `n_kv_head · head_dim` values per position.
+/// A sliding-window layer keeps only its last `ring` positions, position
+/// `p` in row `p % ring`.
 #[derive(Default)]
 struct KvLayer {
     k: Vec<f16>,
     v: Vec<f16>,
+    ring: Option<usize>,
+}
+
+impl KvLayer {
+    #[inline]
+    fn row(&self, p: usize) -> usize {
+        self.ring.map_or(p, |r| p % r)
+    }
 }
 
 /// Work buffers of a forward pass, grown to the largest pass seen.
@@ -385,7 +407,12 @@ impl DecoderSession {
         let layers = model.layers.len();
         Self {
             pool: Pool::new(model.threads),
-            kv: (0..layers).map(|_| KvLayer::default()).collect(),
+            kv: (0..layers)
+                .map(|i| KvLayer {
+                    ring: model.cfg.window[i].map(|w| w + WINDOW_PASS),
+                    ..KvLayer::default()
+                })
+                .collect(),
             len: 0,
             buf: Buffers::default(),
             model,
@@ -408,7 +435,7 @@ impl DecoderSession {
     fn matmuls(&self, ws: &[(&Matrix, usize)], x: Input<'_>, n: usize, out: &mut [f32], ld: usize) {
         let out = Out::new(out, ld);
         let file = self.model.map.bytes();
-        let packed = &self.model.packed[..];
+        let packed = self.model.packed.bytes();
         // The rows of all matrices, in chunks that threads take one at a
         // time: a thread slowed by the memory or by another process does not
         // hold the others up.  A row is always computed whole by one thread
@@ -438,7 +465,9 @@ impl DecoderSession {
         });
     }
 
-    fn forward_pass(&mut self, tokens: &[u32], pos: usize) -> Vec<f32> {
+    /// Runs `tokens` at `pos..`; returns the last one's logits when
+    /// `logits` is set (an empty vector otherwise).
+    fn forward_pass(&mut self, tokens: &[u32], pos: usize, logits: bool) -> Vec<f32> {
         let model = self.model.clone();
         let m = &*model;
         let c = &m.cfg;
@@ -460,8 +489,10 @@ impl DecoderSession {
             fit(&mut b.scores, self.pool.threads() * total);
         }
         for kv in &mut self.kv {
-            // Storage grows in steps of 256 positions, never per token.
-            let want = total.div_ceil(256) * 256 * kv_dim;
+            // Storage grows in steps of 256 positions, never per token, up
+            // to the ring of a sliding-window layer.
+            let rows = total.div_ceil(256) * 256;
+            let want = kv.ring.map_or(rows, |r| rows.min(r)) * kv_dim;
             if kv.k.len() < want {
                 kv.k.resize(want, f16::ZERO);
                 kv.v.resize(want, f16::ZERO);
@@ -573,6 +604,9 @@ impl DecoderSession {
             self.residual(n, e, layer.post_ffn_norm.as_deref());
         }
 
+        if !logits {
+            return Vec::new();
+        }
         // The last position's logits.
         let last = &self.buf.x[(n - 1) * e..n * e];
         ops::rms_norm(last, &m.out_norm, c.rms_eps as f32, &mut self.buf.h[..e]);
@@ -717,6 +751,7 @@ impl DecoderSession {
         let half = c.rope_dim / 2;
         let qkv = Shared::new(&mut self.buf.qkv);
         let kv = &mut self.kv[li];
+        let ring = kv.ring;
         let kc = Shared::new(&mut kv.k);
         let vc = Shared::new(&mut kv.v);
         let heads = c.n_head + c.n_kv_head;
@@ -754,10 +789,10 @@ impl DecoderSession {
                     }
                     rotate(v, cs, c.rope_style);
                 }
-                let p = pos + t;
+                let r = ring.map_or(pos + t, |c| (pos + t) % c);
                 unsafe {
-                    ops::f32_to_f16(&row[q_dim..q_dim + kv_dim], kc.slice(p * kv_dim, kv_dim));
-                    ops::f32_to_f16(&row[q_dim + kv_dim..], vc.slice(p * kv_dim, kv_dim));
+                    ops::f32_to_f16(&row[q_dim..q_dim + kv_dim], kc.slice(r * kv_dim, kv_dim));
+                    ops::f32_to_f16(&row[q_dim + kv_dim..], vc.slice(r * kv_dim, kv_dim));
                 }
             }
         });
@@ -783,7 +818,8 @@ impl DecoderSession {
                 let g = h / group;
                 let s = &mut s_all[lo..=p];
                 for (j, sv) in s.iter_mut().enumerate() {
-                    let key = &kv.k[(lo + j) * kv_dim + g * hd..(lo + j) * kv_dim + (g + 1) * hd];
+                    let r = kv.row(lo + j);
+                    let key = &kv.k[r * kv_dim + g * hd..r * kv_dim + (g + 1) * hd];
                     *sv = ops::dot_f16(key, q) * scale;
                 }
                 ops::softmax(s);
@@ -791,7 +827,8 @@ impl DecoderSession {
                 let out = unsafe { att.slice(t * q_dim + h * hd, hd) };
                 out.iter_mut().for_each(|v| *v = 0.0);
                 for (j, &w) in s.iter().enumerate() {
-                    let val = &kv.v[(lo + j) * kv_dim + g * hd..(lo + j) * kv_dim + (g + 1) * hd];
+                    let r = kv.row(lo + j);
+                    let val = &kv.v[r * kv_dim + g * hd..r * kv_dim + (g + 1) * hd];
                     ops::axpy_f16(out, w, val);
                 }
                 i += stride;
@@ -844,8 +881,16 @@ impl Session for DecoderSession {
                 "token id {bad} is outside the model's {vocab} embeddings"
             )));
         }
-        let logits = self.forward_pass(tokens, pos);
-        self.len += tokens.len();
+        let windowed = self.kv.iter().any(|kv| kv.ring.is_some());
+        let step = if windowed { WINDOW_PASS } else { tokens.len() };
+        let mut logits = Vec::new();
+        let mut at = pos;
+        for chunk in tokens.chunks(step) {
+            let last = at + chunk.len() == pos + tokens.len();
+            logits = self.forward_pass(chunk, at, last);
+            at += chunk.len();
+            self.len = at;
+        }
         Ok(logits)
     }
 
@@ -853,7 +898,15 @@ impl Session for DecoderSession {
         self.len = 0;
     }
 
-    fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    fn truncate(&mut self, len: usize) -> usize {
+        let len = self.len.min(len);
+        // A window ring holds positions from `self.len - ring` on; position
+        // `len` needs those from `len - window` on.
+        let lost = self.kv.iter().any(|kv| {
+            kv.ring
+                .is_some_and(|r| len.saturating_sub(r - WINDOW_PASS) < self.len.saturating_sub(r))
+        });
+        self.len = if lost { 0 } else { len };
+        self.len
     }
 }

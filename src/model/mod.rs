@@ -64,8 +64,11 @@ pub trait Session: Send {
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>>;
     /// Empties the cache.
     fn reset(&mut self);
-    /// Keeps the first `len` positions of the cache and drops the rest.
-    fn truncate(&mut self, len: usize);
+    /// Keeps at most the first `len` positions of the cache, drops the
+    /// rest, and returns how many it kept: fewer than `len` (down to 0)
+    /// when the cache no longer holds what those positions need (a
+    /// sliding-window layer keeps only its window).
+    fn truncate(&mut self, len: usize) -> usize;
 }
 
 /// Architectures this build can run, for error messages.

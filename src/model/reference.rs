@@ -504,12 +504,13 @@ impl Session for TransformerSession {
         self.len = 0;
     }
 
-    fn truncate(&mut self, len: usize) {
+    fn truncate(&mut self, len: usize) -> usize {
         if len == 0 {
-            return self.reset();
+            self.reset();
+            return 0;
         }
         if len >= self.len {
-            return;
+            return self.len;
         }
         for c in self.cache.iter_mut() {
             let cut = c
@@ -522,5 +523,6 @@ impl Session for TransformerSession {
         } else {
             self.len = len;
         }
+        self.len
     }
 }

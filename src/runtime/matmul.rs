@@ -46,7 +46,9 @@ impl Matrix {
 
     /// Writes this matrix, rearranged for its GEMM kernel, at byte `start`
     /// of `packed`, and reads it from there from now on.  Call only when
-    /// `packable`.  Uses up to `threads` threads.
+    /// `packable`.  Uses up to `threads` threads, a slice of about 4 MiB at
+    /// a time; `done` hears each slice's byte range (relative to the
+    /// matrix) once it has been copied.
     pub fn pack(
         &mut self,
         file: &[u8],
@@ -54,6 +56,7 @@ impl Matrix {
         start: usize,
         level: SimdLevel,
         threads: usize,
+        done: &dyn Fn(std::ops::Range<usize>),
     ) {
         let Some((pack, gemm)) = gemm_kernel(self.ty, level) else {
             return;
@@ -61,18 +64,22 @@ impl Matrix {
         let group = PACK_ROWS * self.row_bytes;
         let dst = &mut packed[start..start + self.bytes()];
         let src = &file[self.offset..self.offset + self.bytes()];
-        let groups = self.rows / PACK_ROWS;
-        let per = groups.div_ceil(threads.max(1)).max(1) * group;
+        let threads = threads.max(1);
+        let slice = (4 << 20) / group * group + group;
         let k = self.k;
-        std::thread::scope(|s| {
-            for (d, s_) in dst.chunks_mut(per).zip(src.chunks(per)) {
-                s.spawn(move || {
-                    for (dg, sg) in d.chunks_mut(group).zip(s_.chunks(group)) {
-                        pack(sg, k, dg);
-                    }
-                });
-            }
-        });
+        for (i, (dst, src)) in dst.chunks_mut(slice).zip(src.chunks(slice)).enumerate() {
+            let per = (src.len() / group).div_ceil(threads).max(1) * group;
+            std::thread::scope(|s| {
+                for (d, s_) in dst.chunks_mut(per).zip(src.chunks(per)) {
+                    s.spawn(move || {
+                        for (dg, sg) in d.chunks_mut(group).zip(s_.chunks(group)) {
+                            pack(sg, k, dg);
+                        }
+                    });
+                }
+            });
+            done(i * slice..i * slice + src.len());
+        }
         self.offset = start;
         self.gemm = Some(gemm);
     }

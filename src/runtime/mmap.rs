@@ -75,3 +75,67 @@ impl Drop for Mmap {
         }
     }
 }
+
+/// Zeroed anonymous memory for the packed weights: pages arrive on first
+/// write (pre-faulting or huge pages were measured slower at load here).
+pub struct AnonBuf {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: plain memory owned by this value.
+unsafe impl Send for AnonBuf {}
+unsafe impl Sync for AnonBuf {}
+
+impl AnonBuf {
+    pub fn zeroed(len: usize) -> std::io::Result<Self> {
+        if len == 0 {
+            return Ok(Self {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh private anonymous mapping.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` maps `len` bytes for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: as above, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.len) }
+    }
+}
+
+impl Drop for AnonBuf {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly what `zeroed` mapped.
+            unsafe {
+                libc::munmap(self.ptr, self.len);
+            }
+        }
+    }
+}
