@@ -35,6 +35,15 @@ fn agreement(model: &str) {
         // Free greedy generation: how many leading tokens equal llama.cpp's.
         session.reset();
         let mut logits = session.forward(&prompt, 0).unwrap();
+        // The first choice must be llama.cpp's, or a near-tie with it (the
+        // two tokens' logits within 0.05: which one wins then depends on
+        // rounding, and differs between SIMD levels).
+        let first = argmax(&logits);
+        let tie = (logits[first as usize] - logits[want[0] as usize]).abs() < 0.05;
+        assert!(
+            first == want[0] || tie,
+            "{model}: the first greedy token differs from llama.cpp's"
+        );
         let mut prefix = 0;
         for (pos, &next) in (prompt.len()..).zip(&want) {
             let got = argmax(&logits);
@@ -48,10 +57,6 @@ fn agreement(model: &str) {
             "{model}: {:?}: teacher-forced {here}/{}, greedy matches the first {prefix} tokens",
             case["prompt"].as_str().unwrap(),
             want.len()
-        );
-        assert!(
-            prefix >= 1,
-            "{model}: the first greedy token differs from llama.cpp's"
         );
         agree += here;
         total += want.len();
