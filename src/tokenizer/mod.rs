@@ -133,6 +133,12 @@ impl Tokenizer {
         for (i, t) in texts.iter().enumerate() {
             token_to_id.entry(t.clone()).or_insert(i as u32);
         }
+        // Looked up now: the SentencePiece state takes the map itself.
+        let named_eog: Vec<u32> = EOG_TEXTS
+            .iter()
+            .chain(FIM_TEXTS)
+            .filter_map(|t| token_to_id.get(*t).copied())
+            .collect();
 
         let mut warning = None;
         let (algorithm, add_bos_default) = match external {
@@ -168,7 +174,7 @@ impl Tokenizer {
                     (
                         Algorithm::Spm(Box::new(SpmState {
                             spm: spm::Spm::new(scores, &token_to_id),
-                            token_to_id: token_to_id.clone(),
+                            token_to_id: std::mem::take(&mut token_to_id),
                             add_space_prefix: gguf
                                 .bool("tokenizer.ggml.add_space_prefix")
                                 .unwrap_or(true),
@@ -218,11 +224,7 @@ impl Tokenizer {
         .into_iter()
         .flatten()
         .collect();
-        for t in EOG_TEXTS.iter().chain(FIM_TEXTS) {
-            if let Some(&i) = token_to_id.get(*t) {
-                eog.push(i);
-            }
-        }
+        eog.extend(named_eog);
         eog.sort_unstable();
         eog.dedup();
 
