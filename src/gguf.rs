@@ -36,11 +36,17 @@ impl Gguf {
                 "{shown}: not a GGUF file ({file_size} bytes, too short for a GGUF header)"
             )));
         }
-        let mut reader = BufReader::new(file);
+        // The header is parsed from a memory map: candle's reader asks for
+        // the stream position at every value, a system call on a file.
+        let map = crate::runtime::mmap::Mmap::map(&file)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{shown}: {e}")))?;
+        let mut cursor = std::io::Cursor::new(map.bytes());
         // candle's reader checks lengths against the file, but divides by
         // `general.alignment` unchecked: a zero there panics, caught here.
         let read =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut cursor)));
+        drop(map);
+        let reader = BufReader::new(file);
         let content = match read {
             Ok(Ok(content)) => content,
             Ok(Err(e)) => {
