@@ -308,7 +308,7 @@ typedef struct zeph_generate_options {
 
 /**
  * What a request used.  The caller sets `struct_size` to
- * `sizeof(zeph_usage)` before the call (`zeph_usage u = { sizeof u };`);
+ * `sizeof(zeph_usage)` before the call (`zeph_usage u = { .struct_size = sizeof u };`);
  * the library writes no more than that many bytes.
  */
 typedef struct zeph_usage {

@@ -86,7 +86,18 @@ pub struct ChatTemplate {
     eos: String,
 }
 
+/// Steps a template may take to render one conversation.  Real chat
+/// templates take a few dozen per message; a template that loops without
+/// end (or nearly so) stops here with `ErrorKind::Template`.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
 fn template_error(e: JinjaError) -> Error {
+    if e.kind() == JinjaErrorKind::OutOfFuel {
+        return Error::new(
+            ErrorKind::Template,
+            format!("chat template: rendering took more than {TEMPLATE_FUEL} steps (the template's fuel limit)"),
+        );
+    }
     let mut msg = format!("chat template: {e}");
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
@@ -104,6 +115,7 @@ impl ChatTemplate {
         // As transformers renders templates.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -224,6 +236,19 @@ mod tests {
         assert!(e.message.contains("roles must alternate"), "{}", e.message);
         let e = ChatTemplate::new("{% for %}", "", "").err().unwrap();
         assert_eq!(e.kind, ErrorKind::Template);
+    }
+
+    #[test]
+    fn a_template_that_runs_too_long_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[], false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Template);
+        assert!(e.message.contains("fuel"), "{}", e.message);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub enum zeph_finish_reason {
 }
 
 /// What a request used.  The caller sets `struct_size` to
-/// `sizeof(zeph_usage)` before the call (`zeph_usage u = { sizeof u };`);
+/// `sizeof(zeph_usage)` before the call (`zeph_usage u = { .struct_size = sizeof u };`);
 /// the library writes no more than that many bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
