@@ -519,16 +519,7 @@ impl DecoderSession {
             self.norm_quantize(n, e, &layer.attn_norm, li == 0);
             let mut qkv = std::mem::take(&mut self.buf.qkv);
             {
-                let mut col = 0;
-                let ws: Vec<(&Matrix, usize)> = layer
-                    .qkv
-                    .iter()
-                    .map(|w| {
-                        let p = (w, col);
-                        col += w.rows;
-                        p
-                    })
-                    .collect();
+                let ws = side_by_side(&layer.qkv);
                 let input = Input {
                     q: &self.buf.act,
                     f: &self.buf.h,
@@ -553,16 +544,7 @@ impl DecoderSession {
             self.norm_quantize(n, e, &layer.ffn_norm, true);
             let mut gu = std::mem::take(&mut self.buf.gu);
             {
-                let mut col = 0;
-                let ws: Vec<(&Matrix, usize)> = layer
-                    .gate_up
-                    .iter()
-                    .map(|w| {
-                        let p = (w, col);
-                        col += w.rows;
-                        p
-                    })
-                    .collect();
+                let ws = side_by_side(&layer.gate_up);
                 let input = Input {
                     q: &self.buf.act,
                     f: &self.buf.h,
@@ -840,6 +822,19 @@ impl DecoderSession {
             self.pool.run(&|tid| work(tid, threads));
         }
     }
+}
+
+/// Matrices whose outputs go side by side in one output row (q, k, v or
+/// gate, up), each with its first column.
+fn side_by_side(ms: &[Matrix]) -> Vec<(&Matrix, usize)> {
+    let mut col = 0;
+    ms.iter()
+        .map(|w| {
+            let p = (w, col);
+            col += w.rows;
+            p
+        })
+        .collect()
 }
 
 /// Rotates one head's vector by the angles in `cs` (cos, sin pairs).

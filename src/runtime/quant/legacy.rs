@@ -587,12 +587,12 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::runtime::quant::ActRows;
     use crate::runtime::simd;
 
-    const TYPES: [WType; 5] = [
+    pub(crate) const TYPES: [WType; 5] = [
         WType::Q4_0,
         WType::Q4_1,
         WType::Q5_0,
@@ -601,28 +601,28 @@ mod tests {
     ];
 
     /// xorshift64*.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
         }
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
         /// Uniform in [-1, 1).
-        fn unit(&mut self) -> f32 {
+        pub(crate) fn unit(&mut self) -> f32 {
             (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         }
     }
 
-    fn f16_bits(x: f32) -> [u8; 2] {
+    pub(crate) fn f16_bits(x: f32) -> [u8; 2] {
         half::f16::from_f32(x).to_bits().to_le_bytes()
     }
 
-    fn random_scale(r: &mut Rng) -> f32 {
+    pub(crate) fn random_scale(r: &mut Rng) -> f32 {
         match r.below(12) {
             0 => 0.0,
             1 => 1e-8,

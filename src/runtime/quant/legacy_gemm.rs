@@ -300,47 +300,8 @@ mod tests {
     use crate::runtime::quant::{legacy, ActRows};
     use crate::runtime::simd;
 
-    const TYPES: [WType; 5] = [
-        WType::Q4_0,
-        WType::Q4_1,
-        WType::Q5_0,
-        WType::Q5_1,
-        WType::Q8_0,
-    ];
-
-    /// xorshift64*.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        /// Uniform in [-1, 1).
-        fn unit(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-    }
-
-    fn f16_bits(x: f32) -> [u8; 2] {
-        half::f16::from_f32(x).to_bits().to_le_bytes()
-    }
-
-    fn random_scale(r: &mut Rng) -> f32 {
-        match r.below(12) {
-            0 => 0.0,
-            1 => 1e-8,
-            2 => -1e-8,
-            3 => 60000.0,
-            4 => -60000.0,
-            5 => 6.1e-5,
-            _ => r.unit() * 0.1,
-        }
-    }
+    // The random data of legacy.rs's tests, shared.
+    use crate::runtime::quant::legacy::tests::{f16_bits, random_scale, Rng, TYPES};
 
     /// A row of `nb` random blocks, with all-zero blocks, blocks of maximal
     /// and of minimal codes mixed in.
