@@ -936,7 +936,7 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::runtime::quant::act::ActRows;
     use crate::runtime::simd;
@@ -944,29 +944,29 @@ mod tests {
     const TYPES: [WType; 5] = [WType::Q2K, WType::Q3K, WType::Q4K, WType::Q5K, WType::Q6K];
 
     /// xorshift64*
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
-        fn byte(&mut self) -> u8 {
+        pub(crate) fn byte(&mut self) -> u8 {
             (self.next() >> 32) as u8
         }
         /// Uniform in [-1, 1).
-        fn unit(&mut self) -> f32 {
+        pub(crate) fn unit(&mut self) -> f32 {
             ((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
         }
     }
 
-    fn h(x: f32) -> [u8; 2] {
+    pub(crate) fn h(x: f32) -> [u8; 2] {
         half::f16::from_f32(x).to_bits().to_le_bytes()
     }
 
     /// Byte offsets of the f16 fields (d, and dmin if any) of each type.
-    fn f16_fields(ty: WType) -> &'static [usize] {
+    pub(crate) fn f16_fields(ty: WType) -> &'static [usize] {
         match ty {
             WType::Q2K => &[80, 82],
             WType::Q3K => &[108],
@@ -981,7 +981,7 @@ mod tests {
     /// A row of `nb` random blocks: random bits everywhere, f16 fields from
     /// a list of extreme and ordinary values; some blocks all zero, some
     /// with every code bit set.
-    fn random_row(ty: WType, nb: usize, rng: &mut Rng) -> Vec<u8> {
+    pub(crate) fn random_row(ty: WType, nb: usize, rng: &mut Rng) -> Vec<u8> {
         let bb = block_bytes(ty);
         let mut w = vec![0u8; nb * bb];
         for blk in w.chunks_exact_mut(bb) {
@@ -1021,7 +1021,7 @@ mod tests {
 
     /// Σ|terms| bound: the kernels compute `d·sc·code·a`, `d·sc·off·a` and
     /// `mn·a` separately, so the error is relative to their magnitudes.
-    fn reference(ty: WType, w: &[u8], a: &ActRow<'_>, k: usize) -> (f64, f64) {
+    pub(crate) fn reference(ty: WType, w: &[u8], a: &ActRow<'_>, k: usize) -> (f64, f64) {
         let mut deq = vec![0f32; k];
         dequantize_row(ty, w, &mut deq);
         let bb = block_bytes(ty);

@@ -509,67 +509,16 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::runtime::quant::act::ActRows;
-    use crate::runtime::quant::kquants::dequantize_row;
     use crate::runtime::simd;
 
     const TYPES: [WType; 3] = [WType::Q4K, WType::Q5K, WType::Q6K];
 
-    /// xorshift64*
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn byte(&mut self) -> u8 {
-            (self.next() >> 32) as u8
-        }
-        /// Uniform in [-1, 1).
-        fn unit(&mut self) -> f32 {
-            ((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        }
-    }
+    // Random blocks, the f64 reference and its error bound: kquants.rs's.
+    use crate::runtime::quant::kquants::tests::{f16_fields, h, random_row, reference, Rng};
 
-    fn h(x: f32) -> [u8; 2] {
-        half::f16::from_f32(x).to_bits().to_le_bytes()
-    }
-
-    fn f16_fields(ty: WType) -> &'static [usize] {
-        match ty {
-            WType::Q4K | WType::Q5K => &[0, 2],
-            WType::Q6K => &[208],
-            _ => unreachable!(),
-        }
-    }
-
-    const SCALES: [f32; 9] = [1e-7, 60000.0, 0.0, -0.5, -60000.0, 0.01, 1.0, -1e-3, 3.5];
-
-    /// 8 rows of `nb` random blocks: random bits, f16 fields from a list of
-    /// extreme and ordinary values; some blocks all zero, some all bits set.
+    /// 8 rows of `nb` random blocks.
     fn random_rows(ty: WType, nb: usize, rng: &mut Rng) -> Vec<u8> {
-        let bb = ty.block_bytes();
-        let mut w = vec![0u8; R * nb * bb];
-        for blk in w.chunks_exact_mut(bb) {
-            let kind = rng.next() % 8;
-            match kind {
-                0 => {}
-                1 => blk.fill(0xff),
-                _ => blk.iter_mut().for_each(|x| *x = rng.byte()),
-            }
-            if kind != 0 {
-                for &at in f16_fields(ty) {
-                    let v = if rng.next().is_multiple_of(3) {
-                        SCALES[(rng.next() % SCALES.len() as u64) as usize]
-                    } else {
-                        rng.unit() * 0.1
-                    };
-                    blk[at..at + 2].copy_from_slice(&h(v));
-                }
-            }
-        }
-        w
+        random_row(ty, R * nb, rng)
     }
 
     fn random_acts(n: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
@@ -582,42 +531,6 @@ mod tests {
                 _ => rng.unit(),
             })
             .collect()
-    }
-
-    /// (Σ w·a in f64, Σ |terms|) of one row against one column: the kernels
-    /// compute `d·sc·code·a`, `d·sc·off·a` and `mn·a` separately.
-    fn reference(ty: WType, w: &[u8], a: &ActRow<'_>, k: usize) -> (f64, f64) {
-        let mut deq = vec![0f32; k];
-        dequantize_row(ty, w, &mut deq);
-        let bb = ty.block_bytes();
-        let (mut sum, mut mag) = (0f64, 0f64);
-        for b in 0..k / QK {
-            let blk = &w[b * bb..(b + 1) * bb];
-            let f = |at: usize| half::f16::from_le_bytes([blk[at], blk[at + 1]]).to_f64();
-            // per value: |d·sc|·(code + off) + |min|
-            let mut m = [0f64; QK];
-            if ty == WType::Q6K {
-                let codes = q6_codes(blk);
-                for i in 0..QK {
-                    let sc = blk[192 + i / 16] as i8 as f64;
-                    m[i] = (f(208) * sc).abs() * (codes[i] as f64 + 32.0);
-                }
-            } else {
-                let codes = q45_codes(blk, ty == WType::Q5K);
-                let (sc, mn) = q45_scales(&blk[4..16]);
-                for i in 0..QK {
-                    m[i] = (f(0) * sc[i / 32] as f64).abs() * codes[i] as f64
-                        + (f(2) * mn[i / 32] as f64).abs();
-                }
-            }
-            for i in 0..QK {
-                let x = b * QK + i;
-                let av = a.d[x / 32] as f64 * a.qs[x] as f64;
-                sum += deq[x] as f64 * av;
-                mag += m[i] * av.abs();
-            }
-        }
-        (sum, mag)
     }
 
     fn packed(pack: PackFn, w: &[u8], k: usize) -> Vec<u8> {

@@ -34,14 +34,14 @@ use super::{QuantDot, WType};
 use crate::runtime::simd::SimdLevel;
 
 // The types, as const-generic parameters of the kernels.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q5_0: u8 = 2;
+pub(super) const Q5_1: u8 = 3;
+pub(super) const Q8_0: u8 = 4;
 
 /// Bytes per block.
-const fn block_bytes(t: u8) -> usize {
+pub(super) const fn block_bytes(t: u8) -> usize {
     match t {
         Q4_0 => 18,
         Q4_1 => 20,
@@ -52,12 +52,12 @@ const fn block_bytes(t: u8) -> usize {
 }
 
 /// Whether the type has a minimum `m` (stored right after `d`).
-const fn has_min(t: u8) -> bool {
+pub(super) const fn has_min(t: u8) -> bool {
     t == Q4_1 || t == Q5_1
 }
 
 /// Offset of the quants (nibbles or bytes) in a block.
-const fn qs_offset(t: u8) -> usize {
+pub(super) const fn qs_offset(t: u8) -> usize {
     match t {
         Q4_0 => 2,
         Q4_1 => 4,
@@ -68,7 +68,7 @@ const fn qs_offset(t: u8) -> usize {
 }
 
 /// Offset of `qh` in a Q5 block.
-const fn qh_offset(t: u8) -> usize {
+pub(super) const fn qh_offset(t: u8) -> usize {
     if t == Q5_0 {
         2
     } else {

@@ -43,50 +43,11 @@ use super::act::ActRow;
 use super::{GemmFn, PackFn, WType, MAX_COLS, PACK_ROWS};
 use crate::runtime::simd::SimdLevel;
 
-// The types, as const-generic parameters.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
-
-/// Bytes per block in GGUF's layout.
-const fn block_bytes(t: u8) -> usize {
-    match t {
-        Q4_0 => 18,
-        Q4_1 => 20,
-        Q5_0 => 22,
-        Q5_1 => 24,
-        _ => 34,
-    }
-}
-
-const fn has_min(t: u8) -> bool {
-    t == Q4_1 || t == Q5_1
-}
+// The types and their GGUF block layout, as legacy.rs defines them.
+use super::legacy::{block_bytes, has_min, qh_offset, qs_offset, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
 const fn is_q5(t: u8) -> bool {
     t == Q5_0 || t == Q5_1
-}
-
-/// Offset of the quants (nibbles or bytes) in a GGUF block.
-const fn qs_offset(t: u8) -> usize {
-    match t {
-        Q4_0 => 2,
-        Q4_1 => 4,
-        Q5_0 => 6,
-        Q5_1 => 8,
-        _ => 2,
-    }
-}
-
-/// Offset of `qh` in a Q5 GGUF block.
-const fn qh_offset(t: u8) -> usize {
-    if t == Q5_0 {
-        2
-    } else {
-        4
-    }
 }
 
 /// Quant bytes of one block of the 8 rows in the packed layout.
