@@ -353,9 +353,10 @@ impl KvLayer {
 #[derive(Default)]
 struct Buffers {
     x: Vec<f32>,
+    /// The input of the next product: normed rows, attention output, or
+    /// activated feed-forward rows.
     h: Vec<f32>,
     qkv: Vec<f32>,
-    att: Vec<f32>,
     o: Vec<f32>,
     gu: Vec<f32>,
     act: ActRows,
@@ -483,7 +484,6 @@ impl DecoderSession {
             fit(&mut b.x, n * e);
             fit(&mut b.h, n * e.max(q_dim).max(ff));
             fit(&mut b.qkv, n * qkv_dim);
-            fit(&mut b.att, n * q_dim);
             fit(&mut b.o, n * e);
             fit(&mut b.gu, n * 2 * ff);
             fit(&mut b.scores, self.pool.threads() * total);
@@ -516,7 +516,7 @@ impl DecoderSession {
 
         for (li, layer) in m.layers.iter().enumerate() {
             // Attention.
-            self.norm_quantize(n, e, &layer.attn_norm, li == 0);
+            self.norm_quantize(n, e, &layer.attn_norm);
             let mut qkv = std::mem::take(&mut self.buf.qkv);
             {
                 let ws = side_by_side(&layer.qkv);
@@ -528,7 +528,7 @@ impl DecoderSession {
             }
             self.buf.qkv = qkv;
             self.attention(li, layer, n, pos);
-            self.quantize_rows(n, q_dim, true);
+            self.quantize_h(n, q_dim);
             let mut o = std::mem::take(&mut self.buf.o);
             {
                 let input = Input {
@@ -541,7 +541,7 @@ impl DecoderSession {
             self.residual(n, e, layer.post_attn_norm.as_deref());
 
             // Feed-forward.
-            self.norm_quantize(n, e, &layer.ffn_norm, true);
+            self.norm_quantize(n, e, &layer.ffn_norm);
             let mut gu = std::mem::take(&mut self.buf.gu);
             {
                 let ws = side_by_side(&layer.gate_up);
@@ -573,7 +573,7 @@ impl DecoderSession {
                     }
                 });
             }
-            self.quantize_rows(n, ff, false);
+            self.quantize_h(n, ff);
             let mut o = std::mem::take(&mut self.buf.o);
             {
                 let input = Input {
@@ -612,7 +612,7 @@ impl DecoderSession {
     }
 
     /// h = norm(x) · w, quantized into `act` when a consumer needs it.
-    fn norm_quantize(&mut self, n: usize, e: usize, w: &[f32], _first: bool) {
+    fn norm_quantize(&mut self, n: usize, e: usize, w: &[f32]) {
         let eps = self.model.cfg.rms_eps as f32;
         let x = &self.buf.x;
         let h = Shared::new(&mut self.buf.h);
@@ -626,16 +626,8 @@ impl DecoderSession {
         self.quantize_h(n, e);
     }
 
-    /// Quantizes `n` rows of `k` values of `h` (or of `att` when `from_att`)
-    /// into `act`.
-    fn quantize_rows(&mut self, n: usize, k: usize, from_att: bool) {
-        if from_att {
-            let (att, h) = (&self.buf.att, &mut self.buf.h);
-            h[..n * k].copy_from_slice(&att[..n * k]);
-        }
-        self.quantize_h(n, k);
-    }
-
+    /// Quantizes `n` rows of `k` values of `h` into `act` (for products
+    /// with quantized weights; float weights read `h` itself).
     fn quantize_h(&mut self, n: usize, k: usize) {
         if !k.is_multiple_of(32) {
             return;
@@ -720,7 +712,8 @@ impl DecoderSession {
     }
 
     /// Bias, q/k norms and rotary on the new q and k; k and v into the
-    /// cache; then each (token, head)'s attention into `att`.
+    /// cache; then each (token, head)'s attention into `h`, the input of
+    /// the output projection.
     fn attention(&mut self, li: usize, layer: &Layer, n: usize, pos: usize) {
         let model = self.model.clone();
         let m = &*model;
@@ -780,7 +773,7 @@ impl DecoderSession {
         });
         // Attention of each (token, head) over the cache.
         let kv = &self.kv[li];
-        let att = Shared::new(&mut self.buf.att);
+        let att = Shared::new(&mut self.buf.h);
         let scores = Shared::new(&mut self.buf.scores);
         let qkv = &self.buf.qkv;
         let group = c.n_head / c.n_kv_head;
