@@ -431,9 +431,10 @@ impl DecoderSession {
         }
     }
 
-    /// `out[t][col..] = x[t] · Wᵀ` for each (matrix, column) pair, all in
-    /// one pool job, every thread taking a share of each matrix's rows.
-    fn matmuls(&self, ws: &[(&Matrix, usize)], x: Input<'_>, n: usize, out: &mut [f32], ld: usize) {
+    /// `out[t][..] = x[t] · Wᵀ` for the matrices `ws`, whose outputs go
+    /// side by side in each output row (q, k, v or gate, up), all in one
+    /// pool job.
+    fn matmuls(&self, ws: &[Matrix], x: Input<'_>, n: usize, out: &mut [f32], ld: usize) {
         let out = Out::new(out, ld);
         let file = self.model.map.bytes();
         let packed = self.model.packed.bytes();
@@ -441,14 +442,20 @@ impl DecoderSession {
         // time: a thread slowed by the memory or by another process does not
         // hold the others up.  A row is always computed whole by one thread
         // with the same kernel, so the split never changes a result.
+        const MAX: usize = 3;
+        assert!(ws.len() <= MAX);
         let chunk = if n == 1 { 64 } else { 32 };
-        let mut starts = Vec::with_capacity(ws.len() + 1);
-        let mut units = 0;
-        for (w, _) in ws {
-            starts.push(units);
+        // First unit and first output column of each matrix.
+        let (mut starts, mut cols) = ([0usize; MAX + 1], [0usize; MAX]);
+        let (mut units, mut col) = (0, 0);
+        for (i, w) in ws.iter().enumerate() {
+            starts[i] = units;
+            cols[i] = col;
             units += w.rows.div_ceil(chunk);
+            col += w.rows;
         }
-        starts.push(units);
+        starts[ws.len()] = units;
+        let starts = &starts[..=ws.len()];
         let next = AtomicUsize::new(0);
         self.pool.run(&|_| loop {
             let u = next.fetch_add(1, Ordering::Relaxed);
@@ -456,7 +463,7 @@ impl DecoderSession {
                 break;
             }
             let i = starts.partition_point(|&s| s <= u) - 1;
-            let (w, col) = ws[i];
+            let (w, col) = (&ws[i], cols[i]);
             let r0 = (u - starts[i]) * chunk;
             let rows = r0..(r0 + chunk).min(w.rows);
             // SAFETY: each unit's rows are written by the one thread that
@@ -519,12 +526,11 @@ impl DecoderSession {
             self.norm_quantize(n, e, &layer.attn_norm);
             let mut qkv = std::mem::take(&mut self.buf.qkv);
             {
-                let ws = side_by_side(&layer.qkv);
                 let input = Input {
                     q: &self.buf.act,
                     f: &self.buf.h,
                 };
-                self.matmuls(&ws, input, n, &mut qkv, qkv_dim);
+                self.matmuls(&layer.qkv, input, n, &mut qkv, qkv_dim);
             }
             self.buf.qkv = qkv;
             self.attention(li, layer, n, pos);
@@ -535,7 +541,7 @@ impl DecoderSession {
                     q: &self.buf.act,
                     f: &self.buf.h,
                 };
-                self.matmuls(&[(&layer.wo, 0)], input, n, &mut o, e);
+                self.matmuls(std::slice::from_ref(&layer.wo), input, n, &mut o, e);
             }
             self.buf.o = o;
             self.residual(n, e, layer.post_attn_norm.as_deref());
@@ -544,12 +550,11 @@ impl DecoderSession {
             self.norm_quantize(n, e, &layer.ffn_norm);
             let mut gu = std::mem::take(&mut self.buf.gu);
             {
-                let ws = side_by_side(&layer.gate_up);
                 let input = Input {
                     q: &self.buf.act,
                     f: &self.buf.h,
                 };
-                self.matmuls(&ws, input, n, &mut gu, 2 * ff);
+                self.matmuls(&layer.gate_up, input, n, &mut gu, 2 * ff);
             }
             self.buf.gu = gu;
             {
@@ -580,7 +585,7 @@ impl DecoderSession {
                     q: &self.buf.act,
                     f: &self.buf.h,
                 };
-                self.matmuls(&[(&layer.down, 0)], input, n, &mut o, e);
+                self.matmuls(std::slice::from_ref(&layer.down), input, n, &mut o, e);
             }
             self.buf.o = o;
             self.residual(n, e, layer.post_ffn_norm.as_deref());
@@ -600,7 +605,13 @@ impl DecoderSession {
                 q: &self.buf.act,
                 f: &self.buf.h,
             };
-            self.matmuls(&[(&m.output, 0)], input, 1, &mut logits, m.output.rows);
+            self.matmuls(
+                std::slice::from_ref(&m.output),
+                input,
+                1,
+                &mut logits,
+                m.output.rows,
+            );
         }
         let mut result = logits[..m.output.rows].to_vec();
         self.buf.logits = logits;
@@ -815,19 +826,6 @@ impl DecoderSession {
             self.pool.run(&|tid| work(tid, threads));
         }
     }
-}
-
-/// Matrices whose outputs go side by side in one output row (q, k, v or
-/// gate, up), each with its first column.
-fn side_by_side(ms: &[Matrix]) -> Vec<(&Matrix, usize)> {
-    let mut col = 0;
-    ms.iter()
-        .map(|w| {
-            let p = (w, col);
-            col += w.rows;
-            p
-        })
-        .collect()
 }
 
 /// Rotates one head's vector by the angles in `cs` (cos, sin pairs).

@@ -84,21 +84,6 @@ impl Matrix {
         self.gemm = Some(gemm);
     }
 
-    pub fn is_packed(&self) -> bool {
-        self.gemm.is_some()
-    }
-
-    /// How a product's rows are split between threads: in whole packed
-    /// groups for a packed matrix.
-    pub fn share(&self, threads: usize, tid: usize) -> std::ops::Range<usize> {
-        if self.is_packed() {
-            let r = super::pool::share(self.rows / PACK_ROWS, threads, tid);
-            r.start * PACK_ROWS..r.end * PACK_ROWS
-        } else {
-            super::pool::share(self.rows, threads, tid)
-        }
-    }
-
     pub fn bytes(&self) -> usize {
         self.rows * self.row_bytes
     }
@@ -106,10 +91,6 @@ impl Matrix {
     pub fn row<'a>(&self, file: &'a [u8], r: usize) -> &'a [u8] {
         let start = self.offset + r * self.row_bytes;
         &file[start..start + self.row_bytes]
-    }
-
-    pub fn quantized(&self) -> bool {
-        !self.ty.is_float()
     }
 }
 
@@ -161,7 +142,7 @@ impl Out {
 /// # Safety
 /// `out` is written only by this call at those elements during the job;
 /// the kernel's SIMD level is supported by this CPU; for a packed matrix,
-/// `rows` is in whole groups (see [`Matrix::share`]).
+/// `rows` starts and ends on whole groups of `PACK_ROWS` rows.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_rows(
     w: &Matrix,

@@ -27,7 +27,7 @@ use super::{QuantDot, WType};
 use crate::runtime::simd::SimdLevel;
 
 /// Values per super-block.
-const QK: usize = 256;
+pub(super) const QK: usize = 256;
 
 const Q2K_BYTES: usize = 84;
 const Q3K_BYTES: usize = 110;
@@ -98,6 +98,52 @@ fn q3k_scales(s: &[u8]) -> [u8; 16] {
     out[8..12].copy_from_slice(&c.to_le_bytes());
     out[12..16].copy_from_slice(&e.to_le_bytes());
     out
+}
+
+/// Q4_K / Q5_K codes (4 or 5 bits) of one block.  Chunk c (64 values)
+/// uses qs[32c..32c+32]: low nibbles are values 64c+l, high nibbles
+/// 64c+32+l; Q5_K's fifth bit of sub-block j (= 2c or 2c+1) is bit j of
+/// qh[l].
+pub(super) fn q45_codes(blk: &[u8], five: bool) -> [u8; QK] {
+    let mut codes = [0u8; QK];
+    let qs = if five { &blk[48..176] } else { &blk[16..144] };
+    for c in 0..4 {
+        for l in 0..32 {
+            let q = qs[32 * c + l];
+            let (mut lo, mut hi) = (q & 0xf, q >> 4);
+            if five {
+                let qh = blk[16 + l];
+                lo |= ((qh >> (2 * c)) & 1) << 4;
+                hi |= ((qh >> (2 * c + 1)) & 1) << 4;
+            }
+            codes[64 * c + l] = lo;
+            codes[64 * c + 32 + l] = hi;
+        }
+    }
+    codes
+}
+
+/// Q6_K codes (6 bits, offset 32) of one block.  Half h (128 values):
+/// ql[64h..64h+64], qh[32h..32h+32]; value 128h + 32k + l has the low
+/// nibble of ql[64h+l] (k = 0), ql[64h+32+l] (k = 1), their high nibbles
+/// (k = 2, 3), and its top 2 bits at shift 2k of qh[32h+l].
+pub(super) fn q6_codes(blk: &[u8]) -> [u8; QK] {
+    let mut codes = [0u8; QK];
+    let ql = &blk[0..128];
+    let qh = &blk[128..192];
+    for h in 0..2 {
+        for l in 0..32 {
+            let a = ql[64 * h + l];
+            let b = ql[64 * h + 32 + l];
+            let hb = qh[32 * h + l];
+            let base = 128 * h + l;
+            codes[base] = (a & 0xf) | (hb & 3) << 4;
+            codes[base + 32] = (b & 0xf) | ((hb >> 2) & 3) << 4;
+            codes[base + 64] = (a >> 4) | ((hb >> 4) & 3) << 4;
+            codes[base + 96] = (b >> 4) | ((hb >> 6) & 3) << 4;
+        }
+    }
+    codes
 }
 
 /// One super-block in a common form: `w[i] = (d·sc[i/16])·(codes[i] − off) − mn[i/16]`.
@@ -178,51 +224,18 @@ fn decode(ty: WType, blk: &[u8], o: &mut Decoded) {
                 o.sc[g] = (sc >> (8 * (g / 2))) as u8 as i32;
                 o.mn[g] = dmin * (mn >> (8 * (g / 2))) as u8 as f32;
             }
-            let five = ty == WType::Q5K;
-            let qs = if five { &blk[48..176] } else { &blk[16..144] };
-            // Chunk c (64 values) uses qs[32c..32c+32]: low nibbles are
-            // values 64c+l, high nibbles 64c+32+l.  Q5_K: the fifth bit of
-            // sub-block j (= 2c or 2c+1) is bit j of qh[l].
-            for c in 0..4 {
-                for l in 0..32 {
-                    let q = qs[32 * c + l];
-                    let (mut lo, mut hi) = (q & 0xf, q >> 4);
-                    if five {
-                        let qh = blk[16 + l];
-                        lo |= ((qh >> (2 * c)) & 1) << 4;
-                        hi |= ((qh >> (2 * c + 1)) & 1) << 4;
-                    }
-                    o.codes[64 * c + l] = lo;
-                    o.codes[64 * c + 32 + l] = hi;
-                }
-            }
+            // Chunk c (64 values) uses qs[32c..32c+32]: see `q45_codes`.
+            o.codes = q45_codes(blk, ty == WType::Q5K);
         }
         WType::Q6K => {
             // ql[128] qh[64] scales[16] (i8) d
-            let ql = &blk[0..128];
-            let qh = &blk[128..192];
             o.d = f16_at(blk, 208);
             o.off = 32;
             for g in 0..16 {
                 o.sc[g] = blk[192 + g] as i8 as i32;
                 o.mn[g] = 0.0;
             }
-            // Half h (128 values): ql[64h..64h+64], qh[32h..32h+32].  Value
-            // 128h + 32k + l (k < 4, l < 32) has low nibble of ql[64h+l]
-            // (k = 0), ql[64h+32+l] (k = 1), their high nibbles (k = 2, 3),
-            // and top 2 bits at shift 2k of qh[32h+l].
-            for h in 0..2 {
-                for l in 0..32 {
-                    let a = ql[64 * h + l];
-                    let b = ql[64 * h + 32 + l];
-                    let hb = qh[32 * h + l];
-                    let base = 128 * h + l;
-                    o.codes[base] = (a & 0xf) | (hb & 3) << 4;
-                    o.codes[base + 32] = (b & 0xf) | ((hb >> 2) & 3) << 4;
-                    o.codes[base + 64] = (a >> 4) | ((hb >> 4) & 3) << 4;
-                    o.codes[base + 96] = (b >> 4) | ((hb >> 6) & 3) << 4;
-                }
-            }
+            o.codes = q6_codes(blk);
         }
         _ => panic!("kquants: {} is not a K-quant type", ty.name()),
     }

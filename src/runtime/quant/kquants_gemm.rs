@@ -46,7 +46,7 @@ use super::{GemmFn, PackFn, WType, MAX_COLS, PACK_ROWS};
 use crate::runtime::simd::SimdLevel;
 
 /// Values per super-block.
-const QK: usize = 256;
+use super::kquants::{q45_codes, q6_codes, QK};
 const R: usize = PACK_ROWS;
 
 const Q4K_BYTES: usize = 144;
@@ -86,46 +86,6 @@ fn q45_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
         mn[j] = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
     }
     (sc, mn)
-}
-
-/// Q4_K / Q5_K codes (4 or 5 bits) of one block.
-fn q45_codes(blk: &[u8], five: bool) -> [u8; QK] {
-    let mut codes = [0u8; QK];
-    let qs = if five { &blk[48..176] } else { &blk[16..144] };
-    for c in 0..4 {
-        for l in 0..32 {
-            let q = qs[32 * c + l];
-            let (mut lo, mut hi) = (q & 0xf, q >> 4);
-            if five {
-                let qh = blk[16 + l];
-                lo |= ((qh >> (2 * c)) & 1) << 4;
-                hi |= ((qh >> (2 * c + 1)) & 1) << 4;
-            }
-            codes[64 * c + l] = lo;
-            codes[64 * c + 32 + l] = hi;
-        }
-    }
-    codes
-}
-
-/// Q6_K codes (6 bits, offset 32) of one block.
-fn q6_codes(blk: &[u8]) -> [u8; QK] {
-    let mut codes = [0u8; QK];
-    let ql = &blk[0..128];
-    let qh = &blk[128..192];
-    for h in 0..2 {
-        for l in 0..32 {
-            let a = ql[64 * h + l];
-            let b = ql[64 * h + 32 + l];
-            let hb = qh[32 * h + l];
-            let base = 128 * h + l;
-            codes[base] = (a & 0xf) | (hb & 3) << 4;
-            codes[base + 32] = (b & 0xf) | ((hb >> 2) & 3) << 4;
-            codes[base + 64] = (a >> 4) | ((hb >> 4) & 3) << 4;
-            codes[base + 96] = (b >> 4) | ((hb >> 6) & 3) << 4;
-        }
-    }
-    codes
 }
 
 // ---------------------------------------------------------------- packing
