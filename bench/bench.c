@@ -34,12 +34,14 @@
 static unsigned n_threads_opt = 0;
 static int REPS = 3;
 
-/* n_threads is per worker: the -t threads are shared between the workers,
- * as llama-batched-bench shares its -t threads between its sequences. */
-static zeph_engine *engine_open(const char *path, uint32_t n_workers) {
+/* One worker with the -t threads, running up to n_parallel sequences
+ * together (0 = the library's default), as llama-batched-bench runs its
+ * sequences in one batch with its -t threads. */
+static zeph_engine *engine_open(const char *path, uint32_t n_parallel) {
     zeph_engine_options eo = zeph_engine_options_default();
-    eo.n_workers = n_workers;
-    if (n_threads_opt) eo.n_threads = n_threads_opt / n_workers ? n_threads_opt / n_workers : 1;
+    eo.n_workers = 1;
+    eo.n_parallel = n_parallel;
+    if (n_threads_opt) eo.n_threads = n_threads_opt;
     zeph_engine *engine = NULL;
     zeph_status s = zeph_engine_new(path, &eo, &engine);
     if (s != ZEPH_STATUS_OK) {
@@ -161,6 +163,28 @@ static zeph_usage run(zeph_engine *engine, const char *prompt, uint32_t max_toke
 
 /* ---- concurrency ---------------------------------------------------------- */
 
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Wall time of one greedy request of `max_tokens` tokens, prompt not cached. */
+static double one_request(zeph_engine *engine, const char *prompt, uint32_t max_tokens) {
+    zeph_generate_options o = zeph_generate_options_default();
+    o.max_tokens = max_tokens;
+    o.temperature = 0.0f;
+    o.ignore_eog = 1;
+    o.cache_prompt = 0;
+    o.timeout_ms = 600000;
+    char *text = NULL;
+    double t0 = now_ms();
+    zeph_status s = zeph_engine_complete(engine, prompt, &o, &text, NULL);
+    double ms = now_ms() - t0;
+    if (s != ZEPH_STATUS_OK) die("zeph_engine_complete (ttft)", s);
+    zeph_string_free(text);
+    return ms;
+}
+
 typedef struct {
     zeph_engine *engine;
     char *prompt;
@@ -187,7 +211,8 @@ static void *client(void *arg) {
     return NULL;
 }
 
-/* For each N in `list`: an engine with N workers, N client threads released
+/* For each N in `list`: an engine running N sequences together, N client
+ * threads released
  * together.  Total throughput = all prompt and generated tokens over the wall
  * time until the last answer; generation throughput = the sum of the
  * clients' own generation rates (they generate side by side). */
@@ -245,8 +270,37 @@ static int concurrency(const char *model, const char *list, const char *out_path
                     " \"speed_tg\": %.3f, \"speed\": %.3f}", first ? "" : ",", n, pp, tg, wall_s, s_tg, s_all);
         first = 0;
     }
+    /* Time to first token of a new request (a 128-token prompt, one token)
+     * on an idle engine, then while 3 others generate; and the length of
+     * one step with 4 sequences (from a 33-token answer beside them). */
+    zeph_engine *engine = engine_open(model, 4);
+    char *prompt = prompt_of_tokens(engine, 128);
+    double idle[MAX_REPS], busy[MAX_REPS], step[MAX_REPS];
+    for (int i = 0; i < REPS; i++) idle[i] = one_request(engine, prompt, 1);
+    zeph_cancel_token *token = NULL;
+    if (zeph_cancel_token_new(&token) != ZEPH_STATUS_OK) die("zeph_cancel_token_new", ZEPH_STATUS_PANIC);
+    cancel_run_t bg[3];
+    pthread_t bg_threads[3];
+    for (int i = 0; i < 3; i++) {
+        bg[i] = (cancel_run_t){.engine = engine, .token = token};
+        pthread_create(&bg_threads[i], NULL, long_request, &bg[i]);
+    }
+    sleep_ms(1000);
+    for (int i = 0; i < REPS; i++) {
+        busy[i] = one_request(engine, prompt, 1);
+        step[i] = (one_request(engine, prompt, 33) - one_request(engine, prompt, 1)) / 32;
+    }
+    zeph_cancel_token_cancel(token);
+    for (int i = 0; i < 3; i++) pthread_join(bg_threads[i], NULL);
+    zeph_cancel_token_free(token);
+    free(prompt);
+    zeph_engine_free(engine);
+    double idle_med = median(idle, REPS), busy_med = median(busy, REPS), step_med = median(step, REPS);
+    printf("ttft of a 128-token prompt: idle %.1f ms, beside 3 generating %.1f ms; one step %.1f ms\n",
+           idle_med, busy_med, step_med);
     if (out) {
-        fprintf(out, "]}\n");
+        fprintf(out, "],\n \"ttft\": {\"idle_ms\": %.3f, \"busy_ms\": %.3f, \"step_ms\": %.3f}}\n",
+                idle_med, busy_med, step_med);
         fclose(out);
     }
     return 0;

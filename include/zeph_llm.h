@@ -184,8 +184,9 @@ typedef struct zeph_engine_options {
    */
   uint32_t struct_size;
   /**
-   * Worker threads, each with its own KV cache over one shared copy of
-   * the weights (1..=64, default 1).
+   * Worker threads over one shared copy of the weights (1..=64, default
+   * 1).  Each runs up to `n_parallel` sequences together, with its own
+   * compute threads (`n_threads`).
    */
   uint32_t n_workers;
   /**
@@ -223,6 +224,22 @@ typedef struct zeph_engine_options {
    * Reserved for a later option; must be 0.
    */
   uint32_t reserved;
+  /**
+   * Sequences each worker runs together (continuous batching), each with
+   * its own KV cache: every step evaluates the next token of all of them
+   * in one pass over the weights.  0 (default) = 4; at most 64.
+   */
+  uint32_t n_parallel;
+  /**
+   * Bound on the KV cache memory of all sequences of the engine
+   * together, in MiB; 0 (default) = no bound beyond each sequence's
+   * context length.  A request is charged for the most its cache can
+   * grow to (prompt plus `max_tokens` positions); one that needs more
+   * than the whole bound fails with `ZEPH_STATUS_CONTEXT_OVERFLOW`, one
+   * that must wait for other requests to free memory waits within its
+   * deadline (idle caches kept for reuse are dropped first).
+   */
+  uint32_t kv_memory_mib;
 } zeph_engine_options;
 
 /**
@@ -290,13 +307,18 @@ typedef struct zeph_generate_options {
   const struct zeph_cancel_token *cancel;
   /**
    * Non-zero (default): reuse the part of the prompt that is already in a
-   * worker's KV cache, as a multi-turn conversation's history is; only the
-   * rest of the prompt is evaluated (`zeph_usage.cached_tokens` says how
-   * much was reused).  With several workers, the request goes to an idle
-   * worker whose cache holds the longest prefix of the prompt; when no idle
-   * worker holds any, it goes to the shared queue, and the worker that
-   * takes it rebuilds its cache from the prompt (same answer, just the
-   * full prompt-evaluation time).  0: evaluate the whole prompt.
+   * KV cache, as a multi-turn conversation's history is; only the rest of
+   * the prompt is evaluated (`zeph_usage.cached_tokens` says how much was
+   * reused).  How requests are placed: each worker runs up to
+   * `n_parallel` sequences, each in a slot with its own cache.  A request
+   * goes to a worker with a free slot whose idle cache it continues (its
+   * prompt shares at least half of that cache, as the next turn of a
+   * conversation shares its history), else to the shared queue.  The
+   * worker that takes it uses the free slot it continues, else an empty
+   * slot, else the free slot sharing the longest prefix with it, else
+   * the least recently used one (whose cache is then rebuilt from the
+   * prompt: same answer, just the full prompt-evaluation time).  0:
+   * evaluate the whole prompt.
    */
   uint32_t cache_prompt;
   /**
@@ -335,7 +357,8 @@ typedef struct zeph_usage {
    */
   uint32_t worker;
   /**
-   * Milliseconds the request waited in the queue for a worker.
+   * Milliseconds the request waited for a slot of a worker (in the
+   * queue, or for KV memory).
    */
   double queue_ms;
   /**
@@ -483,8 +506,10 @@ enum zeph_status zeph_engine_new(const char *model_path,
  * produced is replaced by U+FFFD), and `*usage_out` (may be NULL; set its
  * `struct_size` first) is filled.  On failure neither is written.
  *
- * Threads: any thread; calls from several threads run on the engine's
- * workers in parallel, or wait in its queue.
+ * Threads: any thread; calls from several threads run together (up to
+ * `n_workers × n_parallel` sequences at once, see `zeph_engine_options`),
+ * or wait in its queue.  The answer does not depend on what else runs:
+ * a greedy or seeded request gives the same text alone or beside others.
  */
 enum zeph_status zeph_engine_complete(struct zeph_engine *engine,
                                       const char *prompt,

@@ -15,38 +15,12 @@ use crate::chat::{self, ChatTemplate, Message};
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
-use crate::model::{self, ModelInfo, Weights};
+use crate::model::{self, ModelInfo};
 use crate::options::{EngineOptions, GenerateOptions};
+use crate::scheduler::{
+    self, Fault, Job, KvBudget, Output, Placement, Shared, StreamEvent, WorkerLink,
+};
 use crate::tokenizer::Tokenizer;
-use crate::worker::{self, Job, Output, Slot, SlotState, StreamEvent};
-
-/// What the workers share, read-only but for the shutdown flag.
-pub struct Shared {
-    pub weights: Box<dyn Weights>,
-    pub tokenizer: Tokenizer,
-    pub shutting_down: AtomicBool,
-    pub fault: Option<Fault>,
-}
-
-/// Faults a test can inject through the `ZEPH_FAULT` environment variable
-/// (read when an engine is created), to exercise the recovery paths that
-/// no well-formed input reaches: a panic on the caller's thread, or in a
-/// worker while it generates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    CallerPanic,
-    WorkerPanic,
-}
-
-impl Fault {
-    fn from_env() -> Option<Self> {
-        match std::env::var("ZEPH_FAULT").ok()?.as_str() {
-            "caller-panic" => Some(Self::CallerPanic),
-            "worker-panic" => Some(Self::WorkerPanic),
-            _ => None,
-        }
-    }
-}
 
 pub struct Engine {
     shared: Arc<Shared>,
@@ -55,7 +29,11 @@ pub struct Engine {
     template_origin: String,
     options: EngineOptions,
     queue: Sender<Job>,
-    slots: Vec<Arc<Slot>>,
+    /// The queue's other end, to drop requests whose caller left when the
+    /// queue is full of them.
+    queue_rx: Receiver<Job>,
+    purging: Mutex<()>,
+    links: Vec<Arc<WorkerLink>>,
     /// Dropped by `shutdown`: every receiver then wakes at once.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
@@ -113,23 +91,28 @@ impl Engine {
             tokenizer,
             shutting_down: AtomicBool::new(false),
             fault: Fault::from_env(),
+            kv: KvBudget::new(options.kv_memory),
+            requeued: Mutex::new(Default::default()),
         });
         let (queue, queue_rx) = bounded::<Job>(options.queue_capacity);
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let mut workers = Vec::with_capacity(options.n_workers);
-        let mut slots = Vec::with_capacity(options.n_workers);
+        let mut links = Vec::with_capacity(options.n_workers);
         for i in 0..options.n_workers {
-            let (tx, private) = bounded::<Job>(1);
-            let slot = Arc::new(Slot {
+            let (tx, private) = bounded::<Job>(options.n_parallel);
+            let link = Arc::new(WorkerLink {
                 tx,
-                state: Mutex::new(SlotState::default()),
+                state: Mutex::new(Placement::default()),
             });
-            slots.push(slot.clone());
+            links.push(link.clone());
             let (shared, queue_rx, shutdown_rx) =
                 (shared.clone(), queue_rx.clone(), shutdown_rx.clone());
+            let n_parallel = options.n_parallel;
             let spawned = std::thread::Builder::new()
                 .name(format!("zeph-worker-{i}"))
-                .spawn(move || worker::run(i, shared, slot, private, queue_rx, shutdown_rx));
+                .spawn(move || {
+                    scheduler::run(i, n_parallel, shared, link, private, queue_rx, shutdown_rx)
+                });
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => {
@@ -150,7 +133,9 @@ impl Engine {
             template_origin,
             options,
             queue,
-            slots,
+            queue_rx,
+            purging: Mutex::new(()),
+            links,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             workers: Mutex::new(workers),
@@ -273,33 +258,42 @@ impl Engine {
             cancel: cancel.clone(),
             output,
         };
+        // The worker with a free slot whose idle cache the prompt continues
+        // (with the longest prefix) takes it directly.
         if options.cache_prompt {
             let best = self
-                .slots
+                .links
                 .iter()
-                .filter_map(|slot| {
-                    let state = slot.state.lock();
+                .filter_map(|link| {
+                    let state = link.state.lock();
                     let shared = state
-                        .tokens
+                        .idle
                         .iter()
-                        .zip(&job.tokens)
-                        .take_while(|(a, b)| a == b)
-                        .count();
-                    (!state.busy && shared > 0).then_some((shared, slot))
+                        .map(|t| scheduler::continues(t, &job.tokens))
+                        .max()
+                        .unwrap_or(0);
+                    (state.free > 0 && shared > 0).then_some((shared, link))
                 })
                 .max_by_key(|(shared, _)| *shared);
-            if let Some((_, slot)) = best {
-                match slot.tx.try_send(job) {
-                    Ok(()) => {
-                        return Ok(Pending {
-                            cancel,
-                            deadline,
-                            timeout,
-                        })
+            if let Some((_, link)) = best {
+                let mut state = link.state.lock();
+                if state.free > 0 {
+                    match link.tx.try_send(job) {
+                        Ok(()) => {
+                            state.free -= 1;
+                            return Ok(Pending {
+                                cancel,
+                                deadline,
+                                timeout,
+                            });
+                        }
+                        Err(e) => job = e.into_inner(),
                     }
-                    Err(e) => job = e.into_inner(),
                 }
             }
+        }
+        if self.queue.is_full() {
+            self.purge_queue();
         }
         let token = cancelled_receiver(options.cancel.as_ref());
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -315,6 +309,35 @@ impl Engine {
                 "the request queue (capacity {}) stayed full for the whole timeout of {} ms",
                 self.options.queue_capacity, timeout.as_millis()
             ))),
+        }
+    }
+
+    /// Drops the queued requests whose caller has given up (timed out,
+    /// cancelled), so that they do not hold places in a full queue; the
+    /// others keep their order.
+    fn purge_queue(&self) {
+        let Some(_one) = self.purging.try_lock() else {
+            return;
+        };
+        for _ in 0..self.queue_rx.len() {
+            let Ok(job) = self.queue_rx.try_recv() else {
+                break;
+            };
+            match job.interrupted(&self.shared.shutting_down) {
+                Err(e) => {
+                    if let Output::Stream(tx) = &job.output {
+                        let _ = tx.try_send(StreamEvent::Done(Err(e)));
+                    }
+                }
+                Ok(()) => {
+                    // Back in line.  Should another caller have taken the
+                    // place meanwhile, the job waits beside the queue,
+                    // where workers look before they look in the queue.
+                    if let Err(e) = self.queue.try_send(job) {
+                        self.shared.requeued.lock().push_back(e.into_inner());
+                    }
+                }
+            }
         }
     }
 

@@ -1,5 +1,5 @@
-//! One request's inference loop: the prompt in chunks, then one token at a
-//! time, checking between every step whether the caller still wants it.
+//! One request's generation as a state machine ([`Sequence`]): the prompt in
+//! chunks, then one token at a time, each step driven by the scheduler.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +10,10 @@ use crate::sampling::Sampler;
 use crate::stop::StopStrings;
 use crate::tokenizer::Tokenizer;
 
-/// Prompt tokens evaluated per forward pass.  Cancellation and deadlines
-/// are checked between chunks, so this bounds how long a cancelled prompt
-/// keeps a worker busy.
+/// Prompt tokens evaluated per forward pass (shared by the sequences that
+/// read their prompt in one step).  Cancellation and deadlines are checked
+/// between passes, so this bounds how long a cancelled prompt keeps a
+/// worker busy, and how long a prompt holds up other sequences' tokens.
 pub const PROMPT_CHUNK: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,138 +55,220 @@ pub struct Completion {
 /// Receives the text as it is generated: whole UTF-8 characters, never a
 /// possible start of a stop string.  An error (the consumer left) stops the
 /// generation with that error.
-pub type Sink<'a> = &'a mut dyn FnMut(&str) -> Result<()>;
+pub type Sink<'a, 'b> = &'a mut (dyn FnMut(&str) -> Result<()> + 'b);
 
-/// A sequence's KV cache and the tokens it holds, kept between requests so
-/// that a prompt sharing a prefix with the last one only evaluates the rest.
-pub struct Cache {
-    pub session: Box<dyn Session>,
-    pub tokens: Vec<u32>,
+/// One request's generation, stepped from outside: the scheduler feeds it
+/// prompt tokens in chunks, then the token it sampled last, one forward
+/// pass at a time, and hands it the logits after each step that completes
+/// its input.  What it produces depends only on the prompt, the options,
+/// the seed and the logits, never on what ran beside it.
+pub struct Sequence {
+    prompt: Vec<u32>,
+    /// Prompt tokens in the cache (reused or fed).
+    fed: usize,
+    /// Prompt tokens that were already in the cache.
+    cached: usize,
+    /// The sampled token not yet fed to the model.
+    next: Option<u32>,
+    /// Generated tokens fed to the model (in its cache).
+    gen_fed: usize,
+    max_tokens: usize,
+    ignore_eog: bool,
+    sampler: Sampler,
+    stops: StopStrings,
+    history: Vec<u32>,
+    generated: Vec<u32>,
+    bytes: Vec<u8>,
+    emitted: usize,
+    started: Instant,
+    prompt_time: Option<Duration>,
+    finished: Option<FinishReason>,
 }
 
-impl Cache {
-    pub fn new(session: Box<dyn Session>) -> Self {
+impl Sequence {
+    /// A sequence whose cache already holds the first `cached` tokens of
+    /// `prompt` (fewer than all of them: the last one is always evaluated,
+    /// for its logits).
+    pub fn new(prompt: Vec<u32>, cached: usize, options: &GenerateOptions, seed: u64) -> Self {
+        debug_assert!(cached < prompt.len());
         Self {
-            session,
-            tokens: Vec::new(),
+            history: prompt.clone(),
+            fed: cached,
+            cached,
+            next: None,
+            gen_fed: 0,
+            max_tokens: options.max_tokens,
+            ignore_eog: options.ignore_eog,
+            sampler: Sampler::new(options.sampling, seed),
+            stops: StopStrings::new(&options.stop),
+            generated: Vec::new(),
+            bytes: Vec::new(),
+            emitted: 0,
+            started: Instant::now(),
+            prompt_time: None,
+            finished: None,
+            prompt,
         }
     }
 
-    pub fn clear(&mut self) {
-        self.session.reset();
-        self.tokens.clear();
+    /// Whether it still reads its prompt.
+    pub fn in_prompt(&self) -> bool {
+        self.fed < self.prompt.len()
     }
 
-    /// How many leading tokens of `prompt` are already cached.
-    pub fn common_prefix(&self, prompt: &[u32]) -> usize {
-        self.tokens
+    /// Why it finished, once it has.
+    pub fn finished(&self) -> Option<FinishReason> {
+        self.finished
+    }
+
+    /// Its next input: up to `budget` (≥ 1) prompt tokens, or the token it
+    /// sampled last; empty once finished.
+    pub fn input(&self, budget: usize) -> &[u32] {
+        if self.finished.is_some() {
+            &[]
+        } else if self.in_prompt() {
+            let end = self
+                .prompt
+                .len()
+                .min(self.fed.saturating_add(budget.max(1)));
+            &self.prompt[self.fed..end]
+        } else {
+            self.next.as_slice()
+        }
+    }
+
+    /// Whether running `n` tokens of its input needs the logits after them
+    /// (the prompt is then complete, or the input is a generated token).
+    pub fn completes(&self, n: usize) -> bool {
+        !self.in_prompt() || self.fed + n >= self.prompt.len()
+    }
+
+    /// Records that its input of `n` tokens ran; true when the logits after
+    /// them are needed (the prompt is complete, or a generated token ran).
+    pub fn ran(&mut self, n: usize) -> bool {
+        if self.in_prompt() {
+            self.fed += n;
+            !self.in_prompt()
+        } else {
+            self.next = None;
+            self.gen_fed += 1;
+            true
+        }
+    }
+
+    /// The tokens its cache holds after the last step.
+    pub fn cache_tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        self.prompt[..self.fed]
             .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
+            .chain(&self.generated[..self.gen_fed])
+            .copied()
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let pos = self.tokens.len();
-        match self.session.forward(tokens, pos) {
-            Ok(logits) => {
-                self.tokens.extend_from_slice(tokens);
-                Ok(logits)
+    /// Samples from the logits after its input, and sends the new text to
+    /// `sink` (whole UTF-8 characters, never a possible start of a stop
+    /// string).  Returns whether it finished.
+    pub fn accept(
+        &mut self,
+        logits: &mut [f32],
+        tokenizer: &Tokenizer,
+        mut sink: Option<Sink>,
+    ) -> Result<bool> {
+        if self.prompt_time.is_none() {
+            self.prompt_time = Some(self.started.elapsed());
+        }
+        let id = self.sampler.sample(logits, &self.history);
+        let reason = self.take(id, tokenizer, &mut sink)?;
+        if let Some(reason) = reason {
+            self.finished = Some(reason);
+            if let Some(sink) = sink.as_mut() {
+                self.emitted += emit(&self.bytes[self.emitted..], true, *sink)?;
             }
-            Err(e) => {
-                self.clear();
-                Err(e)
-            }
+        }
+        Ok(reason.is_some())
+    }
+
+    /// Appends the sampled token `id`; returns why the sequence ends, if
+    /// it does.
+    fn take(
+        &mut self,
+        id: u32,
+        tokenizer: &Tokenizer,
+        sink: &mut Option<Sink>,
+    ) -> Result<Option<FinishReason>> {
+        if tokenizer.is_eog(id) && !self.ignore_eog {
+            return Ok(Some(FinishReason::StopToken));
+        }
+        self.generated.push(id);
+        self.history.push(id);
+        let checked = self.bytes.len();
+        self.bytes.extend_from_slice(tokenizer.piece(id));
+        if let Some(at) = self.stops.find(&self.bytes, checked) {
+            self.bytes.truncate(at);
+            return Ok(Some(FinishReason::StopString));
+        }
+        if let Some(sink) = sink.as_mut() {
+            let safe = self.bytes.len() - self.stops.pending_suffix(&self.bytes);
+            self.emitted += emit(&self.bytes[self.emitted..safe], false, *sink)?;
+        }
+        if self.generated.len() >= self.max_tokens {
+            return Ok(Some(FinishReason::Length));
+        }
+        self.next = Some(id);
+        Ok(None)
+    }
+
+    /// Counts so far, with `reason` as the finish reason.
+    pub fn usage(&self, reason: FinishReason) -> Usage {
+        let total = self.started.elapsed();
+        let prompt_time = self.prompt_time.unwrap_or(total);
+        Usage {
+            prompt_tokens: self.prompt.len(),
+            cached_tokens: self.cached,
+            worker: 0,
+            completion_tokens: self.generated.len(),
+            finish_reason: reason,
+            queue_time: Duration::ZERO,
+            prompt_time,
+            generation_time: total.saturating_sub(prompt_time),
+        }
+    }
+
+    /// The completion of a finished sequence.
+    pub fn completion(self) -> Completion {
+        let usage = self.usage(self.finished.unwrap_or(FinishReason::Length));
+        Completion {
+            // A token may end inside a multi-byte character: replace, never fail.
+            text: String::from_utf8_lossy(&self.bytes).into_owned(),
+            tokens: self.generated,
+            usage,
         }
     }
 }
 
-/// Runs `prompt` and samples until a stop condition.  With `reuse`, the
-/// part of the prompt already in `cache` is not evaluated again.
-/// `interrupt` is called before every forward pass; an error from it ends
-/// the work with that error.  `sink`, when given, receives the text piece by
-/// piece.
+/// Runs `prompt` on `session` (from position 0) and samples until a stop
+/// condition: one sequence with nothing beside it, for tests and tools.
 pub fn generate(
-    cache: &mut Cache,
+    session: &mut dyn Session,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
     seed: u64,
-    interrupt: &dyn Fn() -> Result<()>,
     mut sink: Option<Sink>,
 ) -> Result<Completion> {
     if prompt.is_empty() {
         return Err(Error::invalid_argument("the prompt has no tokens"));
     }
-    let start = Instant::now();
-    // At least the last prompt token is evaluated, for its logits.
-    let mut keep = if options.cache_prompt {
-        cache.common_prefix(prompt).min(prompt.len() - 1)
-    } else {
-        0
-    };
-    if keep < cache.tokens.len() {
-        keep = cache.session.truncate(keep);
-        cache.tokens.truncate(keep);
-    }
-    if keep == 0 {
-        cache.clear();
-    }
-    let mut logits = Vec::new();
-    for chunk in prompt[keep..].chunks(PROMPT_CHUNK) {
-        interrupt()?;
-        logits = cache.forward(chunk)?;
-    }
-    let prompt_time = start.elapsed();
-
-    let mut sampler = Sampler::new(options.sampling, seed);
-    let stops = StopStrings::new(&options.stop);
-    let mut history = prompt.to_vec();
-    let mut generated = Vec::new();
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut emitted = 0;
-    let finish_reason = loop {
-        let id = sampler.sample(&mut logits, &history);
-        if tokenizer.is_eog(id) && !options.ignore_eog {
-            break FinishReason::StopToken;
+    session.reset();
+    let mut seq = Sequence::new(prompt.to_vec(), 0, options, seed);
+    let mut pos = 0;
+    loop {
+        let input = seq.input(PROMPT_CHUNK).to_vec();
+        let mut logits = session.forward(&input, pos)?;
+        pos += input.len();
+        if seq.ran(input.len()) && seq.accept(&mut logits, tokenizer, sink.as_deref_mut())? {
+            return Ok(seq.completion());
         }
-        generated.push(id);
-        history.push(id);
-        let checked = bytes.len();
-        bytes.extend_from_slice(tokenizer.piece(id));
-        if let Some(at) = stops.find(&bytes, checked) {
-            bytes.truncate(at);
-            break FinishReason::StopString;
-        }
-        if let Some(sink) = sink.as_mut() {
-            let safe = bytes.len() - stops.pending_suffix(&bytes);
-            emitted += emit(&bytes[emitted..safe], false, sink)?;
-        }
-        if generated.len() >= options.max_tokens {
-            break FinishReason::Length;
-        }
-        interrupt()?;
-        logits = cache.forward(&[id])?;
-    };
-    if let Some(sink) = sink.as_mut() {
-        emit(&bytes[emitted..], true, sink)?;
     }
-    let usage = Usage {
-        prompt_tokens: prompt.len(),
-        cached_tokens: keep,
-        worker: 0,
-        completion_tokens: generated.len(),
-        finish_reason,
-        queue_time: Duration::ZERO,
-        prompt_time,
-        generation_time: start.elapsed() - prompt_time,
-    };
-    Ok(Completion {
-        // A token may end inside a multi-byte character: replace, never fail.
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-        tokens: generated,
-        usage,
-    })
 }
 
 /// Sends the longest prefix of `bytes` that is whole UTF-8 characters (all

@@ -27,11 +27,11 @@ pub mod runtime;
 /// cbindgen:ignore
 pub mod sampling;
 /// cbindgen:ignore
+mod scheduler;
+/// cbindgen:ignore
 pub mod stop;
 /// cbindgen:ignore
 pub mod tokenizer;
-/// cbindgen:ignore
-mod worker;
 
 pub mod ffi;
 

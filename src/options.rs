@@ -27,7 +27,15 @@ pub struct EngineOptions {
     /// Compute threads per worker; 0 = the available cores divided by
     /// `n_workers`, at least 1.
     pub n_threads: usize,
+    /// Sequences each worker runs together, each with its own KV cache.
+    pub n_parallel: usize,
+    /// Bound on the KV cache memory of all sequences together, in bytes;
+    /// 0 = none (each sequence is bounded by the context length).
+    pub kv_memory: usize,
 }
+
+/// Most sequences per worker.
+pub const MAX_PARALLEL: usize = 64;
 
 /// Most compute threads per worker.
 pub const MAX_THREADS: usize = 256;
@@ -42,6 +50,8 @@ impl Default for EngineOptions {
             chat_template: None,
             context_length: 0,
             n_threads: 0,
+            n_parallel: 4,
+            kv_memory: 0,
         }
     }
 }
@@ -74,6 +84,12 @@ impl EngineOptions {
             return Err(Error::invalid_argument(format!(
                 "n_threads = {} is more than {MAX_THREADS}",
                 self.n_threads
+            )));
+        }
+        if !(1..=MAX_PARALLEL).contains(&self.n_parallel) {
+            return Err(Error::invalid_argument(format!(
+                "n_parallel = {} is outside 1..={MAX_PARALLEL}",
+                self.n_parallel
             )));
         }
         if self.default_timeout.is_zero() {

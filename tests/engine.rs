@@ -97,6 +97,7 @@ fn cancel_token_stops_a_running_request_from_another_thread() {
 fn full_queue_is_reported_not_dropped() {
     let e = Arc::new(tiny(EngineOptions {
         n_workers: 1,
+        n_parallel: 1,
         queue_capacity: 1,
         ..Default::default()
     }));
@@ -120,6 +121,38 @@ fn full_queue_is_reported_not_dropped() {
         assert_eq!(t.join().unwrap().unwrap_err().kind, ErrorKind::Cancelled);
     }
     assert!(e.complete("b", &greedy(2)).is_ok());
+}
+
+#[test]
+fn a_request_that_gave_up_does_not_keep_its_queue_place() {
+    let e = Arc::new(tiny(EngineOptions {
+        n_workers: 1,
+        n_parallel: 1,
+        queue_capacity: 1,
+        ..Default::default()
+    }));
+    let token = Arc::new(CancelToken::new());
+    let running = {
+        let e = e.clone();
+        let mut o = greedy(4000);
+        o.cancel = Some(token.clone());
+        thread::spawn(move || e.complete("a", &o))
+    };
+    thread::sleep(Duration::from_millis(50));
+    // Takes the only place in the queue, then times out there.
+    let mut o = greedy(2);
+    o.timeout = Some(Duration::from_millis(50));
+    assert_eq!(e.complete("b", &o).unwrap_err().kind, ErrorKind::Timeout);
+    // Its place is free again: this one gets in, then times out waiting
+    // for the worker (not QUEUE_FULL).
+    o.timeout = Some(Duration::from_millis(150));
+    let err = e.complete("c", &o).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    token.cancel();
+    assert_eq!(
+        running.join().unwrap().unwrap_err().kind,
+        ErrorKind::Cancelled
+    );
 }
 
 #[test]

@@ -34,7 +34,7 @@ var (
 
 func engine(t *testing.T) *Engine {
 	sharedOnce.Do(func() {
-		e, err := Open(modelPath(t), WithWorkers(2))
+		e, err := Open(modelPath(t), WithWorkers(2), WithParallel(2))
 		if err != nil {
 			t.Fatalf("Open: %v", err)
 		}

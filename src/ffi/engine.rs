@@ -72,7 +72,8 @@ pub struct zeph_usage {
     pub cached_tokens: u32,
     /// Index of the worker that ran the request (0 .. n_workers-1).
     pub worker: u32,
-    /// Milliseconds the request waited in the queue for a worker.
+    /// Milliseconds the request waited for a slot of a worker (in the
+    /// queue, or for KV memory).
     pub queue_ms: f64,
     /// Milliseconds spent evaluating the prompt.
     pub prompt_ms: f64,
@@ -229,8 +230,10 @@ unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zep
 /// produced is replaced by U+FFFD), and `*usage_out` (may be NULL; set its
 /// `struct_size` first) is filled.  On failure neither is written.
 ///
-/// Threads: any thread; calls from several threads run on the engine's
-/// workers in parallel, or wait in its queue.
+/// Threads: any thread; calls from several threads run together (up to
+/// `n_workers × n_parallel` sequences at once, see `zeph_engine_options`),
+/// or wait in its queue.  The answer does not depend on what else runs:
+/// a greedy or seeded request gives the same text alone or beside others.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_complete(
     engine: *mut zeph_engine,

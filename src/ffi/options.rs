@@ -26,8 +26,9 @@ pub const ZEPH_SEED_RANDOM: u64 = u64::MAX;
 pub struct zeph_engine_options {
     /// `sizeof(zeph_engine_options)`, set by `zeph_engine_options_default()`.
     pub struct_size: u32,
-    /// Worker threads, each with its own KV cache over one shared copy of
-    /// the weights (1..=64, default 1).
+    /// Worker threads over one shared copy of the weights (1..=64, default
+    /// 1).  Each runs up to `n_parallel` sequences together, with its own
+    /// compute threads (`n_threads`).
     pub n_workers: u32,
     /// Requests that may wait for a worker (1..=65536, default 16).
     pub queue_capacity: u32,
@@ -50,6 +51,18 @@ pub struct zeph_engine_options {
     pub n_threads: u32,
     /// Reserved for a later option; must be 0.
     pub reserved: u32,
+    /// Sequences each worker runs together (continuous batching), each with
+    /// its own KV cache: every step evaluates the next token of all of them
+    /// in one pass over the weights.  0 (default) = 4; at most 64.
+    pub n_parallel: u32,
+    /// Bound on the KV cache memory of all sequences of the engine
+    /// together, in MiB; 0 (default) = no bound beyond each sequence's
+    /// context length.  A request is charged for the most its cache can
+    /// grow to (prompt plus `max_tokens` positions); one that needs more
+    /// than the whole bound fails with `ZEPH_STATUS_CONTEXT_OVERFLOW`, one
+    /// that must wait for other requests to free memory waits within its
+    /// deadline (idle caches kept for reuse are dropped first).
+    pub kv_memory_mib: u32,
 }
 
 /// Options of one generation request.  Get the defaults from
@@ -90,13 +103,18 @@ pub struct zeph_generate_options {
     /// thread; NULL (default) = none.  Borrowed: it must outlive the call.
     pub cancel: *const super::zeph_cancel_token,
     /// Non-zero (default): reuse the part of the prompt that is already in a
-    /// worker's KV cache, as a multi-turn conversation's history is; only the
-    /// rest of the prompt is evaluated (`zeph_usage.cached_tokens` says how
-    /// much was reused).  With several workers, the request goes to an idle
-    /// worker whose cache holds the longest prefix of the prompt; when no idle
-    /// worker holds any, it goes to the shared queue, and the worker that
-    /// takes it rebuilds its cache from the prompt (same answer, just the
-    /// full prompt-evaluation time).  0: evaluate the whole prompt.
+    /// KV cache, as a multi-turn conversation's history is; only the rest of
+    /// the prompt is evaluated (`zeph_usage.cached_tokens` says how much was
+    /// reused).  How requests are placed: each worker runs up to
+    /// `n_parallel` sequences, each in a slot with its own cache.  A request
+    /// goes to a worker with a free slot whose idle cache it continues (its
+    /// prompt shares at least half of that cache, as the next turn of a
+    /// conversation shares its history), else to the shared queue.  The
+    /// worker that takes it uses the free slot it continues, else an empty
+    /// slot, else the free slot sharing the longest prefix with it, else
+    /// the least recently used one (whose cache is then rebuilt from the
+    /// prompt: same answer, just the full prompt-evaluation time).  0:
+    /// evaluate the whole prompt.
     pub cache_prompt: u32,
     /// Non-zero: do not stop at end-of-generation tokens (for benchmarks);
     /// default 0.
@@ -119,6 +137,8 @@ pub extern "C" fn zeph_engine_options_default() -> zeph_engine_options {
         chat_template: std::ptr::null(),
         n_threads: 0,
         reserved: 0,
+        n_parallel: 0,
+        kv_memory_mib: 0,
     }
 }
 
@@ -225,6 +245,11 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
         chat_template: opt_str_arg(o.chat_template, "options->chat_template")?.map(str::to_string),
         context_length: o.context_length as usize,
         n_threads: o.n_threads as usize,
+        n_parallel: match o.n_parallel {
+            0 => EngineOptions::default().n_parallel,
+            n => n as usize,
+        },
+        kv_memory: (o.kv_memory_mib as usize) << 20,
     };
     if o.reserved != 0 {
         return Err(Error::invalid_argument(

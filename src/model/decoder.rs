@@ -16,7 +16,7 @@ use std::sync::Arc;
 use half::f16;
 
 use super::config::{Activation, Config, RopeStyle};
-use super::{ModelInfo, Session, Weights};
+use super::{Batch, ModelInfo, SeqInput, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::runtime::matmul::{matmul_rows, Input, Matrix, Out};
@@ -323,14 +323,21 @@ impl Weights for SharedModel {
     }
 
     fn new_session(&self) -> Box<dyn Session> {
-        Box::new(DecoderSession::new(self.model.clone()))
+        Box::new(DecoderSession(DecoderBatch::new(self.model.clone(), 1)))
+    }
+
+    fn new_batch(&self, slots: usize) -> Box<dyn Batch> {
+        Box::new(DecoderBatch::new(self.model.clone(), slots))
     }
 }
 
-/// Most tokens one pass of a model with sliding-window layers computes:
-/// longer passes are split (which changes no result), so that a window
-/// layer's ring needs only this many positions beyond its window.
+/// Most tokens one pass of a model with sliding-window layers computes
+/// per sequence: longer inputs are split (which changes no result), so that
+/// a window layer's ring needs only this many positions beyond its window.
 const WINDOW_PASS: usize = 64;
+
+/// Positions a KV cache's storage grows by.
+const KV_STEP: usize = 256;
 
 /// One layer's cache: rows of `n_kv_head · head_dim` values per position.
 /// A sliding-window layer keeps only its last `ring` positions, position
@@ -349,6 +356,31 @@ impl KvLayer {
     }
 }
 
+/// One sequence's KV cache.
+struct SeqKv {
+    layers: Vec<KvLayer>,
+    len: usize,
+}
+
+/// Where a row of a pass comes from: its sequence slot and position.
+#[derive(Clone, Copy)]
+struct Row {
+    slot: usize,
+    pos: usize,
+}
+
+/// One sequence's part of a pass.
+#[derive(Clone, Copy)]
+struct PassItem {
+    slot: usize,
+    /// Range of the input's tokens in this pass.
+    from: usize,
+    to: usize,
+    input: usize,
+    /// The logits row this part's last token writes, if it wants logits.
+    logits: Option<usize>,
+}
+
 /// Work buffers of a forward pass, grown to the largest pass seen.
 #[derive(Default)]
 struct Buffers {
@@ -362,18 +394,38 @@ struct Buffers {
     act: ActRows,
     /// Attention scores, one row of keys per thread.
     scores: Vec<f32>,
-    /// cos and sin of each rotary pair at each position, per rotary base.
+    /// cos and sin of each rotary pair of each row, per rotary base.
     rope: Vec<Vec<f32>>,
+    /// Logits rows of the inputs that asked for them.
     logits: Vec<f32>,
+    rows: Vec<Row>,
+    tokens: Vec<u32>,
+    items: Vec<PassItem>,
+    /// Per slot, the K and V storage of the layer being computed.
+    kv_ptrs: Vec<(Shared<f16>, Shared<f16>, Option<usize>)>,
 }
 
-pub struct DecoderSession {
+/// Several sequences over one model: a KV cache per slot, one thread pool
+/// and one set of work buffers.  A pass evaluates the new tokens of every
+/// sequence in it together (each weight block is read once for all their
+/// rows), and each row's result is the same as if it ran alone.
+pub struct DecoderBatch {
     model: Arc<Model>,
     pool: Pool,
-    kv: Vec<KvLayer>,
-    len: usize,
+    seqs: Vec<SeqKv>,
     buf: Buffers,
+    /// Frequencies of the rotary pairs, per distinct base, and each
+    /// layer's base.
+    freqs: Vec<Vec<f32>>,
+    layer_base: Vec<usize>,
+    /// Per input of the last forward that asked for logits, its row in
+    /// `buf.logits`.
+    logit_rows: Vec<usize>,
 }
+
+/// A one-sequence [`DecoderBatch`], for callers of the [`Session`]
+/// interface.
+pub struct DecoderSession(DecoderBatch);
 
 /// A pointer for jobs whose threads write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
@@ -403,21 +455,62 @@ fn fit<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-impl DecoderSession {
-    fn new(model: Arc<Model>) -> Self {
-        let layers = model.layers.len();
+impl DecoderBatch {
+    fn new(model: Arc<Model>, slots: usize) -> Self {
+        let c = &model.cfg;
+        let half = c.rope_dim / 2;
+        let mut bases: Vec<f32> = Vec::new();
+        for &b in &c.rope_base {
+            if !bases.contains(&b) {
+                bases.push(b);
+            }
+        }
+        let layer_base = c
+            .rope_base
+            .iter()
+            .map(|b| bases.iter().position(|x| x == b).unwrap_or(0))
+            .collect();
+        let freqs = bases
+            .iter()
+            .map(|&base| {
+                (0..half)
+                    .map(|i| {
+                        let mut f = 1.0 / base.powf((2 * i) as f32 / c.rope_dim as f32);
+                        if let Some(div) = &model.rope_freqs {
+                            f /= div[i];
+                        }
+                        f
+                    })
+                    .collect()
+            })
+            .collect();
+        let seqs = (0..slots.max(1)).map(|_| Self::empty_kv(&model)).collect();
         Self {
             pool: Pool::new(model.threads),
-            kv: (0..layers)
+            seqs,
+            buf: Buffers::default(),
+            freqs,
+            layer_base,
+            logit_rows: Vec::new(),
+            model,
+        }
+    }
+
+    fn empty_kv(model: &Model) -> SeqKv {
+        SeqKv {
+            layers: (0..model.layers.len())
                 .map(|i| KvLayer {
                     ring: model.cfg.window[i].map(|w| w + WINDOW_PASS),
                     ..KvLayer::default()
                 })
                 .collect(),
             len: 0,
-            buf: Buffers::default(),
-            model,
         }
+    }
+
+    /// Values of one layer's K (or V) per position.
+    fn kv_dim(&self) -> usize {
+        self.model.cfg.n_kv_head * self.model.cfg.head_dim
     }
 
     /// Runs `f` over `0..n` split between the pool's threads, or on this
@@ -473,19 +566,92 @@ impl DecoderSession {
         });
     }
 
-    /// Runs `tokens` at `pos..`; returns the last one's logits when
-    /// `logits` is set (an empty vector otherwise).
-    fn forward_pass(&mut self, tokens: &[u32], pos: usize, logits: bool) -> Vec<f32> {
+    /// Checks `inputs` against the slots and the model before anything is
+    /// computed, so that a refused forward changes no cache.
+    fn check(&self, inputs: &[SeqInput<'_>]) -> Result<()> {
+        let limit = self.model.cfg.context_length;
+        let vocab = self.model.vocab_size();
+        for (i, input) in inputs.iter().enumerate() {
+            let Some(seq) = self.seqs.get(input.slot) else {
+                return Err(Error::inference(format!(
+                    "slot {} of a batch of {}",
+                    input.slot,
+                    self.seqs.len()
+                )));
+            };
+            if inputs[..i].iter().any(|o| o.slot == input.slot) {
+                return Err(Error::inference(format!(
+                    "slot {} appears twice in one forward",
+                    input.slot
+                )));
+            }
+            if input.tokens.is_empty() || seq.len + input.tokens.len() > limit {
+                return Err(Error::inference(format!(
+                    "forward of {} tokens at position {} (limit {limit})",
+                    input.tokens.len(),
+                    seq.len
+                )));
+            }
+            if let Some(&bad) = input.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::inference(format!(
+                    "token id {bad} is outside the model's {vocab} embeddings"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the rows of `self.buf.items` (parts of the inputs) in one
+    /// pass, and writes the logits rows they ask for.
+    fn forward_pass(&mut self, inputs: &[SeqInput<'_>]) {
         let model = self.model.clone();
         let m = &*model;
         let c = &m.cfg;
-        let n = tokens.len();
         let (e, hd) = (c.n_embd, c.head_dim);
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_kv_head * hd);
         let qkv_dim = q_dim + 2 * kv_dim;
         let ff = m.n_ff;
         let file = m.map.bytes();
-        let total = pos + n;
+        let vocab = m.output.rows;
+
+        let mut rows = std::mem::take(&mut self.buf.rows);
+        let mut tokens = std::mem::take(&mut self.buf.tokens);
+        rows.clear();
+        tokens.clear();
+        let mut total = 0;
+        let mut n_logits = 0;
+        for it in &self.buf.items {
+            let seq = &mut self.seqs[it.slot];
+            let part = &inputs[it.input].tokens[it.from..it.to];
+            let pos = seq.len;
+            for (i, &t) in part.iter().enumerate() {
+                rows.push(Row {
+                    slot: it.slot,
+                    pos: pos + i,
+                });
+                tokens.push(t);
+            }
+            let end = pos + part.len();
+            total = total.max(end);
+            // Storage grows in steps of KV_STEP positions, never per token,
+            // up to the ring of a sliding-window layer.
+            for kv in &mut seq.layers {
+                let want = kv.ring.map_or(end.div_ceil(KV_STEP) * KV_STEP, |r| {
+                    (end.div_ceil(KV_STEP) * KV_STEP).min(r)
+                }) * kv_dim;
+                if kv.k.len() < want {
+                    // Exactly: the KV memory bound counts this storage.
+                    kv.k.reserve_exact(want - kv.k.len());
+                    kv.v.reserve_exact(want - kv.v.len());
+                    kv.k.resize(want, f16::ZERO);
+                    kv.v.resize(want, f16::ZERO);
+                }
+            }
+            if let Some(r) = it.logits {
+                n_logits = n_logits.max(r + 1);
+            }
+        }
+        let n = rows.len();
         {
             let b = &mut self.buf;
             fit(&mut b.x, n * e);
@@ -494,26 +660,18 @@ impl DecoderSession {
             fit(&mut b.o, n * e);
             fit(&mut b.gu, n * 2 * ff);
             fit(&mut b.scores, self.pool.threads() * total);
+            fit(&mut b.logits, n_logits * vocab);
         }
-        for kv in &mut self.kv {
-            // Storage grows in steps of 256 positions, never per token, up
-            // to the ring of a sliding-window layer.
-            let rows = total.div_ceil(256) * 256;
-            let want = kv.ring.map_or(rows, |r| rows.min(r)) * kv_dim;
-            if kv.k.len() < want {
-                kv.k.resize(want, f16::ZERO);
-                kv.v.resize(want, f16::ZERO);
-            }
-        }
-        self.rope_tables(pos, n);
+        self.rope_tables(&rows);
 
         // Embeddings, dequantized row by row.
         let x = Shared::new(&mut self.buf.x);
+        let toks = &tokens;
         self.par(n, &|r| {
             for t in r {
                 // SAFETY: row t of x belongs to this thread.
                 let row = unsafe { x.slice(t * e, e) };
-                dequantize_row(m.embed.ty, m.embed.row(file, tokens[t] as usize), row);
+                dequantize_row(m.embed.ty, m.embed.row(file, toks[t] as usize), row);
                 if let Some(s) = c.embed_scale {
                     let s = s as f32;
                     row.iter_mut().for_each(|v| *v *= s);
@@ -533,7 +691,7 @@ impl DecoderSession {
                 self.matmuls(&layer.qkv, input, n, &mut qkv, qkv_dim);
             }
             self.buf.qkv = qkv;
-            self.attention(li, layer, n, pos);
+            self.attention(li, layer, &rows, total);
             self.quantize_h(n, q_dim);
             let mut o = std::mem::take(&mut self.buf.o);
             {
@@ -591,15 +749,40 @@ impl DecoderSession {
             self.residual(n, e, layer.post_ffn_norm.as_deref());
         }
 
-        if !logits {
-            return Vec::new();
+        // The caches now hold the pass's positions.
+        for it in &self.buf.items {
+            self.seqs[it.slot].len += it.to - it.from;
         }
-        // The last position's logits.
-        let last = &self.buf.x[(n - 1) * e..n * e];
-        ops::rms_norm(last, &m.out_norm, c.rms_eps as f32, &mut self.buf.h[..e]);
-        self.quantize_h(1, e);
+
+        // Logits of each part that asks for them: its last row, normed,
+        // through the output matrix, into its logits row.  They go through
+        // one product: `forward` numbers the logits rows in the order the
+        // passes produce them, so a pass's rows are consecutive.
+        let mut last_rows = 0;
+        let mut first_dest = None;
+        let mut at = 0;
+        for it in &self.buf.items {
+            at += it.to - it.from;
+            if let Some(dest) = it.logits {
+                first_dest.get_or_insert(dest);
+                let src = (at - 1) * e;
+                let (x, h) = (&self.buf.x, &mut self.buf.h);
+                ops::rms_norm(
+                    &x[src..src + e],
+                    &m.out_norm,
+                    c.rms_eps as f32,
+                    &mut h[last_rows * e..(last_rows + 1) * e],
+                );
+                last_rows += 1;
+            }
+        }
+        self.buf.rows = rows;
+        self.buf.tokens = tokens;
+        let Some(first) = first_dest else {
+            return;
+        };
+        self.quantize_h(last_rows, e);
         let mut logits = std::mem::take(&mut self.buf.logits);
-        fit(&mut logits, m.output.rows);
         {
             let input = Input {
                 q: &self.buf.act,
@@ -608,18 +791,18 @@ impl DecoderSession {
             self.matmuls(
                 std::slice::from_ref(&m.output),
                 input,
-                1,
-                &mut logits,
-                m.output.rows,
+                last_rows,
+                &mut logits[first * vocab..],
+                vocab,
             );
         }
-        let mut result = logits[..m.output.rows].to_vec();
-        self.buf.logits = logits;
         if let Some(cap) = c.final_softcap {
             let cap = cap as f32;
-            result.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+            logits[first * vocab..(first + last_rows) * vocab]
+                .iter_mut()
+                .for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        result
+        self.buf.logits = logits;
     }
 
     /// h = norm(x) · w, quantized into `act` when a consumer needs it.
@@ -680,27 +863,15 @@ impl DecoderSession {
         });
     }
 
-    /// cos/sin of every rotary pair at positions `pos..pos + n`, per base.
-    fn rope_tables(&mut self, pos: usize, n: usize) {
-        let c = &self.model.cfg;
-        let half = c.rope_dim / 2;
-        let mut bases: Vec<f32> = Vec::new();
-        for &b in &c.rope_base {
-            if !bases.contains(&b) {
-                bases.push(b);
-            }
-        }
-        self.buf.rope.resize(bases.len(), Vec::new());
-        for (bi, &base) in bases.iter().enumerate() {
-            let table = &mut self.buf.rope[bi];
+    /// cos/sin of every rotary pair at each row's position, per base.
+    fn rope_tables(&mut self, rows: &[Row]) {
+        let scale = self.model.cfg.rope_scale;
+        self.buf.rope.resize(self.freqs.len(), Vec::new());
+        for (table, freqs) in self.buf.rope.iter_mut().zip(&self.freqs) {
             table.clear();
-            for p in pos..pos + n {
-                for i in 0..half {
-                    let mut f = 1.0 / base.powf((2 * i) as f32 / c.rope_dim as f32);
-                    if let Some(div) = &self.model.rope_freqs {
-                        f /= div[i];
-                    }
-                    let a = p as f32 * c.rope_scale * f;
+            for r in rows {
+                for &f in freqs {
+                    let a = r.pos as f32 * scale * f;
                     table.push(a.cos());
                     table.push(a.sin());
                 }
@@ -708,89 +879,86 @@ impl DecoderSession {
         }
     }
 
-    fn rope_index(&self, layer: usize) -> usize {
-        let c = &self.model.cfg;
-        let mut bases: Vec<f32> = Vec::new();
-        for &b in &c.rope_base {
-            if !bases.contains(&b) {
-                bases.push(b);
-            }
-        }
-        bases
-            .iter()
-            .position(|&b| b == c.rope_base[layer])
-            .unwrap_or(0)
-    }
-
-    /// Bias, q/k norms and rotary on the new q and k; k and v into the
-    /// cache; then each (token, head)'s attention into `h`, the input of
-    /// the output projection.
-    fn attention(&mut self, li: usize, layer: &Layer, n: usize, pos: usize) {
+    /// Bias, q/k norms and rotary on the new q and k; k and v into each
+    /// row's cache; then each (row, head)'s attention over its own
+    /// sequence into `h`, the input of the output projection.
+    fn attention(&mut self, li: usize, layer: &Layer, rows: &[Row], total: usize) {
         let model = self.model.clone();
         let m = &*model;
         let c = &m.cfg;
+        let n = rows.len();
         let hd = c.head_dim;
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_kv_head * hd);
         let qkv_dim = q_dim + 2 * kv_dim;
         let eps = c.rms_eps as f32;
-        let rope = &self.buf.rope[self.rope_index(li)];
+        let rope = &self.buf.rope[self.layer_base[li]];
         let half = c.rope_dim / 2;
         let qkv = Shared::new(&mut self.buf.qkv);
-        let kv = &mut self.kv[li];
-        let ring = kv.ring;
-        let kc = Shared::new(&mut kv.k);
-        let vc = Shared::new(&mut kv.v);
+        let mut ptrs = std::mem::take(&mut self.buf.kv_ptrs);
+        ptrs.clear();
+        for seq in &mut self.seqs {
+            let kv = &mut seq.layers[li];
+            ptrs.push((Shared::new(&mut kv.k), Shared::new(&mut kv.v), kv.ring));
+        }
         let heads = c.n_head + c.n_kv_head;
+        let pool = &self.pool;
         let par = |n: usize, f: &(dyn Fn(Range<usize>) + Sync)| {
-            let threads = self.pool.threads();
+            let threads = pool.threads();
             if n < PAR_ROWS || threads == 1 {
                 f(0..n)
             } else {
-                self.pool.run(&|tid| f(share(n, threads, tid)))
+                pool.run(&|tid| f(share(n, threads, tid)))
             }
         };
-        // Per (token, q or k head): bias, norm, rotary; k and v cached.
-        par(n, &|r| {
-            // Head sizes are at most 4096 (checked at load), so no
-            // allocation per step.
-            let mut tmp = [0f32; 4096];
-            let tmp = &mut tmp[..hd];
-            for t in r {
-                // SAFETY: row t belongs to this thread, as do cache row pos+t.
-                let row = unsafe { qkv.slice(t * qkv_dim, qkv_dim) };
-                if let Some(b) = &layer.qkv_bias {
-                    ops::add(row, b);
-                }
-                let cs = &rope[t * half * 2..(t + 1) * half * 2];
-                for h in 0..heads {
-                    let v = &mut row[h * hd..(h + 1) * hd];
-                    let norm = if h < c.n_head {
-                        &layer.q_norm
-                    } else {
-                        &layer.k_norm
-                    };
-                    if let Some(w) = norm {
-                        ops::rms_norm(v, w, eps, tmp);
-                        v.copy_from_slice(tmp);
+        // Per (row, q or k head): bias, norm, rotary; k and v cached.
+        {
+            let ptrs = &ptrs;
+            par(n, &|r| {
+                // Head sizes are at most 4096 (checked at load), so no
+                // allocation per step.
+                let mut tmp = [0f32; 4096];
+                let tmp = &mut tmp[..hd];
+                for t in r {
+                    // SAFETY: row t belongs to this thread, as does its
+                    // position's cache row (a pass holds each (sequence,
+                    // position) once).
+                    let row = unsafe { qkv.slice(t * qkv_dim, qkv_dim) };
+                    if let Some(b) = &layer.qkv_bias {
+                        ops::add(row, b);
                     }
-                    rotate(v, cs, c.rope_style);
+                    let cs = &rope[t * half * 2..(t + 1) * half * 2];
+                    for h in 0..heads {
+                        let v = &mut row[h * hd..(h + 1) * hd];
+                        let norm = if h < c.n_head {
+                            &layer.q_norm
+                        } else {
+                            &layer.k_norm
+                        };
+                        if let Some(w) = norm {
+                            ops::rms_norm(v, w, eps, tmp);
+                            v.copy_from_slice(tmp);
+                        }
+                        rotate(v, cs, c.rope_style);
+                    }
+                    let Row { slot, pos } = rows[t];
+                    let (kc, vc, ring) = ptrs[slot];
+                    let r = ring.map_or(pos, |c| pos % c);
+                    unsafe {
+                        ops::f32_to_f16(&row[q_dim..q_dim + kv_dim], kc.slice(r * kv_dim, kv_dim));
+                        ops::f32_to_f16(&row[q_dim + kv_dim..], vc.slice(r * kv_dim, kv_dim));
+                    }
                 }
-                let r = ring.map_or(pos + t, |c| (pos + t) % c);
-                unsafe {
-                    ops::f32_to_f16(&row[q_dim..q_dim + kv_dim], kc.slice(r * kv_dim, kv_dim));
-                    ops::f32_to_f16(&row[q_dim + kv_dim..], vc.slice(r * kv_dim, kv_dim));
-                }
-            }
-        });
-        // Attention of each (token, head) over the cache.
-        let kv = &self.kv[li];
+            });
+        }
+        self.buf.kv_ptrs = ptrs;
+        // Attention of each (row, head) over its sequence's cache.
+        let seqs = &self.seqs;
         let att = Shared::new(&mut self.buf.h);
         let scores = Shared::new(&mut self.buf.scores);
         let qkv = &self.buf.qkv;
         let group = c.n_head / c.n_kv_head;
         let scale = c.attn_scale as f32;
         let window = c.window[li];
-        let total = pos + n;
         let threads = self.pool.threads();
         let work = |tid: usize, stride: usize| {
             // SAFETY: each thread has its own row of scores.
@@ -798,7 +966,8 @@ impl DecoderSession {
             let mut i = tid;
             while i < n * c.n_head {
                 let (t, h) = (i / c.n_head, i % c.n_head);
-                let p = pos + t;
+                let Row { slot, pos: p } = rows[t];
+                let kv = &seqs[slot].layers[li];
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let q = &qkv[t * qkv_dim + h * hd..t * qkv_dim + (h + 1) * hd];
                 let g = h / group;
@@ -851,48 +1020,138 @@ fn rotate(v: &mut [f32], cs: &[f32], style: RopeStyle) {
     }
 }
 
+impl Batch for DecoderBatch {
+    fn slots(&self) -> usize {
+        self.seqs.len()
+    }
+
+    fn len(&self, slot: usize) -> usize {
+        self.seqs.get(slot).map_or(0, |s| s.len)
+    }
+
+    fn truncate(&mut self, slot: usize, len: usize) -> usize {
+        let Some(seq) = self.seqs.get_mut(slot) else {
+            return 0;
+        };
+        let len = seq.len.min(len);
+        // A window ring holds positions from `seq.len - ring` on; position
+        // `len` needs those from `len - window` on.
+        let lost = seq.layers.iter().any(|kv| {
+            kv.ring
+                .is_some_and(|r| len.saturating_sub(r - WINDOW_PASS) < seq.len.saturating_sub(r))
+        });
+        seq.len = if lost { 0 } else { len };
+        seq.len
+    }
+
+    fn release(&mut self, slot: usize) {
+        if slot < self.seqs.len() {
+            self.seqs[slot] = Self::empty_kv(&self.model);
+        }
+    }
+
+    fn kv_bytes(&self, slot: usize) -> usize {
+        self.seqs.get(slot).map_or(0, |s| {
+            s.layers
+                .iter()
+                .map(|kv| (kv.k.capacity() + kv.v.capacity()) * 2)
+                .sum()
+        })
+    }
+
+    fn kv_bytes_for(&self, positions: usize) -> usize {
+        let rows = positions.div_ceil(KV_STEP) * KV_STEP;
+        self.model
+            .cfg
+            .window
+            .iter()
+            .map(|w| w.map_or(rows, |w| rows.min(w + WINDOW_PASS)) * self.kv_dim() * 2 * 2)
+            .sum()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+
+    fn forward(&mut self, inputs: &[SeqInput<'_>]) -> Result<()> {
+        self.check(inputs)?;
+        let windowed = self.seqs[0].layers.iter().any(|kv| kv.ring.is_some());
+        let step = if windowed { WINDOW_PASS } else { usize::MAX };
+        // Pass k holds part k of every input that has one.  Logits rows are
+        // numbered in the order the passes write them; `logit_rows` maps
+        // each asking input (in input order) to its row.
+        let asking = inputs.iter().filter(|i| i.logits).count();
+        self.logit_rows.clear();
+        self.logit_rows.resize(asking, 0);
+        let mut next = 0;
+        let mut from = 0;
+        loop {
+            let mut items = std::mem::take(&mut self.buf.items);
+            items.clear();
+            let mut k = 0;
+            for (i, input) in inputs.iter().enumerate() {
+                let len = input.tokens.len();
+                if from < len {
+                    let to = len.min(from.saturating_add(step));
+                    let logits = (to == len && input.logits).then(|| {
+                        self.logit_rows[k] = next;
+                        next += 1;
+                        next - 1
+                    });
+                    items.push(PassItem {
+                        slot: input.slot,
+                        from,
+                        to,
+                        input: i,
+                        logits,
+                    });
+                }
+                k += usize::from(input.logits);
+            }
+            let done = items.is_empty();
+            self.buf.items = items;
+            if done {
+                break;
+            }
+            self.forward_pass(inputs);
+            if step == usize::MAX {
+                break;
+            }
+            from += step;
+        }
+        Ok(())
+    }
+
+    fn logits(&mut self, k: usize) -> &mut [f32] {
+        let vocab = self.model.output.rows;
+        match self.logit_rows.get(k) {
+            Some(&r) => &mut self.buf.logits[r * vocab..(r + 1) * vocab],
+            None => &mut [],
+        }
+    }
+}
+
 impl Session for DecoderSession {
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
-        let limit = self.model.cfg.context_length;
-        if tokens.is_empty() || pos + tokens.len() > limit || pos != self.len {
+        if pos != self.0.seqs[0].len {
             return Err(Error::inference(format!(
-                "forward of {} tokens at position {pos} (cache holds {}, limit {limit})",
-                tokens.len(),
-                self.len
+                "forward at position {pos}, but the cache holds {}",
+                self.0.seqs[0].len
             )));
         }
-        let vocab = self.model.vocab_size();
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::inference(format!(
-                "token id {bad} is outside the model's {vocab} embeddings"
-            )));
-        }
-        let windowed = self.kv.iter().any(|kv| kv.ring.is_some());
-        let step = if windowed { WINDOW_PASS } else { tokens.len() };
-        let mut logits = Vec::new();
-        let mut at = pos;
-        for chunk in tokens.chunks(step) {
-            let last = at + chunk.len() == pos + tokens.len();
-            logits = self.forward_pass(chunk, at, last);
-            at += chunk.len();
-            self.len = at;
-        }
-        Ok(logits)
+        self.0.forward(&[SeqInput {
+            slot: 0,
+            tokens,
+            logits: true,
+        }])?;
+        Ok(self.0.logits(0).to_vec())
     }
 
     fn reset(&mut self) {
-        self.len = 0;
+        self.0.seqs[0].len = 0;
     }
 
     fn truncate(&mut self, len: usize) -> usize {
-        let len = self.len.min(len);
-        // A window ring holds positions from `self.len - ring` on; position
-        // `len` needs those from `len - window` on.
-        let lost = self.kv.iter().any(|kv| {
-            kv.ring
-                .is_some_and(|r| len.saturating_sub(r - WINDOW_PASS) < self.len.saturating_sub(r))
-        });
-        self.len = if lost { 0 } else { len };
-        self.len
+        self.0.truncate(0, len)
     }
 }

@@ -54,6 +54,125 @@ pub trait Weights: Send + Sync {
     fn info(&self) -> &ModelInfo;
     /// A new sequence state (KV cache) over these weights.
     fn new_session(&self) -> Box<dyn Session>;
+    /// `slots` sequence states evaluated together (see [`Batch`]).
+    fn new_batch(&self, slots: usize) -> Box<dyn Batch>;
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// Which sequence (KV cache) of the batch.
+    pub slot: usize,
+    /// Its next tokens, at the positions after those its cache holds.
+    pub tokens: &'a [u32],
+    /// Whether the logits of the last of them are wanted.
+    pub logits: bool,
+}
+
+/// Several sequences, each with its own KV cache, evaluated in one forward
+/// pass: every weight is read once for the new tokens of all of them.  A
+/// sequence's logits do not depend on which others ran beside it.
+pub trait Batch: Send {
+    /// Number of sequences (slots).
+    fn slots(&self) -> usize;
+    /// Positions the slot's cache holds.
+    fn len(&self, slot: usize) -> usize;
+    /// Keeps at most the first `len` positions of the slot and returns how
+    /// many it kept (see [`Session::truncate`]).
+    fn truncate(&mut self, slot: usize, len: usize) -> usize;
+    /// Empties the slot and frees its storage.
+    fn release(&mut self, slot: usize);
+    /// Bytes of KV storage the slot holds now.
+    fn kv_bytes(&self, slot: usize) -> usize;
+    /// Bytes of KV storage a slot holding `positions` positions holds at
+    /// most.
+    fn kv_bytes_for(&self, positions: usize) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// Runs each input's tokens at the end of its slot's cache (each slot
+    /// at most once).  A refused forward (bad slot, token or length)
+    /// changes no cache; a failed one empties the slots it touched.
+    fn forward(&mut self, inputs: &[SeqInput<'_>]) -> Result<()>;
+    /// The logits of the `k`-th input of the last forward that asked for
+    /// them (empty when there is no such input).
+    fn logits(&mut self, k: usize) -> &mut [f32];
+}
+
+/// A [`Batch`] made of independent sessions run one after the other (the
+/// reference decoder's).
+pub struct SessionBatch {
+    sessions: Vec<(Box<dyn Session>, usize)>,
+    vocab: usize,
+    logits: Vec<Vec<f32>>,
+}
+
+impl SessionBatch {
+    pub fn new(weights: &dyn Weights, slots: usize) -> Self {
+        Self {
+            sessions: (0..slots.max(1))
+                .map(|_| (weights.new_session(), 0))
+                .collect(),
+            vocab: weights.info().vocab_size,
+            logits: Vec::new(),
+        }
+    }
+}
+
+impl Batch for SessionBatch {
+    fn slots(&self) -> usize {
+        self.sessions.len()
+    }
+    fn len(&self, slot: usize) -> usize {
+        self.sessions.get(slot).map_or(0, |s| s.1)
+    }
+    fn truncate(&mut self, slot: usize, len: usize) -> usize {
+        match self.sessions.get_mut(slot) {
+            Some((s, l)) => {
+                *l = s.truncate(len);
+                *l
+            }
+            None => 0,
+        }
+    }
+    fn release(&mut self, slot: usize) {
+        if let Some((s, l)) = self.sessions.get_mut(slot) {
+            s.reset();
+            *l = 0;
+        }
+    }
+    fn kv_bytes(&self, _slot: usize) -> usize {
+        0
+    }
+    fn kv_bytes_for(&self, _positions: usize) -> usize {
+        0
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn forward(&mut self, inputs: &[SeqInput<'_>]) -> Result<()> {
+        self.logits.clear();
+        for input in inputs {
+            let Some((s, len)) = self.sessions.get_mut(input.slot) else {
+                return Err(Error::inference(format!("no slot {}", input.slot)));
+            };
+            match s.forward(input.tokens, *len) {
+                Ok(l) => {
+                    *len += input.tokens.len();
+                    if input.logits {
+                        self.logits.push(l);
+                    }
+                }
+                Err(e) => {
+                    s.reset();
+                    *len = 0;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn logits(&mut self, k: usize) -> &mut [f32] {
+        self.logits.get_mut(k).map_or(&mut [], |l| l.as_mut_slice())
+    }
 }
 
 /// One sequence being evaluated: the weights plus its own KV cache.

@@ -455,6 +455,10 @@ impl Weights for SharedModel {
             len: 0,
         })
     }
+
+    fn new_batch(&self, slots: usize) -> Box<dyn super::Batch> {
+        Box::new(super::SessionBatch::new(self, slots))
+    }
 }
 
 struct TransformerSession {

@@ -78,10 +78,12 @@ static zeph_generate_options greedy(uint32_t max_tokens) {
     return o;
 }
 
-static zeph_engine *open_engine(const char *path, uint32_t workers, uint32_t queue) {
+static zeph_engine *open_engine_parallel(const char *path, uint32_t workers, uint32_t queue,
+                                         uint32_t parallel) {
     zeph_engine_options eo = zeph_engine_options_default();
     eo.n_workers = workers;
     eo.queue_capacity = queue;
+    eo.n_parallel = parallel;
     zeph_engine *e = NULL;
     zeph_status s = zeph_engine_new(path, &eo, &e);
     if (s != ZEPH_STATUS_OK) {
@@ -89,6 +91,10 @@ static zeph_engine *open_engine(const char *path, uint32_t workers, uint32_t que
         exit(1);
     }
     return e;
+}
+
+static zeph_engine *open_engine(const char *path, uint32_t workers, uint32_t queue) {
+    return open_engine_parallel(path, workers, queue, 0);
 }
 
 static bool valid_utf8(const char *s) {
@@ -485,7 +491,8 @@ static void test_cancellation(void) {
 }
 
 static void test_queue_full(void) {
-    zeph_engine *e = open_engine(tiny_path, 1, 1);
+    /* One sequence at a time, so that a second request waits in the queue. */
+    zeph_engine *e = open_engine_parallel(tiny_path, 1, 1, 1);
     zeph_cancel_token *token = NULL;
     zeph_cancel_token_new(&token);
     call_t running = {.engine = e, .prompt = "a", .options = greedy(4000)};
@@ -713,6 +720,53 @@ static void test_streams(void) {
     zeph_engine_free(e);
 }
 
+/* Several streams of one worker, read in turns, while a blocking request
+ * runs beside them: each gets the text it gets alone. */
+static void test_concurrent_streams(void) {
+    zeph_engine *e = open_engine_parallel(tiny_path, 1, 8, 4);
+    const char *prompts[3] = {"first stream", "second stream", "third"};
+    char *alone[3] = {NULL, NULL, NULL};
+    zeph_generate_options o = greedy(30);
+    o.cache_prompt = 0;
+    for (int i = 0; i < 3; i++) zeph_engine_complete(e, prompts[i], &o, &alone[i], NULL);
+    zeph_stream *s[3] = {NULL, NULL, NULL};
+    collected_t *c = calloc(3, sizeof *c);
+    bool opened = true;
+    for (int i = 0; i < 3; i++)
+        opened = opened && zeph_engine_stream_complete(e, prompts[i], &o, &s[i]) == ZEPH_STATUS_OK;
+    check(opened, "three streams open at once", NULL);
+    /* Nobody reads them for a while: a blocking request still runs. */
+    char *text = NULL;
+    zeph_generate_options b = greedy(8);
+    expect(zeph_engine_complete(e, "blocking", &b, &text, NULL), ZEPH_STATUS_OK,
+           "a blocking request beside unread streams", NULL);
+    zeph_string_free(text);
+    bool open[3] = {true, true, true};
+    for (int left = 3; left > 0;) {
+        for (int i = 0; i < 3; i++) {
+            if (!open[i]) continue;
+            char *piece = NULL;
+            zeph_status st = zeph_stream_next(s[i], 10000, &piece);
+            if (st != ZEPH_STATUS_OK || !piece) {
+                open[i] = false;
+                left--;
+                continue;
+            }
+            strcat(c[i].text, piece);
+            zeph_string_free(piece);
+        }
+    }
+    bool same = true;
+    for (int i = 0; i < 3; i++) {
+        same = same && alone[i] && strcmp(c[i].text, alone[i]) == 0;
+        zeph_stream_free(s[i]);
+        zeph_string_free(alone[i]);
+    }
+    check(same, "each stream's text is its text alone", NULL);
+    free(c);
+    zeph_engine_free(e);
+}
+
 static void test_conversation(void) {
     zeph_engine *e = open_engine(tiny_path, 1, 4);
     zeph_generate_options o = greedy(6);
@@ -759,6 +813,7 @@ int main(int argc, char **argv) {
     test_concurrency();
     test_panics();
     test_streams();
+    test_concurrent_streams();
     test_conversation();
 
     char cmd[4200];

@@ -150,9 +150,12 @@ struct StreamHandle: @unchecked Sendable {
 public final class Engine: @unchecked Sendable {
     let ptr: OpaquePointer
 
-    public init(modelPath: String, workers: UInt32 = 1) throws {
+    /// `parallel`: sequences each worker runs together (0 = the library's
+    /// default, 4).
+    public init(modelPath: String, workers: UInt32 = 1, parallel: UInt32 = 0) throws {
         var options = zeph_engine_options_default()
         options.n_workers = workers
+        options.n_parallel = parallel
         var engine: OpaquePointer?
         try check(zeph_engine_new(modelPath, &options, &engine))
         ptr = engine!
