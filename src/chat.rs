@@ -21,6 +21,20 @@ impl Message {
     }
 }
 
+/// The rendered conversation as the engine tokenizes it: when the tokenizer
+/// adds BOS itself, a BOS the template wrote at the start is left out, so
+/// that the prompt does not begin with two (as llama.cpp's chat does).
+/// Everywhere else, text that begins with BOS gets a second one when BOS is
+/// added, as in llama.cpp.
+pub fn without_leading_bos<'t>(text: &'t str, tokenizer: &crate::tokenizer::Tokenizer) -> &'t str {
+    match tokenizer.bos().and_then(|b| tokenizer.token_text(b)) {
+        Some(bos) if tokenizer.add_bos() && !bos.is_empty() => {
+            text.strip_prefix(bos).unwrap_or(text)
+        }
+        _ => text,
+    }
+}
+
 /// Built-in templates, for models whose file stores none, by name.  Each is
 /// written as one line with explicit "\n" so that trim_blocks and
 /// lstrip_blocks cannot change it.

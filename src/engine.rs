@@ -172,14 +172,16 @@ impl Engine {
     /// Renders `messages` with the chat template, then generates the reply.
     pub fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Completion> {
         let text = self.apply_chat_template(messages, true)?;
-        let tokens = self.prompt_tokens(&text, options)?;
+        let tokens =
+            self.prompt_tokens(chat::without_leading_bos(&text, self.tokenizer()), options)?;
         self.submit(tokens, options)
     }
 
     /// As `chat`, with the text delivered piece by piece.
     pub fn stream_chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Stream> {
         let text = self.apply_chat_template(messages, true)?;
-        let tokens = self.prompt_tokens(&text, options)?;
+        let tokens =
+            self.prompt_tokens(chat::without_leading_bos(&text, self.tokenizer()), options)?;
         self.submit_stream(tokens, options)
     }
 

@@ -80,3 +80,22 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "unknown panic payload".to_string()
     }
 }
+
+/// The start of the message of every panic that `ZEPH_FAULT` injects.
+pub const INJECTED_PANIC: &str = "fault injected by ZEPH_FAULT";
+
+/// Keeps the panics `ZEPH_FAULT` injects off stderr (no message, no
+/// backtrace, whatever `RUST_BACKTRACE` says): they are expected, caught,
+/// and reported as `ZEPH_STATUS_PANIC`.  Every other panic still goes to the
+/// hook that was there before.  Installed only when `ZEPH_FAULT` is set.
+pub fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !panic_message(info.payload()).starts_with(INJECTED_PANIC) {
+                previous(info);
+            }
+        }));
+    });
+}

@@ -201,6 +201,16 @@ impl Gguf {
             .ok_or_else(|| Error::model("metadata general.architecture is missing"))
     }
 
+    /// The file's quantization as llama.cpp names it (`Q4_K_M`, `Q4_1`),
+    /// from `general.file_type`; the tensor type holding most weights when
+    /// the file does not say (or says something unknown).
+    pub fn file_type(&self) -> String {
+        self.uint("general.file_type")
+            .and_then(file_type_name)
+            .map(str::to_string)
+            .unwrap_or_else(|| self.dominant_type())
+    }
+
     /// The tensor type holding most weights, e.g. "Q4_1".
     pub fn dominant_type(&self) -> String {
         let mut count: std::collections::HashMap<String, u64> = Default::default();
@@ -221,5 +231,65 @@ impl Gguf {
             .values()
             .map(|t| t.shape.elem_count() as u64)
             .sum()
+    }
+}
+
+/// llama.cpp's `llama_ftype` numbers (`general.file_type`) with the names its
+/// quantize tool and model files use.  Numbers llama.cpp has retired (4-6,
+/// 33-35) have no name.
+pub fn file_type_name(file_type: u64) -> Option<&'static str> {
+    // llama.cpp marks a file type it guessed with this bit.
+    const GUESSED: u64 = 1024;
+    Some(match file_type & !GUESSED {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_type_name;
+
+    #[test]
+    fn file_types_have_llama_cpp_names() {
+        assert_eq!(file_type_name(3), Some("Q4_1"));
+        assert_eq!(file_type_name(15), Some("Q4_K_M"));
+        assert_eq!(file_type_name(7), Some("Q8_0"));
+        assert_eq!(file_type_name(32), Some("BF16"));
+        assert_eq!(file_type_name(1024 + 15), Some("Q4_K_M"));
+        assert_eq!(file_type_name(4), None);
+        assert_eq!(file_type_name(999), None);
     }
 }

@@ -40,6 +40,9 @@ func engine(t *testing.T) *Engine {
 		}
 		shared = e
 	})
+	if shared == nil {
+		t.Fatal("no engine: Open failed (see the first failure)")
+	}
 	return shared
 }
 

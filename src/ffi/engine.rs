@@ -116,6 +116,9 @@ pub unsafe extern "C" fn zeph_engine_new(
             return Err(null_argument("engine_out"));
         }
         let options = engine_options(options)?;
+        if std::env::var_os("ZEPH_FAULT").is_some() {
+            crate::error::quiet_injected_panics();
+        }
         let engine = Engine::new(Path::new(path), options)?;
         let info = super::model::InfoStrings::new(&engine);
         write_out(

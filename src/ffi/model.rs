@@ -31,7 +31,9 @@ pub struct zeph_model_info {
     pub architecture: *const c_char,
     /// `general.name`, or "".
     pub name: *const c_char,
-    /// The tensor type holding most weights, e.g. "Q4_1".
+    /// The file's quantization as llama.cpp names it (`general.file_type`),
+    /// e.g. "Q4_K_M" or "Q4_1"; the tensor type holding most weights when
+    /// the file does not say.
     pub quantization: *const c_char,
     /// Where the chat template comes from: "gguf" (the model file),
     /// "option" (the engine's `chat_template`), or "builtin:NAME".
@@ -102,8 +104,9 @@ pub unsafe extern "C" fn zeph_engine_model_info(
 
 /// Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.
 ///
-/// `add_special` adds BOS/EOS as the model's metadata asks (never a second
-/// BOS when the text already starts with it); `parse_special` matches
+/// `add_special` adds BOS/EOS as the model's metadata asks, as llama.cpp
+/// does: a text that already starts with the BOS token then begins with two
+/// (the chat calls leave out a BOS their template writes); `parse_special` matches
 /// control tokens written in the text (such as `<|im_start|>`) instead of
 /// tokenizing them as plain text.
 ///

@@ -321,7 +321,7 @@ pub fn load_with(
         context_length,
         vocab_size: 0,
         parameter_count: gguf.parameter_count(),
-        quantization: gguf.dominant_type(),
+        quantization: gguf.file_type(),
     };
     match backend {
         Backend::Cpu { threads } => {

@@ -286,7 +286,8 @@ impl Tokenizer {
     }
 
     /// Tokenizes `text`.  `add_special` adds BOS/EOS as the model's metadata
-    /// asks (never a second BOS when the text already begins with one);
+    /// asks (a text that already begins with BOS gets a second one, as in
+    /// llama.cpp; the chat path leaves the template's out instead);
     /// `parse_special` matches control tokens written in the text.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
@@ -326,10 +327,6 @@ impl Tokenizer {
                     after_special = false;
                 }
             }
-        }
-        if add_special && self.add_bos && out.len() >= 2 && out[0] == out[1] {
-            // The text began with the BOS token itself.
-            out.remove(0);
         }
         if add_special && self.add_eos {
             if let Some(eos) = self.eos {

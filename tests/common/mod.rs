@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use zeph_llm::{GenerateOptions, SamplingOptions};
@@ -21,16 +21,18 @@ pub fn model_path(name: &str) -> PathBuf {
         }
     }
     let root = env!("CARGO_MANIFEST_DIR");
+    // The script's progress lines (a first download takes a while) go
+    // straight to the terminal, past the test harness's capture.
     let out = Command::new("bash")
         .arg(format!("{root}/scripts/fetch-models.sh"))
         .args(["--path", name])
         .env_remove("ZEPH_MODEL")
+        .stderr(Stdio::inherit())
         .output()
         .expect("running scripts/fetch-models.sh");
     assert!(
         out.status.success(),
-        "fetch-models.sh --path {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "fetch-models.sh --path {name} failed (its messages are above)"
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
