@@ -17,7 +17,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench bench-forward bench-reference install clean
+.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench bench-forward bench-tokenize bench-reference install clean
 
 all: lib
 
@@ -138,11 +138,17 @@ $(BUILD)/bench: bench/bench.c include/zeph_llm.h lib | $(BUILD)
 bench-forward:
 	$(CARGO) build --release --example bench-forward
 
-bench: $(BUILD)/bench bench-forward bench-reference
+bench: $(BUILD)/bench bench-forward bench-reference bench-tokenize
 	python3 bench/report.py --threads $(THREADS) --bench $(BUILD)/bench \
 	  --forward target/release/examples/bench-forward --llama-bin $(LLAMA_BIN) \
 	  --reps $(BENCH_REPS) --extras $(BENCH_EXTRAS) \
 	  --concurrency "$(BENCH_CLIENTS)" --out $(BUILD)/bench.json $(BENCH_MODELS)
+
+# Tokenizer throughput on 1 MiB of mixed-language text and on 256 KiB
+# without a space, both test models (MB/s of CPU time and of wall time).
+bench-tokenize:
+	$(CARGO) run --quiet --release --example bench-tokenize -- \
+	  "$$($(FETCH) --path smollm2)" "$$($(FETCH) --path gemma3)"
 
 # llama.cpp's benchmark tools only (built once, cached in build/llama.cpp;
 # the script returns at once when they are there).

@@ -269,7 +269,9 @@ typedef struct zeph_generate_options {
    */
   uint64_t seed;
   /**
-   * Deadline of the whole request, queue wait included, in milliseconds;
+   * Deadline of the whole request in milliseconds, counted from the
+   * start of the call: rendering the chat template, tokenizing the
+   * prompt (which stops at the deadline) and the queue wait included;
    * 0 (default) = the engine's `default_timeout_ms`.
    */
   uint64_t timeout_ms;
@@ -573,6 +575,10 @@ enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
  * `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the number
  * needed, so a first call with `capacity` 0 (and `ids` NULL) sizes the
  * buffer.  `ids` is owned by the caller.
+ *
+ * Tokenizing runs on the calling thread within the engine's
+ * `default_timeout_ms` (`ZEPH_STATUS_TIMEOUT` past it) and stops with
+ * `ZEPH_STATUS_SHUTDOWN` when the engine is shut down meanwhile.
  *
  * Threads: any thread; it does not wait for the workers.
  */

@@ -174,37 +174,116 @@ impl Engine {
     /// Continues `prompt`.  Special tokens written in it are parsed, and BOS
     /// is added when the model asks for it (llama.cpp's completion rules).
     pub fn complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Completion> {
-        let tokens = self.prompt_tokens(prompt, options)?;
-        self.submit(tokens, options)
+        let call = self.start_call(options);
+        let tokens = self.prompt_tokens(prompt, options, &call)?;
+        self.submit(tokens, options, &call)
     }
 
     /// As `complete`, with the text delivered piece by piece.
     pub fn stream_complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Stream> {
-        let tokens = self.prompt_tokens(prompt, options)?;
-        self.submit_stream(tokens, options)
+        let call = self.start_call(options);
+        let tokens = self.prompt_tokens(prompt, options, &call)?;
+        self.submit_stream(tokens, options, &call)
     }
 
     /// Renders `messages` with the chat template, then generates the reply.
     pub fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Completion> {
-        let text = self.apply_chat_template(messages, true)?;
-        let tokens = self.prompt_tokens(&text, options)?;
-        self.submit(tokens, options)
+        let call = self.start_call(options);
+        let text = self.render_for(messages, options, &call)?;
+        let tokens = self.prompt_tokens(&text, options, &call)?;
+        self.submit(tokens, options, &call)
     }
 
     /// As `chat`, with the text delivered piece by piece.
     pub fn stream_chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Stream> {
-        let text = self.apply_chat_template(messages, true)?;
-        let tokens = self.prompt_tokens(&text, options)?;
-        self.submit_stream(tokens, options)
+        let call = self.start_call(options);
+        let text = self.render_for(messages, options, &call)?;
+        let tokens = self.prompt_tokens(&text, options, &call)?;
+        self.submit_stream(tokens, options, &call)
     }
 
-    fn prompt_tokens(&self, text: &str, options: &GenerateOptions) -> Result<Vec<u32>> {
+    /// The clock of a request starts when the call does: tokenizing and
+    /// rendering count against its deadline.
+    fn start_call(&self, options: &GenerateOptions) -> Call {
+        let start = Instant::now();
+        let timeout = options.timeout.unwrap_or(self.options.default_timeout);
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or(start + Duration::from_secs(86_400 * 365));
+        Call {
+            start,
+            deadline,
+            timeout,
+        }
+    }
+
+    /// The check the caller-thread work (tokenizing, rendering) makes now
+    /// and then: the deadline, the request's cancel token, shutdown.
+    fn interrupt<'a>(
+        &'a self,
+        call: &'a Call,
+        cancel: Option<&'a Arc<CancelToken>>,
+        what: &'a str,
+    ) -> impl Fn() -> Result<()> + 'a {
+        move || {
+            self.check_running()?;
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Err(cancelled());
+            }
+            if Instant::now() >= call.deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the timeout of {} ms passed while {what}",
+                        call.timeout.as_millis()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// Renders the chat template for a request.  A render cannot be stopped
+    /// midway (its fuel limit bounds it); the deadline is checked after it.
+    fn render_for(
+        &self,
+        messages: &[Message],
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<String> {
+        let check = self.interrupt(call, options.cancel.as_ref(), "rendering the chat template");
+        check()?;
+        let text = self.apply_chat_template(messages, true)?;
+        check()?;
+        Ok(text)
+    }
+
+    /// Tokenizes `text` for `zeph_engine_tokenize`: within the engine's
+    /// default timeout, stopped by shutdown.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        let call = self.start_call(&GenerateOptions::default());
+        let check = self.interrupt(&call, None, "tokenizing");
+        self.shared
+            .tokenizer
+            .encode_with(text, add_special, parse_special, &check)
+    }
+
+    fn prompt_tokens(
+        &self,
+        text: &str,
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<Vec<u32>> {
         options.validate()?;
         self.check_running()?;
         if self.shared.fault == Some(Fault::CallerPanic) {
             panic!("fault injected by ZEPH_FAULT=caller-panic");
         }
-        let mut tokens = self.shared.tokenizer.encode(text, true, true)?;
+        let check = self.interrupt(call, options.cancel.as_ref(), "tokenizing the prompt");
+        let mut tokens = self
+            .shared
+            .tokenizer
+            .encode_with(text, true, true, &check)?;
         if tokens.is_empty() {
             // Nothing to condition on: start from BOS, as llama.cpp does.
             match self.shared.tokenizer.bos() {
@@ -254,12 +333,13 @@ impl Engine {
         tokens: Vec<u32>,
         options: &GenerateOptions,
         output: Output,
+        call: &Call,
     ) -> Result<Pending> {
-        let start = Instant::now();
-        let timeout = options.timeout.unwrap_or(self.options.default_timeout);
-        let deadline = start
-            .checked_add(timeout)
-            .unwrap_or(start + Duration::from_secs(86_400 * 365));
+        let Call {
+            start,
+            deadline,
+            timeout,
+        } = *call;
         if options.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
             return Err(cancelled());
         }
@@ -318,9 +398,14 @@ impl Engine {
         }
     }
 
-    fn submit(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
+    fn submit(
+        &self,
+        tokens: Vec<u32>,
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<Completion> {
         let (reply, reply_rx) = bounded(1);
-        let pending = self.enqueue(tokens, options, Output::Reply(reply))?;
+        let pending = self.enqueue(tokens, options, Output::Reply(reply), call)?;
         let token = cancelled_receiver(options.cancel.as_ref());
         let wait = pending.deadline.saturating_duration_since(Instant::now());
         let outcome = select! {
@@ -338,9 +423,14 @@ impl Engine {
         outcome
     }
 
-    fn submit_stream(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Stream> {
+    fn submit_stream(
+        &self,
+        tokens: Vec<u32>,
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<Stream> {
         let (tx, rx) = bounded(STREAM_BUFFER);
-        let pending = self.enqueue(tokens, options, Output::Stream(tx))?;
+        let pending = self.enqueue(tokens, options, Output::Stream(tx), call)?;
         Ok(Stream {
             rx,
             pending,
@@ -369,6 +459,14 @@ impl Drop for Engine {
 
 fn cancelled() -> Error {
     Error::new(ErrorKind::Cancelled, "the request was cancelled")
+}
+
+/// When a request's call started, and its deadline.
+#[derive(Clone, Copy)]
+struct Call {
+    start: Instant,
+    deadline: Instant,
+    timeout: Duration,
 }
 
 /// What the caller keeps of a queued job.

@@ -113,6 +113,10 @@ pub unsafe extern "C" fn zeph_engine_model_info(
 /// needed, so a first call with `capacity` 0 (and `ids` NULL) sizes the
 /// buffer.  `ids` is owned by the caller.
 ///
+/// Tokenizing runs on the calling thread within the engine's
+/// `default_timeout_ms` (`ZEPH_STATUS_TIMEOUT` past it) and stops with
+/// `ZEPH_STATUS_SHUTDOWN` when the engine is shut down meanwhile.
+///
 /// Threads: any thread; it does not wait for the workers.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_tokenize(
@@ -133,7 +137,7 @@ pub unsafe extern "C" fn zeph_engine_tokenize(
         if ids.is_null() && capacity > 0 {
             return Err(null_argument("ids (with capacity > 0)"));
         }
-        let tokens = e.tokenizer().encode(text, add_special, parse_special)?;
+        let tokens = e.tokenize(text, add_special, parse_special)?;
         write_out(n_out, tokens.len());
         if tokens.len() > capacity {
             return Err(Error::new(

@@ -77,7 +77,9 @@ pub struct zeph_generate_options {
     /// Seed of the sampler: same seed, options and prompt give the same
     /// text.  `ZEPH_SEED_RANDOM` (default) draws a new seed per request.
     pub seed: u64,
-    /// Deadline of the whole request, queue wait included, in milliseconds;
+    /// Deadline of the whole request in milliseconds, counted from the
+    /// start of the call: rendering the chat template, tokenizing the
+    /// prompt (which stops at the deadline) and the queue wait included;
     /// 0 (default) = the engine's `default_timeout_ms`.
     pub timeout_ms: u64,
     /// Stop strings (NULL when `n_stop` is 0): generation stops before the
