@@ -17,10 +17,14 @@
  * - Threads: a zeph_engine may be used from any number of threads at once;
  *   only zeph_engine_free must run after every other call on that engine has
  *   returned. No library thread ever calls into the caller's code.
- * - Deadlines: a request's timeout covers its wait in the queue and its
- *   inference. When it passes the call returns ZEPH_STATUS_TIMEOUT at once
- *   and the work is cancelled (skipped if queued, stopped at the next token
- *   if running).
+ * - Deadlines: a request's timeout runs from the start of the call and
+ *   covers rendering its chat template, tokenizing its prompt, its wait in
+ *   the queue and its inference. When it passes the call returns
+ *   ZEPH_STATUS_TIMEOUT at once and the work is cancelled (skipped if
+ *   queued, stopped at the next token if running).
+ * - Limits: every size an input sets has an upper bound (the ZEPH_MAX_*
+ *   constants), checked before anything is allocated for it; past it the
+ *   call returns ZEPH_STATUS_INVALID_ARGUMENT naming the limit.
  * - Panics never cross this boundary: they become ZEPH_STATUS_PANIC.
  * - Option structs start with struct_size; always initialise them with
  *   their *_default() function, then change fields. This keeps code
@@ -45,6 +49,53 @@
  * `seed` value that asks for a different seed on every request.
  */
 #define ZEPH_SEED_RANDOM UINT64_MAX
+
+/**
+ * Most bytes of a prompt, of a text to tokenize, and of a conversation's
+ * messages together (16 MiB).
+ */
+#define ZEPH_MAX_TEXT_BYTES 16777216
+
+/**
+ * Most messages in a conversation.
+ */
+#define ZEPH_MAX_MESSAGES 65536
+
+/**
+ * Most bytes of a message's role.
+ */
+#define ZEPH_MAX_ROLE_BYTES 256
+
+/**
+ * Most ids one `zeph_engine_detokenize` call takes.
+ */
+#define ZEPH_MAX_DETOKENIZE_IDS 1048576
+
+/**
+ * Largest context length in tokens: the `context_length` option, and the
+ * most a model file may claim.
+ */
+#define ZEPH_MAX_CONTEXT_LENGTH 16777216
+
+/**
+ * Most bytes of the `chat_template` engine option (1 MiB).
+ */
+#define ZEPH_MAX_TEMPLATE_BYTES 1048576
+
+/**
+ * Most bytes of the `tokenizer_path` engine option.
+ */
+#define ZEPH_MAX_PATH_BYTES 4096
+
+/**
+ * Most stop strings of a request.
+ */
+#define ZEPH_MAX_STOP_STRINGS 64
+
+/**
+ * Most bytes of one stop string.
+ */
+#define ZEPH_MAX_STOP_BYTES 1024
 
 /**
  * The result of every fallible call.  The numbers are stable: new codes
@@ -194,7 +245,7 @@ typedef struct zeph_engine_options {
   uint32_t queue_capacity;
   /**
    * Upper bound on the context length in tokens; 0 (default) = the
-   * model's own, capped by the implementation's limit.
+   * model's own; at most `ZEPH_MAX_CONTEXT_LENGTH`.
    */
   uint32_t context_length;
   /**
@@ -278,7 +329,8 @@ typedef struct zeph_generate_options {
   /**
    * Stop strings (NULL when `n_stop` is 0): generation stops before the
    * first occurrence of any of them, which is not part of the text.
-   * At most 64, each 1 to 1024 bytes of UTF-8.  Copied during the call.
+   * At most `ZEPH_MAX_STOP_STRINGS`, each 1 to `ZEPH_MAX_STOP_BYTES`
+   * bytes of UTF-8.  Copied during the call.
    */
   const char *const *stop;
   /**
@@ -471,7 +523,8 @@ enum zeph_status zeph_engine_new(const char *model_path,
                                  struct zeph_engine **engine_out);
 
 /**
- * Continues `prompt` (UTF-8) and returns the generated text.
+ * Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
+ * generated text.
  *
  * The prompt is read as llama.cpp's completion reads it: special tokens
  * written in it (such as `<|im_start|>`) are parsed as such, and BOS is
@@ -497,7 +550,9 @@ enum zeph_status zeph_engine_complete(struct zeph_engine *engine,
 /**
  * Renders `messages` with the engine's chat template (the model's own, or
  * the `chat_template` engine option), adds the prompt for the assistant's
- * turn, and generates the reply.
+ * turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
+ * roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
+ * `ZEPH_MAX_TEXT_BYTES`.
  *
  * Ownership, deadline and threads as for `zeph_engine_complete`; the
  * messages are only read during the call.  A template that fails returns
@@ -563,7 +618,8 @@ enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
                                         struct zeph_model_info *info_out);
 
 /**
- * Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.
+ * Tokenizes `text` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) with the model's
+ * tokenizer into `ids`.
  *
  * `add_special` adds BOS/EOS as the model's metadata asks (never a second
  * BOS when the text already starts with it); `parse_special` matches
@@ -591,8 +647,8 @@ enum zeph_status zeph_engine_tokenize(const struct zeph_engine *engine,
                                       size_t *n_out);
 
 /**
- * Turns token ids back into text.  Ids outside the vocabulary yield
- * nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
+ * Turns token ids back into text (at most `ZEPH_MAX_DETOKENIZE_IDS` per
+ * call).  Ids outside the vocabulary yield nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
  * Bytes that do not form valid UTF-8 become U+FFFD.  On success
  * `*text_out` receives a string the caller frees with `zeph_string_free`.
  *

@@ -16,7 +16,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
 use crate::model::{self, ModelInfo, Weights};
-use crate::options::{EngineOptions, GenerateOptions};
+use crate::options::{
+    check_conversation, check_len, EngineOptions, GenerateOptions, MAX_TEXT_BYTES,
+};
 use crate::tokenizer::Tokenizer;
 use crate::worker::{self, Job, Output, Slot, SlotState, StreamEvent};
 
@@ -174,6 +176,7 @@ impl Engine {
     /// Continues `prompt`.  Special tokens written in it are parsed, and BOS
     /// is added when the model asks for it (llama.cpp's completion rules).
     pub fn complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Completion> {
+        check_len("the prompt", prompt.len(), MAX_TEXT_BYTES, "bytes")?;
         let call = self.start_call(options);
         let tokens = self.prompt_tokens(prompt, options, &call)?;
         self.submit(tokens, options, &call)
@@ -181,6 +184,7 @@ impl Engine {
 
     /// As `complete`, with the text delivered piece by piece.
     pub fn stream_complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Stream> {
+        check_len("the prompt", prompt.len(), MAX_TEXT_BYTES, "bytes")?;
         let call = self.start_call(options);
         let tokens = self.prompt_tokens(prompt, options, &call)?;
         self.submit_stream(tokens, options, &call)
@@ -261,6 +265,7 @@ impl Engine {
     /// Tokenizes `text` for `zeph_engine_tokenize`: within the engine's
     /// default timeout, stopped by shutdown.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        check_len("the text", text.len(), MAX_TEXT_BYTES, "bytes")?;
         let call = self.start_call(&GenerateOptions::default());
         let check = self.interrupt(&call, None, "tokenizing");
         self.shared
@@ -311,6 +316,10 @@ impl Engine {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        check_conversation(
+            messages.len(),
+            messages.iter().map(|m| (m.role.len(), m.content.len())),
+        )?;
         self.template.render(messages, add_generation_prompt)
     }
 
@@ -409,8 +418,13 @@ impl Engine {
         let token = cancelled_receiver(options.cancel.as_ref());
         let wait = pending.deadline.saturating_duration_since(Instant::now());
         let outcome = select! {
-            recv(reply_rx) -> r => r.unwrap_or_else(|_| Err(Error::new(
-                ErrorKind::Shutdown, "the engine stopped before the request finished"))),
+            recv(reply_rx) -> r => match r {
+                // The worker saw the deadline first: the same message.
+                Ok(Err(e)) if e.kind == ErrorKind::Timeout => Err(pending.timed_out()),
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::new(
+                    ErrorKind::Shutdown, "the engine stopped before the request finished")),
+            },
             recv(self.shutdown_rx) -> _ => Err(Error::new(
                 ErrorKind::Shutdown, "the engine was shut down while the request waited")),
             recv(token) -> _ => Err(cancelled()),

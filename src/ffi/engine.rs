@@ -215,7 +215,8 @@ unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zep
     write_out(text_out, into_c_string(&c.text));
 }
 
-/// Continues `prompt` (UTF-8) and returns the generated text.
+/// Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
+/// generated text.
 ///
 /// The prompt is read as llama.cpp's completion reads it: special tokens
 /// written in it (such as `<|im_start|>`) are parsed as such, and BOS is
@@ -262,11 +263,22 @@ pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Re
     if messages.is_null() {
         return Err(null_argument("messages (with n_messages > 0)"));
     }
-    if n > (1 << 20) {
-        return Err(crate::error::Error::invalid_argument(format!(
-            "n_messages = {n} is more than 1048576"
-        )));
-    }
+    crate::options::check_len("n_messages", n, crate::options::MAX_MESSAGES, "messages")?;
+    // The sizes first, so that nothing is copied past a limit.
+    let len = |p: *const c_char| {
+        if p.is_null() {
+            0
+        } else {
+            std::ffi::CStr::from_ptr(p).to_bytes().len()
+        }
+    };
+    crate::options::check_conversation(
+        n,
+        (0..n).map(|i| {
+            let m = &*messages.add(i);
+            (len(m.role), len(m.content))
+        }),
+    )?;
     (0..n)
         .map(|i| {
             let m = &*messages.add(i);
@@ -280,7 +292,9 @@ pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Re
 
 /// Renders `messages` with the engine's chat template (the model's own, or
 /// the `chat_template` engine option), adds the prompt for the assistant's
-/// turn, and generates the reply.
+/// turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
+/// roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
+/// `ZEPH_MAX_TEXT_BYTES`.
 ///
 /// Ownership, deadline and threads as for `zeph_engine_complete`; the
 /// messages are only read during the call.  A template that fails returns

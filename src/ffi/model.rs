@@ -100,7 +100,8 @@ pub unsafe extern "C" fn zeph_engine_model_info(
     })
 }
 
-/// Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.
+/// Tokenizes `text` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) with the model's
+/// tokenizer into `ids`.
 ///
 /// `add_special` adds BOS/EOS as the model's metadata asks (never a second
 /// BOS when the text already starts with it); `parse_special` matches
@@ -155,8 +156,8 @@ pub unsafe extern "C" fn zeph_engine_tokenize(
     })
 }
 
-/// Turns token ids back into text.  Ids outside the vocabulary yield
-/// nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
+/// Turns token ids back into text (at most `ZEPH_MAX_DETOKENIZE_IDS` per
+/// call).  Ids outside the vocabulary yield nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
 /// Bytes that do not form valid UTF-8 become U+FFFD.  On success
 /// `*text_out` receives a string the caller frees with `zeph_string_free`.
 ///
@@ -174,6 +175,7 @@ pub unsafe extern "C" fn zeph_engine_detokenize(
         if text_out.is_null() {
             return Err(null_argument("text_out"));
         }
+        crate::options::check_len("n_ids", n_ids, crate::options::MAX_DETOKENIZE_IDS, "ids")?;
         let ids: &[u32] = if n_ids == 0 {
             &[]
         } else if ids.is_null() {

@@ -734,6 +734,75 @@ static void test_conversation(void) {
     zeph_engine_free(e);
 }
 
+/* Every size an input sets is bounded, checked before anything is copied,
+ * and the message names the limit. */
+static void test_limits(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 4), *e2 = NULL;
+    char *text = NULL;
+    char limit[32];
+
+    /* The check comes before the ids are read: a count past the limit with
+     * a 1-element array is refused without touching the rest. */
+    uint32_t one = 1;
+    snprintf(limit, sizeof limit, "%zu", (size_t)ZEPH_MAX_DETOKENIZE_IDS);
+    expect(zeph_engine_detokenize(e, &one, (size_t)ZEPH_MAX_DETOKENIZE_IDS + 1, false, &text),
+           ZEPH_STATUS_INVALID_ARGUMENT, "detokenize: too many ids", limit);
+    zeph_message m = {"user", "hi"};
+    snprintf(limit, sizeof limit, "%zu", (size_t)ZEPH_MAX_MESSAGES);
+    expect(zeph_engine_apply_chat_template(e, &m, (size_t)ZEPH_MAX_MESSAGES + 1, true, &text),
+           ZEPH_STATUS_INVALID_ARGUMENT, "chat: too many messages", limit);
+
+    size_t big = (size_t)ZEPH_MAX_TEXT_BYTES + 1;
+    char *huge = malloc(big + 1);
+    memset(huge, 'a', big);
+    huge[big] = '\0';
+    snprintf(limit, sizeof limit, "%zu", (size_t)ZEPH_MAX_TEXT_BYTES);
+    zeph_generate_options o = greedy(2);
+    expect(zeph_engine_complete(e, huge, &o, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "complete: prompt too long",
+           limit);
+    size_t n = 0;
+    expect(zeph_engine_tokenize(e, huge, false, false, NULL, 0, &n), ZEPH_STATUS_INVALID_ARGUMENT,
+           "tokenize: text too long", limit);
+    zeph_message long_message = {"user", huge};
+    expect(zeph_engine_chat(e, &long_message, 1, &o, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT,
+           "chat: conversation too long", limit);
+    huge[ZEPH_MAX_ROLE_BYTES + 1] = '\0';
+    zeph_message long_role = {huge, "hi"};
+    expect(zeph_engine_apply_chat_template(e, &long_role, 1, true, &text), ZEPH_STATUS_INVALID_ARGUMENT,
+           "chat: role too long", "messages[0].role");
+    huge[ZEPH_MAX_ROLE_BYTES + 1] = 'a';
+
+    huge[ZEPH_MAX_STOP_BYTES + 1] = '\0';
+    const char *stops[] = {huge};
+    o.stop = stops;
+    o.n_stop = 1;
+    snprintf(limit, sizeof limit, "%zu", (size_t)ZEPH_MAX_STOP_BYTES);
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "stop string too long", limit);
+    huge[ZEPH_MAX_STOP_BYTES + 1] = 'a';
+    o = greedy(2);
+    o.n_stop = (size_t)ZEPH_MAX_STOP_STRINGS + 1;
+    o.stop = stops;
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT, "too many stop strings",
+           "64");
+
+    zeph_engine_options eo = zeph_engine_options_default();
+    eo.context_length = ZEPH_MAX_CONTEXT_LENGTH + 1;
+    snprintf(limit, sizeof limit, "%u", (unsigned)ZEPH_MAX_CONTEXT_LENGTH);
+    expect(zeph_engine_new(tiny_path, &eo, &e2), ZEPH_STATUS_INVALID_ARGUMENT, "context_length too large", limit);
+    eo = zeph_engine_options_default();
+    huge[ZEPH_MAX_TEMPLATE_BYTES + 1] = '\0';
+    eo.chat_template = huge;
+    snprintf(limit, sizeof limit, "%zu", (size_t)ZEPH_MAX_TEMPLATE_BYTES);
+    expect(zeph_engine_new(tiny_path, &eo, &e2), ZEPH_STATUS_INVALID_ARGUMENT, "chat_template too long", limit);
+    eo = zeph_engine_options_default();
+    huge[ZEPH_MAX_PATH_BYTES + 1] = '\0';
+    eo.tokenizer_path = huge;
+    expect(zeph_engine_new(tiny_path, &eo, &e2), ZEPH_STATUS_INVALID_ARGUMENT, "tokenizer_path too long", "4096");
+    check(e2 == NULL, "no engine made past a limit", NULL);
+    free(huge);
+    zeph_engine_free(e);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s <smollm2.gguf> <fixtures-dir>\n", argv[0]);
@@ -760,6 +829,7 @@ int main(int argc, char **argv) {
     test_panics();
     test_streams();
     test_conversation();
+    test_limits();
 
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
