@@ -58,8 +58,12 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# The panic-injection tests need the fault-injection feature (a production
+# build never reads ZEPH_FAULT); switching features rebuilds the crate once
+# (not its dependencies).
 test-rust: models
 	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release
+	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release --features fault-injection --test faults
 
 $(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h lib | $(BUILD)
 	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
