@@ -194,6 +194,12 @@ typedef enum zeph_finish_reason {
    * The request's deadline passed.
    */
   ZEPH_FINISH_TIMEOUT = 5,
+  /**
+   * A stream ended in a failure other than a cancel or its deadline
+   * (shutdown, an inference error, a panic): `zeph_usage.status` says
+   * which, as `zeph_stream_next` did.
+   */
+  ZEPH_FINISH_ERROR = 6,
 } zeph_finish_reason;
 
 /**
@@ -400,6 +406,16 @@ typedef struct zeph_usage {
    * Milliseconds spent generating tokens.
    */
   double generation_ms;
+  /**
+   * How the request ended: `ZEPH_STATUS_OK`, or for a stream that ended
+   * early the status `zeph_stream_next` returned (TIMEOUT, CANCELLED,
+   * SHUTDOWN, INFERENCE, PANIC...).
+   */
+  enum zeph_status status;
+  /**
+   * Reserved; 0.
+   */
+  uint32_t reserved;
 } zeph_usage;
 
 /**
@@ -756,6 +772,17 @@ enum zeph_status zeph_stream_next(struct zeph_stream *stream,
  * `ZEPH_STATUS_CANCELLED`), or the request fails or its deadline passes.
  * The callback runs on the thread that called this function, never on a
  * library thread.
+ *
+ * Rules for `on_piece`:
+ * - It must not throw or unwind (a C++ exception, a longjmp): the frames
+ *   it would cross are C frames, and the process aborts.  C++ callers
+ *   catch inside the callback and return false.
+ * - It may call `zeph_stream_cancel` and `zeph_stream_usage`.  Calling
+ *   `zeph_stream_next` or `zeph_stream_for_each` on the same stream from
+ *   inside it returns `ZEPH_STATUS_INVALID_ARGUMENT`.
+ * - It should not call `zeph_stream_free` on the stream; if it does, the
+ *   stream is cancelled and freed when the callback returns, and this
+ *   function returns `ZEPH_STATUS_CANCELLED` without touching it again.
  */
 enum zeph_status zeph_stream_for_each(struct zeph_stream *stream,
                                       zeph_piece_fn on_piece,
@@ -763,9 +790,13 @@ enum zeph_status zeph_stream_for_each(struct zeph_stream *stream,
 
 /**
  * Fills `*usage_out` (set its `struct_size` first).  While the stream runs
- * the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after it
- * ended, the request's usage (for a stream ended by its deadline or a
- * cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).
+ * the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after a
+ * normal end, the request's usage.  A stream that ended early reports how
+ * in `status` (the status `zeph_stream_next` returned) and `finish_reason`
+ * (`ZEPH_FINISH_TIMEOUT`, `ZEPH_FINISH_CANCELLED`, or `ZEPH_FINISH_ERROR`
+ * for shutdown, an inference error or a panic), with `prompt_tokens`
+ * exact, `completion_tokens` the pieces delivered (each is the text of at
+ * least one generated token, so a lower bound), and the times 0.
  *
  * Threads: any thread.
  */
@@ -782,7 +813,8 @@ void zeph_stream_cancel(const struct zeph_stream *stream);
 
 /**
  * Frees a stream, cancelling its work if it has not ended.  NULL is a
- * no-op.  Call it once, when no other call on the stream is running.  A
+ * no-op.  Call it once, when no other call on the stream is running (from
+ * inside `zeph_stream_for_each`'s callback it is deferred: see there).  A
  * stream may outlive its engine: once the engine is freed, its
  * `zeph_stream_next` returns `ZEPH_STATUS_SHUTDOWN`, and it must still be
  * freed.

@@ -453,10 +453,13 @@ impl Engine {
         call: &Call,
     ) -> Result<Stream> {
         let (tx, rx) = bounded(STREAM_BUFFER);
+        let prompt_tokens = tokens.len();
         let pending = self.enqueue(tokens, options, Output::Stream(tx), call)?;
         Ok(Stream {
             rx,
             pending,
+            prompt_tokens,
+            pieces: std::sync::atomic::AtomicUsize::new(0),
             user_cancel: options.cancel.clone(),
             shutdown: self.shutdown_rx.clone(),
             state: Mutex::new(StreamState::Running),
@@ -526,6 +529,10 @@ enum StreamState {
 pub struct Stream {
     rx: Receiver<StreamEvent>,
     pending: Pending,
+    /// Known at the start: what a stream that fails can still report.
+    prompt_tokens: usize,
+    /// Pieces delivered so far.
+    pieces: std::sync::atomic::AtomicUsize,
     user_cancel: Option<Arc<CancelToken>>,
     shutdown: Receiver<()>,
     state: Mutex<StreamState>,
@@ -562,22 +569,29 @@ impl Stream {
             }
         };
         match event {
-            Ok(StreamEvent::Piece(p)) => Ok(Some(p)),
+            Ok(StreamEvent::Piece(p)) => {
+                self.pieces.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(p))
+            }
             Ok(StreamEvent::Done(Ok(c))) => {
                 *self.state.lock() = StreamState::Ended(c.usage, None);
                 Ok(None)
             }
             Ok(StreamEvent::Done(Err(e))) | Err(e) => {
                 self.pending.cancel.cancel();
+                // Shutdown, an inference error or a panic stopped the work
+                // too; `error` says which.
                 let reason = match e.kind {
                     ErrorKind::Timeout => FinishReason::Timeout,
                     _ => FinishReason::Cancelled,
                 };
+                // Each piece is the text of at least one generated token:
+                // a lower bound, the exact count being the worker's.
                 let usage = Usage {
-                    prompt_tokens: 0,
+                    prompt_tokens: self.prompt_tokens,
                     cached_tokens: 0,
                     worker: 0,
-                    completion_tokens: 0,
+                    completion_tokens: self.pieces.load(Ordering::Relaxed),
                     finish_reason: reason,
                     queue_time: Duration::ZERO,
                     prompt_time: Duration::ZERO,
@@ -593,6 +607,21 @@ impl Stream {
     pub fn usage(&self) -> Option<Usage> {
         match &*self.state.lock() {
             StreamState::Ended(u, _) => Some(u.clone()),
+            StreamState::Running => None,
+        }
+    }
+
+    /// The error the stream ended with (`None` while it runs or after a
+    /// normal end): `Timeout`, `Cancelled`, `Shutdown`, `Inference`,
+    /// `Panic`...
+    pub fn error(&self) -> Option<Error> {
+        self.outcome().and_then(|(_, e)| e)
+    }
+
+    /// The usage and error together, read at once (`None` while it runs).
+    pub fn outcome(&self) -> Option<(Usage, Option<Error>)> {
+        match &*self.state.lock() {
+            StreamState::Ended(u, e) => Some((u.clone(), e.clone())),
             StreamState::Running => None,
         }
     }

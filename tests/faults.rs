@@ -63,3 +63,44 @@ fn panics_become_zeph_status_panic_and_the_engine_goes_on() {
         unsafe { zeph_engine_free(e) };
     }
 }
+
+#[test]
+fn a_stream_whose_worker_panics_reports_panic_with_its_counts() {
+    let e = engine_with_fault("worker-panic");
+    let mut n_prompt = 0usize;
+    unsafe {
+        zeph_engine_tokenize(
+            e,
+            c"a".as_ptr(),
+            true,
+            true,
+            ptr::null_mut(),
+            0,
+            &mut n_prompt,
+        );
+    }
+    let mut s = ptr::null_mut();
+    let status = unsafe { zeph_engine_stream_complete(e, c"a".as_ptr(), &greedy(), &mut s) };
+    assert_eq!(status, zeph_status::ZEPH_STATUS_OK);
+    let mut piece: *mut c_char = ptr::null_mut();
+    let status = unsafe { zeph_stream_next(s, 60_000, &mut piece) };
+    assert_eq!(status, zeph_status::ZEPH_STATUS_PANIC, "{}", last_error());
+    let mut u: zeph_usage = unsafe { std::mem::zeroed() };
+    u.struct_size = std::mem::size_of::<zeph_usage>() as u32;
+    assert_eq!(
+        unsafe { zeph_stream_usage(s, &mut u) },
+        zeph_status::ZEPH_STATUS_OK
+    );
+    assert_eq!(u.finish_reason, zeph_finish_reason::ZEPH_FINISH_ERROR);
+    assert_eq!(u.status, zeph_status::ZEPH_STATUS_PANIC);
+    assert_eq!(u.prompt_tokens as usize, n_prompt);
+    // Later calls say the same.
+    assert_eq!(
+        unsafe { zeph_stream_next(s, 0, &mut piece) },
+        zeph_status::ZEPH_STATUS_PANIC
+    );
+    unsafe {
+        zeph_stream_free(s);
+        zeph_engine_free(e);
+    }
+}

@@ -52,6 +52,10 @@ pub enum zeph_finish_reason {
     ZEPH_FINISH_CANCELLED = 4,
     /// The request's deadline passed.
     ZEPH_FINISH_TIMEOUT = 5,
+    /// A stream ended in a failure other than a cancel or its deadline
+    /// (shutdown, an inference error, a panic): `zeph_usage.status` says
+    /// which, as `zeph_stream_next` did.
+    ZEPH_FINISH_ERROR = 6,
 }
 
 /// What a request used.  The caller sets `struct_size` to
@@ -78,6 +82,12 @@ pub struct zeph_usage {
     pub prompt_ms: f64,
     /// Milliseconds spent generating tokens.
     pub generation_ms: f64,
+    /// How the request ended: `ZEPH_STATUS_OK`, or for a stream that ended
+    /// early the status `zeph_stream_next` returned (TIMEOUT, CANCELLED,
+    /// SHUTDOWN, INFERENCE, PANIC...).
+    pub status: zeph_status,
+    /// Reserved; 0.
+    pub reserved: u32,
 }
 
 impl From<FinishReason> for zeph_finish_reason {
@@ -158,6 +168,8 @@ fn empty_usage() -> zeph_usage {
         queue_ms: 0.0,
         prompt_ms: 0.0,
         generation_ms: 0.0,
+        status: zeph_status::ZEPH_STATUS_OK,
+        reserved: 0,
     }
 }
 
@@ -180,8 +192,27 @@ pub(crate) fn usage_to_c(u: Option<&crate::generate::Usage>) -> zeph_usage {
             queue_ms: ms(u.queue_time),
             prompt_ms: ms(u.prompt_time),
             generation_ms: ms(u.generation_time),
+            status: zeph_status::ZEPH_STATUS_OK,
+            reserved: 0,
         },
     }
+}
+
+/// The C form of a stream's usage: as `usage_to_c`, with the failure it
+/// ended with, if any, in `finish_reason` and `status`.
+pub(crate) fn stream_usage_to_c(
+    u: Option<&crate::generate::Usage>,
+    error: Option<&crate::error::Error>,
+) -> zeph_usage {
+    use crate::error::ErrorKind;
+    let mut c = usage_to_c(u);
+    if let Some(e) = error {
+        c.status = zeph_status::from(e.kind);
+        if !matches!(e.kind, ErrorKind::Timeout | ErrorKind::Cancelled) {
+            c.finish_reason = zeph_finish_reason::ZEPH_FINISH_ERROR;
+        }
+    }
+    c
 }
 
 /// Copies `usage` into the caller's struct, no more than its `struct_size`

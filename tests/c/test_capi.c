@@ -715,6 +715,113 @@ static void test_streams(void) {
     zeph_engine_free(e);
 }
 
+/* Callbacks that break the rules zeph_stream_for_each's documentation
+ * sets: freeing the stream, or pulling from it, from inside. */
+typedef struct {
+    zeph_stream *stream;
+    int calls;
+    zeph_status inner;
+} misuse_t;
+
+static bool free_inside(void *user_data, const char *piece, size_t len) {
+    (void)piece;
+    (void)len;
+    misuse_t *m = user_data;
+    m->calls++;
+    zeph_stream_free(m->stream);
+    return true;
+}
+
+static bool pull_inside(void *user_data, const char *piece, size_t len) {
+    (void)piece;
+    (void)len;
+    misuse_t *m = user_data;
+    char *p = NULL;
+    m->calls++;
+    m->inner = zeph_stream_next(m->stream, 0, &p);
+    zeph_string_free(p);
+    if (m->inner == ZEPH_STATUS_INVALID_ARGUMENT)
+        m->inner = zeph_stream_for_each(m->stream, pull_inside, m) == ZEPH_STATUS_INVALID_ARGUMENT
+                       ? ZEPH_STATUS_INVALID_ARGUMENT
+                       : ZEPH_STATUS_OK;
+    return false;
+}
+
+/* A stream that ends in failure says how, with its prompt's count. */
+static void test_stream_endings(void) {
+    zeph_engine *e = open_engine(tiny_path, 1, 4);
+    zeph_generate_options o = greedy(4000);
+    zeph_usage u = {.struct_size = sizeof u};
+    zeph_stream *s = NULL;
+    char *piece = NULL;
+    zeph_status st;
+    size_t n_prompt = 0;
+    zeph_engine_tokenize(e, "a", true, true, NULL, 0, &n_prompt);
+
+    /* Shutdown mid-stream: SHUTDOWN, not CANCELLED with zero counts. */
+    expect(zeph_engine_stream_complete(e, "a", &o, &s), ZEPH_STATUS_OK, "a stream to shut down", NULL);
+    int pieces = 0;
+    while ((st = zeph_stream_next(s, 10000, &piece)) == ZEPH_STATUS_OK && piece) {
+        zeph_string_free(piece);
+        if (++pieces == 3) zeph_engine_shutdown(e);
+    }
+    expect(st, ZEPH_STATUS_SHUTDOWN, "shutdown ends a stream with SHUTDOWN", NULL);
+    expect(zeph_stream_usage(s, &u), ZEPH_STATUS_OK, "usage of a stream ended by shutdown", NULL);
+    char detail[160];
+    snprintf(detail, sizeof detail, "finish %d status %s prompt %u completion %u (pieces %d)", (int)u.finish_reason,
+             zeph_status_name(u.status), u.prompt_tokens, u.completion_tokens, pieces);
+    check(u.finish_reason == ZEPH_FINISH_ERROR && u.status == ZEPH_STATUS_SHUTDOWN &&
+              u.prompt_tokens == n_prompt && u.completion_tokens >= 3,
+          "its usage says shutdown, with the prompt's count and the pieces", detail);
+    zeph_stream_free(s);
+    zeph_engine_free(e);
+
+    /* Its deadline: TIMEOUT in both fields, the counts too. */
+    e = open_engine(tiny_path, 1, 4);
+    o = greedy(4000);
+    o.timeout_ms = 200;
+    zeph_engine_stream_complete(e, "a", &o, &s);
+    pieces = 0;
+    while ((st = zeph_stream_next(s, 10000, &piece)) == ZEPH_STATUS_OK && piece) {
+        zeph_string_free(piece);
+        pieces++;
+    }
+    zeph_stream_usage(s, &u);
+    check(st == ZEPH_STATUS_TIMEOUT && u.finish_reason == ZEPH_FINISH_TIMEOUT && u.status == ZEPH_STATUS_TIMEOUT &&
+              u.prompt_tokens == n_prompt && (int)u.completion_tokens == pieces,
+          "a stream past its deadline reports TIMEOUT with its counts", NULL);
+    zeph_stream_free(s);
+
+    /* A normal end reports OK. */
+    o = greedy(4);
+    zeph_engine_stream_complete(e, "a", &o, &s);
+    while (zeph_stream_next(s, 10000, &piece) == ZEPH_STATUS_OK && piece) zeph_string_free(piece);
+    zeph_stream_usage(s, &u);
+    check(u.finish_reason == ZEPH_FINISH_LENGTH && u.status == ZEPH_STATUS_OK, "a normal end reports OK", NULL);
+    zeph_stream_free(s);
+
+    /* Freeing the stream inside for_each's callback is deferred, not a use
+     * after free (valgrind checks). */
+    o = greedy(4000);
+    misuse_t m = {0};
+    zeph_engine_stream_complete(e, "a", &o, &m.stream);
+    expect(zeph_stream_for_each(m.stream, free_inside, &m), ZEPH_STATUS_CANCELLED,
+           "a callback that frees the stream", "freed the stream");
+    check(m.calls == 1, "no callback after it", NULL);
+    /* Pulling from inside the callback is refused. */
+    memset(&m, 0, sizeof m);
+    zeph_engine_stream_complete(e, "a", &o, &m.stream);
+    expect(zeph_stream_for_each(m.stream, pull_inside, &m), ZEPH_STATUS_CANCELLED, "a callback that pulls", NULL);
+    check(m.calls == 1 && m.inner == ZEPH_STATUS_INVALID_ARGUMENT, "next and for_each inside it are refused", NULL);
+    zeph_stream_free(m.stream);
+    /* The engine goes on. */
+    char *text = NULL;
+    o = greedy(2);
+    expect(zeph_engine_complete(e, "b", &o, &text, NULL), ZEPH_STATUS_OK, "the engine serves after misuse", NULL);
+    zeph_string_free(text);
+    zeph_engine_free(e);
+}
+
 static void test_conversation(void) {
     zeph_engine *e = open_engine(tiny_path, 1, 4);
     zeph_generate_options o = greedy(6);
@@ -830,6 +937,7 @@ int main(int argc, char **argv) {
     test_concurrency();
     test_panics();
     test_streams();
+    test_stream_endings();
     test_conversation();
     test_limits();
 
