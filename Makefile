@@ -34,7 +34,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib FORCE setup demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-go-missing-model test-swift test-install bench bench-forward bench-reference install clean chat test-chat test-readme
+.PHONY: all lib FORCE setup demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-go-missing-model test-swift test-install bench bench-forward bench-tokenize bench-reference install clean chat test-chat test-readme
 
 all: lib
 
@@ -96,8 +96,12 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# The panic-injection tests need the fault-injection feature (a production
+# build never reads ZEPH_FAULT); switching features rebuilds the crate once
+# (not its dependencies).
 test-rust: models
 	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release
+	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release --features fault-injection --test faults
 
 $(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
@@ -204,11 +208,17 @@ $(BUILD)/bench: bench/bench.c include/zeph_llm.h $(LIB) | $(BUILD)
 bench-forward:
 	$(CARGO_ENV) $(CARGO) build --release --example bench-forward
 
-bench: $(BUILD)/bench bench-forward bench-reference
+bench: $(BUILD)/bench bench-forward bench-reference bench-tokenize
 	python3 bench/report.py --threads $(THREADS) --bench $(BUILD)/bench \
 	  --forward target/release/examples/bench-forward --llama-bin $(LLAMA_BIN) \
 	  --reps $(BENCH_REPS) --extras $(BENCH_EXTRAS) \
 	  --concurrency "$(BENCH_CLIENTS)" --out $(BUILD)/bench.json $(BENCH_MODELS)
+
+# Tokenizer throughput on 1 MiB of mixed-language text and on 256 KiB
+# without a space, both test models (MB/s of CPU time and of wall time).
+bench-tokenize:
+	$(CARGO) run --quiet --release --example bench-tokenize -- \
+	  "$$($(FETCH) --path smollm2)" "$$($(FETCH) --path gemma3)"
 
 # llama.cpp's benchmark tools only (built once, cached in build/llama.cpp;
 # the script returns at once when they are there).

@@ -17,10 +17,14 @@
  * - Threads: a zeph_engine may be used from any number of threads at once;
  *   only zeph_engine_free must run after every other call on that engine has
  *   returned. No library thread ever calls into the caller's code.
- * - Deadlines: a request's timeout covers its wait in the queue and its
- *   inference. When it passes the call returns ZEPH_STATUS_TIMEOUT at once
- *   and the work is cancelled (skipped if queued, stopped at the next token
- *   if running).
+ * - Deadlines: a request's timeout runs from the start of the call and
+ *   covers rendering its chat template, tokenizing its prompt, its wait in
+ *   the queue and its inference. When it passes the call returns
+ *   ZEPH_STATUS_TIMEOUT at once and the work is cancelled (skipped if
+ *   queued, stopped at the next token if running).
+ * - Limits: every size an input sets has an upper bound (the ZEPH_MAX_*
+ *   constants), checked before anything is allocated for it; past it the
+ *   call returns ZEPH_STATUS_INVALID_ARGUMENT naming the limit.
  * - Panics never cross this boundary: they become ZEPH_STATUS_PANIC.
  * - Option structs start with struct_size; always initialise them with
  *   their *_default() function, then change fields. This keeps code
@@ -45,6 +49,53 @@
  * `seed` value that asks for a different seed on every request.
  */
 #define ZEPH_SEED_RANDOM UINT64_MAX
+
+/**
+ * Most bytes of a prompt, of a text to tokenize, and of a conversation's
+ * messages together (16 MiB).
+ */
+#define ZEPH_MAX_TEXT_BYTES 16777216
+
+/**
+ * Most messages in a conversation.
+ */
+#define ZEPH_MAX_MESSAGES 65536
+
+/**
+ * Most bytes of a message's role.
+ */
+#define ZEPH_MAX_ROLE_BYTES 256
+
+/**
+ * Most ids one `zeph_engine_detokenize` call takes.
+ */
+#define ZEPH_MAX_DETOKENIZE_IDS 1048576
+
+/**
+ * Largest context length in tokens: the `context_length` option, and the
+ * most a model file may claim.
+ */
+#define ZEPH_MAX_CONTEXT_LENGTH 16777216
+
+/**
+ * Most bytes of the `chat_template` engine option (1 MiB).
+ */
+#define ZEPH_MAX_TEMPLATE_BYTES 1048576
+
+/**
+ * Most bytes of the `tokenizer_path` engine option.
+ */
+#define ZEPH_MAX_PATH_BYTES 4096
+
+/**
+ * Most stop strings of a request.
+ */
+#define ZEPH_MAX_STOP_STRINGS 64
+
+/**
+ * Most bytes of one stop string.
+ */
+#define ZEPH_MAX_STOP_BYTES 1024
 
 /**
  * The result of every fallible call.  The numbers are stable: new codes
@@ -143,6 +194,12 @@ typedef enum zeph_finish_reason {
    * The request's deadline passed.
    */
   ZEPH_FINISH_TIMEOUT = 5,
+  /**
+   * A stream ended in a failure other than a cancel or its deadline
+   * (shutdown, an inference error, a panic): `zeph_usage.status` says
+   * which, as `zeph_stream_next` did.
+   */
+  ZEPH_FINISH_ERROR = 6,
 } zeph_finish_reason;
 
 /**
@@ -195,7 +252,7 @@ typedef struct zeph_engine_options {
   uint32_t queue_capacity;
   /**
    * Upper bound on the context length in tokens; 0 (default) = the
-   * model's own, capped by the implementation's limit.
+   * model's own; at most `ZEPH_MAX_CONTEXT_LENGTH`.
    */
   uint32_t context_length;
   /**
@@ -286,14 +343,17 @@ typedef struct zeph_generate_options {
    */
   uint64_t seed;
   /**
-   * Deadline of the whole request, queue wait included, in milliseconds;
+   * Deadline of the whole request in milliseconds, counted from the
+   * start of the call: rendering the chat template, tokenizing the
+   * prompt (which stops at the deadline) and the queue wait included;
    * 0 (default) = the engine's `default_timeout_ms`.
    */
   uint64_t timeout_ms;
   /**
    * Stop strings (NULL when `n_stop` is 0): generation stops before the
    * first occurrence of any of them, which is not part of the text.
-   * At most 64, each 1 to 1024 bytes of UTF-8.  Copied during the call.
+   * At most `ZEPH_MAX_STOP_STRINGS`, each 1 to `ZEPH_MAX_STOP_BYTES`
+   * bytes of UTF-8.  Copied during the call.
    */
   const char *const *stop;
   /**
@@ -369,6 +429,16 @@ typedef struct zeph_usage {
    * Milliseconds spent generating tokens.
    */
   double generation_ms;
+  /**
+   * How the request ended: `ZEPH_STATUS_OK`, or for a stream that ended
+   * early the status `zeph_stream_next` returned (TIMEOUT, CANCELLED,
+   * SHUTDOWN, INFERENCE, PANIC...).
+   */
+  enum zeph_status status;
+  /**
+   * Reserved; 0.
+   */
+  uint32_t reserved;
 } zeph_usage;
 
 /**
@@ -494,7 +564,8 @@ enum zeph_status zeph_engine_new(const char *model_path,
                                  struct zeph_engine **engine_out);
 
 /**
- * Continues `prompt` (UTF-8) and returns the generated text.
+ * Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
+ * generated text.
  *
  * The prompt is read as llama.cpp's completion reads it: special tokens
  * written in it (such as `<|im_start|>`) are parsed as such, and BOS is
@@ -522,7 +593,9 @@ enum zeph_status zeph_engine_complete(struct zeph_engine *engine,
 /**
  * Renders `messages` with the engine's chat template (the model's own, or
  * the `chat_template` engine option), adds the prompt for the assistant's
- * turn, and generates the reply.
+ * turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
+ * roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
+ * `ZEPH_MAX_TEXT_BYTES`.
  *
  * Ownership, deadline and threads as for `zeph_engine_complete`; the
  * messages are only read during the call.  A template that fails returns
@@ -588,7 +661,8 @@ enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
                                         struct zeph_model_info *info_out);
 
 /**
- * Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.
+ * Tokenizes `text` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) with the model's
+ * tokenizer into `ids`.
  *
  * `add_special` adds BOS/EOS as the model's metadata asks, as llama.cpp
  * does: a text that already starts with the BOS token then begins with two
@@ -602,6 +676,10 @@ enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
  * needed, so a first call with `capacity` 0 (and `ids` NULL) sizes the
  * buffer.  `ids` is owned by the caller.
  *
+ * Tokenizing runs on the calling thread within the engine's
+ * `default_timeout_ms` (`ZEPH_STATUS_TIMEOUT` past it) and stops with
+ * `ZEPH_STATUS_SHUTDOWN` when the engine is shut down meanwhile.
+ *
  * Threads: any thread; it does not wait for the workers.
  */
 enum zeph_status zeph_engine_tokenize(const struct zeph_engine *engine,
@@ -613,8 +691,8 @@ enum zeph_status zeph_engine_tokenize(const struct zeph_engine *engine,
                                       size_t *n_out);
 
 /**
- * Turns token ids back into text.  Ids outside the vocabulary yield
- * nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
+ * Turns token ids back into text (at most `ZEPH_MAX_DETOKENIZE_IDS` per
+ * call).  Ids outside the vocabulary yield nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
  * Bytes that do not form valid UTF-8 become U+FFFD.  On success
  * `*text_out` receives a string the caller frees with `zeph_string_free`.
  *
@@ -722,6 +800,17 @@ enum zeph_status zeph_stream_next(struct zeph_stream *stream,
  * `ZEPH_STATUS_CANCELLED`), or the request fails or its deadline passes.
  * The callback runs on the thread that called this function, never on a
  * library thread.
+ *
+ * Rules for `on_piece`:
+ * - It must not throw or unwind (a C++ exception, a longjmp): the frames
+ *   it would cross are C frames, and the process aborts.  C++ callers
+ *   catch inside the callback and return false.
+ * - It may call `zeph_stream_cancel` and `zeph_stream_usage`.  Calling
+ *   `zeph_stream_next` or `zeph_stream_for_each` on the same stream from
+ *   inside it returns `ZEPH_STATUS_INVALID_ARGUMENT`.
+ * - It should not call `zeph_stream_free` on the stream; if it does, the
+ *   stream is cancelled and freed when the callback returns, and this
+ *   function returns `ZEPH_STATUS_CANCELLED` without touching it again.
  */
 enum zeph_status zeph_stream_for_each(struct zeph_stream *stream,
                                       zeph_piece_fn on_piece,
@@ -729,9 +818,13 @@ enum zeph_status zeph_stream_for_each(struct zeph_stream *stream,
 
 /**
  * Fills `*usage_out` (set its `struct_size` first).  While the stream runs
- * the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after it
- * ended, the request's usage (for a stream ended by its deadline or a
- * cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).
+ * the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after a
+ * normal end, the request's usage.  A stream that ended early reports how
+ * in `status` (the status `zeph_stream_next` returned) and `finish_reason`
+ * (`ZEPH_FINISH_TIMEOUT`, `ZEPH_FINISH_CANCELLED`, or `ZEPH_FINISH_ERROR`
+ * for shutdown, an inference error or a panic), with `prompt_tokens`
+ * exact, `completion_tokens` the pieces delivered (each is the text of at
+ * least one generated token, so a lower bound), and the times 0.
  *
  * Threads: any thread.
  */
@@ -748,7 +841,8 @@ void zeph_stream_cancel(const struct zeph_stream *stream);
 
 /**
  * Frees a stream, cancelling its work if it has not ended.  NULL is a
- * no-op.  Call it once, when no other call on the stream is running.  A
+ * no-op.  Call it once, when no other call on the stream is running (from
+ * inside `zeph_stream_for_each`'s callback it is deferred: see there).  A
  * stream may outlive its engine: once the engine is freed, its
  * `zeph_stream_next` returns `ZEPH_STATUS_SHUTDOWN`, and it must still be
  * freed.

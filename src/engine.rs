@@ -16,7 +16,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
 use crate::model::{self, ModelInfo};
-use crate::options::{EngineOptions, GenerateOptions};
+use crate::options::{
+    check_conversation, check_len, EngineOptions, GenerateOptions, MAX_TEXT_BYTES,
+};
 use crate::scheduler::{
     self, Fault, Job, KvBudget, Output, Placement, Shared, StreamEvent, WorkerLink,
 };
@@ -159,39 +161,127 @@ impl Engine {
     /// Continues `prompt`.  Special tokens written in it are parsed, and BOS
     /// is added when the model asks for it (llama.cpp's completion rules).
     pub fn complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Completion> {
-        let tokens = self.prompt_tokens(prompt, options)?;
-        self.submit(tokens, options)
+        check_len("the prompt", prompt.len(), MAX_TEXT_BYTES, "bytes")?;
+        let call = self.start_call(options);
+        let tokens = self.prompt_tokens(prompt, options, &call)?;
+        self.submit(tokens, options, &call)
     }
 
     /// As `complete`, with the text delivered piece by piece.
     pub fn stream_complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Stream> {
-        let tokens = self.prompt_tokens(prompt, options)?;
-        self.submit_stream(tokens, options)
+        check_len("the prompt", prompt.len(), MAX_TEXT_BYTES, "bytes")?;
+        let call = self.start_call(options);
+        let tokens = self.prompt_tokens(prompt, options, &call)?;
+        self.submit_stream(tokens, options, &call)
     }
 
     /// Renders `messages` with the chat template, then generates the reply.
     pub fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Completion> {
-        let text = self.apply_chat_template(messages, true)?;
-        let tokens =
-            self.prompt_tokens(chat::without_leading_bos(&text, self.tokenizer()), options)?;
-        self.submit(tokens, options)
+        let call = self.start_call(options);
+        let text = self.render_for(messages, options, &call)?;
+        let tokens = self.prompt_tokens(
+            chat::without_leading_bos(&text, self.tokenizer()),
+            options,
+            &call,
+        )?;
+        self.submit(tokens, options, &call)
     }
 
     /// As `chat`, with the text delivered piece by piece.
     pub fn stream_chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Stream> {
-        let text = self.apply_chat_template(messages, true)?;
-        let tokens =
-            self.prompt_tokens(chat::without_leading_bos(&text, self.tokenizer()), options)?;
-        self.submit_stream(tokens, options)
+        let call = self.start_call(options);
+        let text = self.render_for(messages, options, &call)?;
+        let tokens = self.prompt_tokens(
+            chat::without_leading_bos(&text, self.tokenizer()),
+            options,
+            &call,
+        )?;
+        self.submit_stream(tokens, options, &call)
     }
 
-    fn prompt_tokens(&self, text: &str, options: &GenerateOptions) -> Result<Vec<u32>> {
+    /// The clock of a request starts when the call does: tokenizing and
+    /// rendering count against its deadline.
+    fn start_call(&self, options: &GenerateOptions) -> Call {
+        let start = Instant::now();
+        let timeout = options.timeout.unwrap_or(self.options.default_timeout);
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or(start + Duration::from_secs(86_400 * 365));
+        Call {
+            start,
+            deadline,
+            timeout,
+        }
+    }
+
+    /// The check the caller-thread work (tokenizing, rendering) makes now
+    /// and then: the deadline, the request's cancel token, shutdown.
+    fn interrupt<'a>(
+        &'a self,
+        call: &'a Call,
+        cancel: Option<&'a Arc<CancelToken>>,
+        what: &'a str,
+    ) -> impl Fn() -> Result<()> + 'a {
+        move || {
+            self.check_running()?;
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Err(cancelled());
+            }
+            if Instant::now() >= call.deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the timeout of {} ms passed while {what}",
+                        call.timeout.as_millis()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// Renders the chat template for a request.  A render cannot be stopped
+    /// midway (its fuel limit bounds it); the deadline is checked after it.
+    fn render_for(
+        &self,
+        messages: &[Message],
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<String> {
+        let check = self.interrupt(call, options.cancel.as_ref(), "rendering the chat template");
+        check()?;
+        let text = self.apply_chat_template(messages, true)?;
+        check()?;
+        Ok(text)
+    }
+
+    /// Tokenizes `text` for `zeph_engine_tokenize`: within the engine's
+    /// default timeout, stopped by shutdown.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        check_len("the text", text.len(), MAX_TEXT_BYTES, "bytes")?;
+        let call = self.start_call(&GenerateOptions::default());
+        let check = self.interrupt(&call, None, "tokenizing");
+        self.shared
+            .tokenizer
+            .encode_with(text, add_special, parse_special, &check)
+    }
+
+    fn prompt_tokens(
+        &self,
+        text: &str,
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<Vec<u32>> {
         options.validate()?;
         self.check_running()?;
         if self.shared.fault == Some(Fault::CallerPanic) {
             panic!("fault injected by ZEPH_FAULT=caller-panic");
         }
-        let mut tokens = self.shared.tokenizer.encode(text, true, true)?;
+        let check = self.interrupt(call, options.cancel.as_ref(), "tokenizing the prompt");
+        let mut tokens = self
+            .shared
+            .tokenizer
+            .encode_with(text, true, true, &check)?;
         if tokens.is_empty() {
             // Nothing to condition on: start from BOS, as llama.cpp does.
             match self.shared.tokenizer.bos() {
@@ -219,6 +309,10 @@ impl Engine {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        check_conversation(
+            messages.len(),
+            messages.iter().map(|m| (m.role.len(), m.content.len())),
+        )?;
         self.template.render(messages, add_generation_prompt)
     }
 
@@ -241,12 +335,13 @@ impl Engine {
         tokens: Vec<u32>,
         options: &GenerateOptions,
         output: Output,
+        call: &Call,
     ) -> Result<Pending> {
-        let start = Instant::now();
-        let timeout = options.timeout.unwrap_or(self.options.default_timeout);
-        let deadline = start
-            .checked_add(timeout)
-            .unwrap_or(start + Duration::from_secs(86_400 * 365));
+        let Call {
+            start,
+            deadline,
+            timeout,
+        } = *call;
         if options.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
             return Err(cancelled());
         }
@@ -343,14 +438,24 @@ impl Engine {
         }
     }
 
-    fn submit(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
+    fn submit(
+        &self,
+        tokens: Vec<u32>,
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<Completion> {
         let (reply, reply_rx) = bounded(1);
-        let pending = self.enqueue(tokens, options, Output::Reply(reply))?;
+        let pending = self.enqueue(tokens, options, Output::Reply(reply), call)?;
         let token = cancelled_receiver(options.cancel.as_ref());
         let wait = pending.deadline.saturating_duration_since(Instant::now());
         let outcome = select! {
-            recv(reply_rx) -> r => r.unwrap_or_else(|_| Err(Error::new(
-                ErrorKind::Shutdown, "the engine stopped before the request finished"))),
+            recv(reply_rx) -> r => match r {
+                // The worker saw the deadline first: the same message.
+                Ok(Err(e)) if e.kind == ErrorKind::Timeout => Err(pending.timed_out()),
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::new(
+                    ErrorKind::Shutdown, "the engine stopped before the request finished")),
+            },
             recv(self.shutdown_rx) -> _ => Err(Error::new(
                 ErrorKind::Shutdown, "the engine was shut down while the request waited")),
             recv(token) -> _ => Err(cancelled()),
@@ -363,12 +468,20 @@ impl Engine {
         outcome
     }
 
-    fn submit_stream(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Stream> {
+    fn submit_stream(
+        &self,
+        tokens: Vec<u32>,
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<Stream> {
         let (tx, rx) = bounded(STREAM_BUFFER);
-        let pending = self.enqueue(tokens, options, Output::Stream(tx))?;
+        let prompt_tokens = tokens.len();
+        let pending = self.enqueue(tokens, options, Output::Stream(tx), call)?;
         Ok(Stream {
             rx,
             pending,
+            prompt_tokens,
+            pieces: std::sync::atomic::AtomicUsize::new(0),
             user_cancel: options.cancel.clone(),
             shutdown: self.shutdown_rx.clone(),
             state: Mutex::new(StreamState::Running),
@@ -394,6 +507,14 @@ impl Drop for Engine {
 
 fn cancelled() -> Error {
     Error::new(ErrorKind::Cancelled, "the request was cancelled")
+}
+
+/// When a request's call started, and its deadline.
+#[derive(Clone, Copy)]
+struct Call {
+    start: Instant,
+    deadline: Instant,
+    timeout: Duration,
 }
 
 /// What the caller keeps of a queued job.
@@ -430,6 +551,10 @@ enum StreamState {
 pub struct Stream {
     rx: Receiver<StreamEvent>,
     pending: Pending,
+    /// Known at the start: what a stream that fails can still report.
+    prompt_tokens: usize,
+    /// Pieces delivered so far.
+    pieces: std::sync::atomic::AtomicUsize,
     user_cancel: Option<Arc<CancelToken>>,
     shutdown: Receiver<()>,
     state: Mutex<StreamState>,
@@ -466,22 +591,29 @@ impl Stream {
             }
         };
         match event {
-            Ok(StreamEvent::Piece(p)) => Ok(Some(p)),
+            Ok(StreamEvent::Piece(p)) => {
+                self.pieces.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(p))
+            }
             Ok(StreamEvent::Done(Ok(c))) => {
                 *self.state.lock() = StreamState::Ended(c.usage, None);
                 Ok(None)
             }
             Ok(StreamEvent::Done(Err(e))) | Err(e) => {
                 self.pending.cancel.cancel();
+                // Shutdown, an inference error or a panic stopped the work
+                // too; `error` says which.
                 let reason = match e.kind {
                     ErrorKind::Timeout => FinishReason::Timeout,
                     _ => FinishReason::Cancelled,
                 };
+                // Each piece is the text of at least one generated token:
+                // a lower bound, the exact count being the worker's.
                 let usage = Usage {
-                    prompt_tokens: 0,
+                    prompt_tokens: self.prompt_tokens,
                     cached_tokens: 0,
                     worker: 0,
-                    completion_tokens: 0,
+                    completion_tokens: self.pieces.load(Ordering::Relaxed),
                     finish_reason: reason,
                     queue_time: Duration::ZERO,
                     prompt_time: Duration::ZERO,
@@ -497,6 +629,21 @@ impl Stream {
     pub fn usage(&self) -> Option<Usage> {
         match &*self.state.lock() {
             StreamState::Ended(u, _) => Some(u.clone()),
+            StreamState::Running => None,
+        }
+    }
+
+    /// The error the stream ended with (`None` while it runs or after a
+    /// normal end): `Timeout`, `Cancelled`, `Shutdown`, `Inference`,
+    /// `Panic`...
+    pub fn error(&self) -> Option<Error> {
+        self.outcome().and_then(|(_, e)| e)
+    }
+
+    /// The usage and error together, read at once (`None` while it runs).
+    pub fn outcome(&self) -> Option<(Usage, Option<Error>)> {
+        match &*self.state.lock() {
+            StreamState::Ended(u, e) => Some((u.clone(), e.clone())),
             StreamState::Running => None,
         }
     }

@@ -88,6 +88,7 @@ pub const INJECTED_PANIC: &str = "fault injected by ZEPH_FAULT";
 /// backtrace, whatever `RUST_BACKTRACE` says): they are expected, caught,
 /// and reported as `ZEPH_STATUS_PANIC`.  Every other panic still goes to the
 /// hook that was there before.  Installed only when `ZEPH_FAULT` is set.
+#[cfg(feature = "fault-injection")]
 pub fn quiet_injected_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

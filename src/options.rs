@@ -10,6 +10,59 @@ use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 
 pub const MAX_WORKERS: usize = 64;
+
+// Upper bounds on the sizes an input sets, checked before anything is
+// allocated for it; each error message names its limit.
+
+/// Most bytes of a prompt, of a text to tokenize, and of a conversation's
+/// messages together (16 MiB).
+pub const MAX_TEXT_BYTES: usize = 1 << 24;
+/// Most messages in a conversation.
+pub const MAX_MESSAGES: usize = 1 << 16;
+/// Most bytes of a message's role.
+pub const MAX_ROLE_BYTES: usize = 256;
+/// Most ids one detokenize call turns into text.
+pub const MAX_DETOKENIZE_IDS: usize = 1 << 20;
+/// Largest context length, in tokens: the engine option, and what a model
+/// file may claim.
+pub const MAX_CONTEXT_LENGTH: usize = 1 << 24;
+/// Most bytes of a chat template given as an option (1 MiB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+/// Most bytes of a file path given as an option.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// `what` has `len` bytes: an error past `limit`, naming it.
+pub fn check_len(what: &str, len: usize, limit: usize, unit: &str) -> Result<()> {
+    if len > limit {
+        return Err(Error::invalid_argument(format!(
+            "{what} has {len} {unit}; the limit is {limit}"
+        )));
+    }
+    Ok(())
+}
+
+/// The bounds on a conversation, from the sizes of its (role, content)
+/// pairs, before anything is copied.
+pub fn check_conversation(n: usize, sizes: impl Iterator<Item = (usize, usize)>) -> Result<()> {
+    check_len("the conversation", n, MAX_MESSAGES, "messages")?;
+    let mut total = 0usize;
+    for (i, (role, content)) in sizes.enumerate() {
+        check_len(
+            &format!("messages[{i}].role"),
+            role,
+            MAX_ROLE_BYTES,
+            "bytes",
+        )?;
+        total = total.saturating_add(role).saturating_add(content);
+        check_len(
+            &format!("the conversation up to messages[{i}]"),
+            total,
+            MAX_TEXT_BYTES,
+            "bytes",
+        )?;
+    }
+    Ok(())
+}
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
 
 #[derive(Debug, Clone)]
@@ -91,6 +144,23 @@ impl EngineOptions {
                 "n_parallel = {} is outside 1..={MAX_PARALLEL}",
                 self.n_parallel
             )));
+        }
+        check_len(
+            "context_length",
+            self.context_length,
+            MAX_CONTEXT_LENGTH,
+            "tokens",
+        )?;
+        if let Some(t) = &self.chat_template {
+            check_len("chat_template", t.len(), MAX_TEMPLATE_BYTES, "bytes")?;
+        }
+        if let Some(p) = &self.tokenizer_path {
+            check_len(
+                "tokenizer_path",
+                p.as_os_str().len(),
+                MAX_PATH_BYTES,
+                "bytes",
+            )?;
         }
         if self.default_timeout.is_zero() {
             return Err(Error::invalid_argument(
@@ -302,9 +372,35 @@ mod tests {
                 },
                 "default_timeout_ms",
             ),
+            (
+                EngineOptions {
+                    context_length: MAX_CONTEXT_LENGTH + 1,
+                    ..Default::default()
+                },
+                "context_length has 16777217 tokens; the limit is 16777216",
+            ),
+            (
+                EngineOptions {
+                    chat_template: Some("x".repeat(MAX_TEMPLATE_BYTES + 1)),
+                    ..Default::default()
+                },
+                "chat_template",
+            ),
         ] {
             let e = o.validate().unwrap_err();
             assert!(e.message.contains(name), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn conversations_are_bounded_before_copying() {
+        let e = check_conversation(MAX_MESSAGES + 1, std::iter::empty()).unwrap_err();
+        assert!(e.message.contains("65536"), "{}", e.message);
+        let e = check_conversation(2, [(4, MAX_TEXT_BYTES), (4, 1)].into_iter()).unwrap_err();
+        assert!(e.message.contains("messages[0]"), "{}", e.message);
+        assert!(e.message.contains("16777216"), "{}", e.message);
+        let e = check_conversation(1, [(MAX_ROLE_BYTES + 1, 0)].into_iter()).unwrap_err();
+        assert!(e.message.contains("messages[0].role"), "{}", e.message);
+        check_conversation(2, [(4, 10), (9, 10)].into_iter()).unwrap();
     }
 }

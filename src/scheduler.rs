@@ -43,7 +43,8 @@ pub struct Shared {
 }
 
 /// Faults a test can inject through the `ZEPH_FAULT` environment variable
-/// (read when an engine is created), to exercise the recovery paths that
+/// (read when an engine is created, by a build with the `fault-injection`
+/// feature only), to exercise the recovery paths that
 /// no well-formed input reaches: a panic on the caller's thread, or in a
 /// worker while it generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,14 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Read only by a build with the `fault-injection` feature (the tests');
+    /// a production build never looks at `ZEPH_FAULT`.
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn from_env() -> Option<Self> {
+        None
+    }
+
+    #[cfg(feature = "fault-injection")]
     pub fn from_env() -> Option<Self> {
         match std::env::var("ZEPH_FAULT").ok()?.as_str() {
             "caller-panic" => Some(Self::CallerPanic),

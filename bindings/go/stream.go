@@ -13,7 +13,8 @@ import (
 )
 
 // Stream delivers a request's text as it is generated.  Read Pieces until
-// it is closed, then check Err and Usage.  Close it to stop early.
+// it is closed, then check Err and Usage.  Close it to stop early; a stream
+// whose context ends is cancelled and released even if nobody reads it.
 type Stream struct {
 	pieces chan string
 	err    error
@@ -106,6 +107,8 @@ func (e *Engine) stream(ctx context.Context, opts *GenerateOptions,
 					select {
 					case <-s.cancel:
 						C.zeph_stream_cancel(cs)
+					case <-r.ctx.Done():
+						C.zeph_stream_cancel(cs)
 					default:
 					}
 					continue
@@ -120,9 +123,15 @@ func (e *Engine) stream(ctx context.Context, opts *GenerateOptions,
 			}
 			text := C.GoString(piece)
 			C.zeph_string_free(piece)
+			// A reader that left (its context ended, Close, or the engine
+			// closing) must not keep this goroutine, the C stream and the
+			// engine's read lock: the request is cancelled and the loop
+			// runs on to the stream's end.
 			select {
 			case s.pieces <- text:
 			case <-s.cancel:
+				C.zeph_stream_cancel(cs)
+			case <-r.ctx.Done():
 				C.zeph_stream_cancel(cs)
 			case <-e.closed:
 				C.zeph_stream_cancel(cs)

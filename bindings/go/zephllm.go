@@ -243,6 +243,8 @@ const (
 	FinishLength     FinishReason = C.ZEPH_FINISH_LENGTH
 	FinishCancelled  FinishReason = C.ZEPH_FINISH_CANCELLED
 	FinishTimeout    FinishReason = C.ZEPH_FINISH_TIMEOUT
+	// FinishError: a stream ended in shutdown, an inference error or a panic.
+	FinishError FinishReason = C.ZEPH_FINISH_ERROR
 )
 
 // Usage is what a request used.

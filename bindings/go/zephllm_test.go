@@ -201,6 +201,42 @@ func TestStreamCloseEarly(t *testing.T) {
 	}
 }
 
+// A stream abandoned by its reader is released when its context ends: its
+// goroutine ends (Err returns), and the engine's read lock with it (Close,
+// which takes the write lock, returns).
+func TestAbandonedStreamIsReleasedByItsContext(t *testing.T) {
+	e, err := Open(modelPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := e.StreamComplete(ctx, "Once upon a time", greedy(2000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-s.Pieces() // one piece, then the reader walks away
+	// Let the goroutine take the next piece and block handing it over.
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	ended := make(chan error, 1)
+	go func() { ended <- s.Err() }()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, ErrCancelled) {
+			t.Fatalf("%v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the abandoned stream's goroutine is still running 20 s after its context ended")
+	}
+	closed := make(chan struct{})
+	go func() { e.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close is blocked: the abandoned stream still holds the engine's read lock")
+	}
+}
+
 func TestCloseIsIdempotentAndLaterCallsFail(t *testing.T) {
 	e, err := Open(modelPath(t))
 	if err != nil {

@@ -52,6 +52,10 @@ pub enum zeph_finish_reason {
     ZEPH_FINISH_CANCELLED = 4,
     /// The request's deadline passed.
     ZEPH_FINISH_TIMEOUT = 5,
+    /// A stream ended in a failure other than a cancel or its deadline
+    /// (shutdown, an inference error, a panic): `zeph_usage.status` says
+    /// which, as `zeph_stream_next` did.
+    ZEPH_FINISH_ERROR = 6,
 }
 
 /// What a request used.  The caller sets `struct_size` to
@@ -79,6 +83,12 @@ pub struct zeph_usage {
     pub prompt_ms: f64,
     /// Milliseconds spent generating tokens.
     pub generation_ms: f64,
+    /// How the request ended: `ZEPH_STATUS_OK`, or for a stream that ended
+    /// early the status `zeph_stream_next` returned (TIMEOUT, CANCELLED,
+    /// SHUTDOWN, INFERENCE, PANIC...).
+    pub status: zeph_status,
+    /// Reserved; 0.
+    pub reserved: u32,
 }
 
 impl From<FinishReason> for zeph_finish_reason {
@@ -116,6 +126,7 @@ pub unsafe extern "C" fn zeph_engine_new(
             return Err(null_argument("engine_out"));
         }
         let options = engine_options(options)?;
+        #[cfg(feature = "fault-injection")]
         if std::env::var_os("ZEPH_FAULT").is_some() {
             crate::error::quiet_injected_panics();
         }
@@ -162,6 +173,8 @@ fn empty_usage() -> zeph_usage {
         queue_ms: 0.0,
         prompt_ms: 0.0,
         generation_ms: 0.0,
+        status: zeph_status::ZEPH_STATUS_OK,
+        reserved: 0,
     }
 }
 
@@ -184,8 +197,27 @@ pub(crate) fn usage_to_c(u: Option<&crate::generate::Usage>) -> zeph_usage {
             queue_ms: ms(u.queue_time),
             prompt_ms: ms(u.prompt_time),
             generation_ms: ms(u.generation_time),
+            status: zeph_status::ZEPH_STATUS_OK,
+            reserved: 0,
         },
     }
+}
+
+/// The C form of a stream's usage: as `usage_to_c`, with the failure it
+/// ended with, if any, in `finish_reason` and `status`.
+pub(crate) fn stream_usage_to_c(
+    u: Option<&crate::generate::Usage>,
+    error: Option<&crate::error::Error>,
+) -> zeph_usage {
+    use crate::error::ErrorKind;
+    let mut c = usage_to_c(u);
+    if let Some(e) = error {
+        c.status = zeph_status::from(e.kind);
+        if !matches!(e.kind, ErrorKind::Timeout | ErrorKind::Cancelled) {
+            c.finish_reason = zeph_finish_reason::ZEPH_FINISH_ERROR;
+        }
+    }
+    c
 }
 
 /// Copies `usage` into the caller's struct, no more than its `struct_size`
@@ -219,7 +251,8 @@ unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zep
     write_out(text_out, into_c_string(&c.text));
 }
 
-/// Continues `prompt` (UTF-8) and returns the generated text.
+/// Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
+/// generated text.
 ///
 /// The prompt is read as llama.cpp's completion reads it: special tokens
 /// written in it (such as `<|im_start|>`) are parsed as such, and BOS is
@@ -268,11 +301,22 @@ pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Re
     if messages.is_null() {
         return Err(null_argument("messages (with n_messages > 0)"));
     }
-    if n > (1 << 20) {
-        return Err(crate::error::Error::invalid_argument(format!(
-            "n_messages = {n} is more than 1048576"
-        )));
-    }
+    crate::options::check_len("n_messages", n, crate::options::MAX_MESSAGES, "messages")?;
+    // The sizes first, so that nothing is copied past a limit.
+    let len = |p: *const c_char| {
+        if p.is_null() {
+            0
+        } else {
+            std::ffi::CStr::from_ptr(p).to_bytes().len()
+        }
+    };
+    crate::options::check_conversation(
+        n,
+        (0..n).map(|i| {
+            let m = &*messages.add(i);
+            (len(m.role), len(m.content))
+        }),
+    )?;
     (0..n)
         .map(|i| {
             let m = &*messages.add(i);
@@ -286,7 +330,9 @@ pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Re
 
 /// Renders `messages` with the engine's chat template (the model's own, or
 /// the `chat_template` engine option), adds the prompt for the assistant's
-/// turn, and generates the reply.
+/// turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
+/// roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
+/// `ZEPH_MAX_TEXT_BYTES`.
 ///
 /// Ownership, deadline and threads as for `zeph_engine_complete`; the
 /// messages are only read during the call.  A template that fails returns

@@ -102,7 +102,8 @@ pub unsafe extern "C" fn zeph_engine_model_info(
     })
 }
 
-/// Tokenizes `text` (UTF-8) with the model's tokenizer into `ids`.
+/// Tokenizes `text` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) with the model's
+/// tokenizer into `ids`.
 ///
 /// `add_special` adds BOS/EOS as the model's metadata asks, as llama.cpp
 /// does: a text that already starts with the BOS token then begins with two
@@ -115,6 +116,10 @@ pub unsafe extern "C" fn zeph_engine_model_info(
 /// `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the number
 /// needed, so a first call with `capacity` 0 (and `ids` NULL) sizes the
 /// buffer.  `ids` is owned by the caller.
+///
+/// Tokenizing runs on the calling thread within the engine's
+/// `default_timeout_ms` (`ZEPH_STATUS_TIMEOUT` past it) and stops with
+/// `ZEPH_STATUS_SHUTDOWN` when the engine is shut down meanwhile.
 ///
 /// Threads: any thread; it does not wait for the workers.
 #[no_mangle]
@@ -136,7 +141,7 @@ pub unsafe extern "C" fn zeph_engine_tokenize(
         if ids.is_null() && capacity > 0 {
             return Err(null_argument("ids (with capacity > 0)"));
         }
-        let tokens = e.tokenizer().encode(text, add_special, parse_special)?;
+        let tokens = e.tokenize(text, add_special, parse_special)?;
         write_out(n_out, tokens.len());
         if tokens.len() > capacity {
             return Err(Error::new(
@@ -154,8 +159,8 @@ pub unsafe extern "C" fn zeph_engine_tokenize(
     })
 }
 
-/// Turns token ids back into text.  Ids outside the vocabulary yield
-/// nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
+/// Turns token ids back into text (at most `ZEPH_MAX_DETOKENIZE_IDS` per
+/// call).  Ids outside the vocabulary yield nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
 /// Bytes that do not form valid UTF-8 become U+FFFD.  On success
 /// `*text_out` receives a string the caller frees with `zeph_string_free`.
 ///
@@ -173,6 +178,7 @@ pub unsafe extern "C" fn zeph_engine_detokenize(
         if text_out.is_null() {
             return Err(null_argument("text_out"));
         }
+        crate::options::check_len("n_ids", n_ids, crate::options::MAX_DETOKENIZE_IDS, "ids")?;
         let ids: &[u32] = if n_ids == 0 {
             &[]
         } else if ids.is_null() {

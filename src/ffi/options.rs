@@ -12,12 +12,68 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{null_argument, opt_str_arg, str_arg};
+use super::{null_argument, opt_str_arg};
 use crate::error::{Error, Result};
 use crate::options::{EngineOptions, GenerateOptions, SamplingOptions};
 
 /// `seed` value that asks for a different seed on every request.
 pub const ZEPH_SEED_RANDOM: u64 = u64::MAX;
+
+// Upper bounds on the sizes an input sets.  Each is checked before anything
+// is allocated for the input; past it the call returns
+// ZEPH_STATUS_INVALID_ARGUMENT with a message naming the limit.
+
+/// Most bytes of a prompt, of a text to tokenize, and of a conversation's
+/// messages together (16 MiB).
+pub const ZEPH_MAX_TEXT_BYTES: usize = 16777216;
+/// Most messages in a conversation.
+pub const ZEPH_MAX_MESSAGES: usize = 65536;
+/// Most bytes of a message's role.
+pub const ZEPH_MAX_ROLE_BYTES: usize = 256;
+/// Most ids one `zeph_engine_detokenize` call takes.
+pub const ZEPH_MAX_DETOKENIZE_IDS: usize = 1048576;
+/// Largest context length in tokens: the `context_length` option, and the
+/// most a model file may claim.
+pub const ZEPH_MAX_CONTEXT_LENGTH: u32 = 16777216;
+/// Most bytes of the `chat_template` engine option (1 MiB).
+pub const ZEPH_MAX_TEMPLATE_BYTES: usize = 1048576;
+/// Most bytes of the `tokenizer_path` engine option.
+pub const ZEPH_MAX_PATH_BYTES: usize = 4096;
+/// Most stop strings of a request.
+pub const ZEPH_MAX_STOP_STRINGS: usize = 64;
+/// Most bytes of one stop string.
+pub const ZEPH_MAX_STOP_BYTES: usize = 1024;
+
+// The header's numbers are the core's.
+const _: () = {
+    use crate::options as o;
+    assert!(ZEPH_MAX_TEXT_BYTES == o::MAX_TEXT_BYTES);
+    assert!(ZEPH_MAX_MESSAGES == o::MAX_MESSAGES);
+    assert!(ZEPH_MAX_ROLE_BYTES == o::MAX_ROLE_BYTES);
+    assert!(ZEPH_MAX_DETOKENIZE_IDS == o::MAX_DETOKENIZE_IDS);
+    assert!(ZEPH_MAX_CONTEXT_LENGTH as usize == o::MAX_CONTEXT_LENGTH);
+    assert!(ZEPH_MAX_TEMPLATE_BYTES == o::MAX_TEMPLATE_BYTES);
+    assert!(ZEPH_MAX_PATH_BYTES == o::MAX_PATH_BYTES);
+    assert!(ZEPH_MAX_STOP_STRINGS == o::MAX_STOP_STRINGS);
+    assert!(ZEPH_MAX_STOP_BYTES == o::MAX_STOP_LEN);
+};
+
+/// As `opt_str_arg`, refusing a string longer than `limit` bytes before
+/// it is read as UTF-8 or copied.
+///
+/// # Safety
+/// As for `opt_str_arg`.
+pub(crate) unsafe fn bounded_str_arg<'a>(
+    ptr: *const c_char,
+    name: &str,
+    limit: usize,
+) -> Result<Option<&'a str>> {
+    if !ptr.is_null() {
+        let len = std::ffi::CStr::from_ptr(ptr).to_bytes().len();
+        crate::options::check_len(name, len, limit, "bytes")?;
+    }
+    opt_str_arg(ptr, name)
+}
 
 /// Options of `zeph_engine_new`.  Get the defaults from
 /// `zeph_engine_options_default()`, then change fields.
@@ -33,7 +89,7 @@ pub struct zeph_engine_options {
     /// Requests that may wait for a worker (1..=65536, default 16).
     pub queue_capacity: u32,
     /// Upper bound on the context length in tokens; 0 (default) = the
-    /// model's own, capped by the implementation's limit.
+    /// model's own; at most `ZEPH_MAX_CONTEXT_LENGTH`.
     pub context_length: u32,
     /// Deadline of requests whose `timeout_ms` is 0 (>= 1, default 120000).
     pub default_timeout_ms: u64,
@@ -90,12 +146,15 @@ pub struct zeph_generate_options {
     /// Seed of the sampler: same seed, options and prompt give the same
     /// text.  `ZEPH_SEED_RANDOM` (default) draws a new seed per request.
     pub seed: u64,
-    /// Deadline of the whole request, queue wait included, in milliseconds;
+    /// Deadline of the whole request in milliseconds, counted from the
+    /// start of the call: rendering the chat template, tokenizing the
+    /// prompt (which stops at the deadline) and the queue wait included;
     /// 0 (default) = the engine's `default_timeout_ms`.
     pub timeout_ms: u64,
     /// Stop strings (NULL when `n_stop` is 0): generation stops before the
     /// first occurrence of any of them, which is not part of the text.
-    /// At most 64, each 1 to 1024 bytes of UTF-8.  Copied during the call.
+    /// At most `ZEPH_MAX_STOP_STRINGS`, each 1 to `ZEPH_MAX_STOP_BYTES`
+    /// bytes of UTF-8.  Copied during the call.
     pub stop: *const *const c_char,
     /// Number of entries in `stop`.
     pub n_stop: usize,
@@ -240,9 +299,18 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
         n_workers: o.n_workers as usize,
         queue_capacity: o.queue_capacity as usize,
         default_timeout: Duration::from_millis(o.default_timeout_ms),
-        tokenizer_path: opt_str_arg(o.tokenizer_path, "options->tokenizer_path")?
-            .map(PathBuf::from),
-        chat_template: opt_str_arg(o.chat_template, "options->chat_template")?.map(str::to_string),
+        tokenizer_path: bounded_str_arg(
+            o.tokenizer_path,
+            "options->tokenizer_path",
+            ZEPH_MAX_PATH_BYTES,
+        )?
+        .map(PathBuf::from),
+        chat_template: bounded_str_arg(
+            o.chat_template,
+            "options->chat_template",
+            ZEPH_MAX_TEMPLATE_BYTES,
+        )?
+        .map(str::to_string),
         context_length: o.context_length as usize,
         n_threads: o.n_threads as usize,
         n_parallel: match o.n_parallel {
@@ -288,7 +356,13 @@ pub(crate) unsafe fn generate_options(
             return Err(null_argument("options->stop (with n_stop > 0)"));
         }
         for i in 0..o.n_stop {
-            stop.push(str_arg(*o.stop.add(i), &format!("options->stop[{i}]"))?.to_string());
+            let name = format!("options->stop[{i}]");
+            let ptr = *o.stop.add(i);
+            if ptr.is_null() {
+                return Err(null_argument(&name));
+            }
+            let s = bounded_str_arg(ptr, &name, ZEPH_MAX_STOP_BYTES)?.unwrap_or_default();
+            stop.push(s.to_string());
         }
     }
     let options = GenerateOptions {

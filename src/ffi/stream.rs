@@ -1,9 +1,10 @@
 //! `zeph_stream_*`: text as it is generated, pulled by the caller.
 
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::engine::{check_usage, engine_ref, messages_arg, usage_to_c, write_usage};
+use super::engine::{check_usage, engine_ref, messages_arg, stream_usage_to_c, write_usage};
 use super::options::generate_options;
 use super::string::into_c_string;
 use super::{boundary, boundary_or, null_argument, str_arg, write_out, zeph_status};
@@ -18,6 +19,17 @@ use crate::error::{Error, ErrorKind};
 /// the caller: pieces are pulled.
 pub struct zeph_stream {
     stream: Stream,
+    /// Where `zeph_stream_for_each` is (IDLE, PULLING, CALLING, FREED).
+    in_callback: AtomicU8,
+}
+
+impl zeph_stream {
+    fn new(stream: Stream) -> *mut Self {
+        Box::into_raw(Box::new(Self {
+            stream,
+            in_callback: AtomicU8::new(IDLE),
+        }))
+    }
 }
 
 /// Called by `zeph_stream_for_each` with each piece (`len` bytes of UTF-8,
@@ -47,7 +59,7 @@ pub unsafe extern "C" fn zeph_engine_stream_complete(
         }
         let options = generate_options(options)?;
         let stream = engine.stream_complete(prompt, &options)?;
-        write_out(stream_out, Box::into_raw(Box::new(zeph_stream { stream })));
+        write_out(stream_out, zeph_stream::new(stream));
         Ok(())
     })
 }
@@ -73,7 +85,7 @@ pub unsafe extern "C" fn zeph_engine_stream_chat(
         }
         let options = generate_options(options)?;
         let stream = engine.stream_chat(&messages, &options)?;
-        write_out(stream_out, Box::into_raw(Box::new(zeph_stream { stream })));
+        write_out(stream_out, zeph_stream::new(stream));
         Ok(())
     })
 }
@@ -109,10 +121,16 @@ pub unsafe extern "C" fn zeph_stream_next(
     piece_out: *mut *mut c_char,
 ) -> zeph_status {
     boundary(|| {
-        let stream = stream_ref(stream)?;
+        let s = stream_ref(stream)?;
         if piece_out.is_null() {
             return Err(null_argument("piece_out"));
         }
+        if (*stream).in_callback.load(Ordering::Acquire) != IDLE {
+            return Err(Error::invalid_argument(
+                "zeph_stream_for_each is running on this stream (called from on_piece?)",
+            ));
+        }
+        let stream = s;
         let piece = stream.next(Duration::from_millis(timeout_ms as u64))?;
         write_out(
             piece_out,
@@ -128,6 +146,17 @@ pub unsafe extern "C" fn zeph_stream_next(
 /// `ZEPH_STATUS_CANCELLED`), or the request fails or its deadline passes.
 /// The callback runs on the thread that called this function, never on a
 /// library thread.
+///
+/// Rules for `on_piece`:
+/// - It must not throw or unwind (a C++ exception, a longjmp): the frames
+///   it would cross are C frames, and the process aborts.  C++ callers
+///   catch inside the callback and return false.
+/// - It may call `zeph_stream_cancel` and `zeph_stream_usage`.  Calling
+///   `zeph_stream_next` or `zeph_stream_for_each` on the same stream from
+///   inside it returns `ZEPH_STATUS_INVALID_ARGUMENT`.
+/// - It should not call `zeph_stream_free` on the stream; if it does, the
+///   stream is cancelled and freed when the callback returns, and this
+///   function returns `ZEPH_STATUS_CANCELLED` without touching it again.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_for_each(
     stream: *mut zeph_stream,
@@ -135,31 +164,82 @@ pub unsafe extern "C" fn zeph_stream_for_each(
     user_data: *mut c_void,
 ) -> zeph_status {
     boundary(|| {
-        let stream = stream_ref(stream)?;
+        stream_ref(stream)?;
         let Some(on_piece) = on_piece else {
             return Err(null_argument("on_piece"));
         };
+        let _busy = Busy::enter(&(*stream).in_callback)?;
+        // `_busy` is forgotten on every path that frees the stream.
         loop {
-            match stream.next(Duration::from_secs(3600)) {
+            let next = (*stream).stream.next(Duration::from_secs(3600));
+            match next {
                 Ok(Some(piece)) => {
                     let c = super::to_c_string(&piece);
-                    if !on_piece(user_data, c.as_ptr(), c.as_bytes().len()) {
-                        stream.cancel();
+                    (*stream).in_callback.store(CALLING, Ordering::Release);
+                    let go_on = on_piece(user_data, c.as_ptr(), c.as_bytes().len());
+                    if (*stream).in_callback.load(Ordering::Acquire) == FREED {
+                        // zeph_stream_free ran inside the callback.
+                        std::mem::forget(_busy);
+                        drop(Box::from_raw(stream));
+                        return Err(Error::new(
+                            ErrorKind::Cancelled,
+                            "on_piece freed the stream; it was cancelled and freed when on_piece returned",
+                        ));
+                    }
+                    (*stream).in_callback.store(PULLING, Ordering::Release);
+                    if !go_on {
+                        (*stream).stream.cancel();
                         return Err(Error::new(ErrorKind::Cancelled, "on_piece returned false"));
                     }
                 }
                 Ok(None) => return Ok(()),
-                Err(e) if e.kind == ErrorKind::Timeout && stream.usage().is_none() => continue,
+                Err(e) if e.kind == ErrorKind::Timeout && (*stream).stream.usage().is_none() => {
+                    continue
+                }
                 Err(e) => return Err(e),
             }
         }
     })
 }
 
+/// `zeph_stream::in_callback` values.
+const IDLE: u8 = 0;
+/// `zeph_stream_for_each` is waiting for a piece.
+const PULLING: u8 = 1;
+/// `zeph_stream_for_each` is inside the caller's callback.
+const CALLING: u8 = 2;
+/// `zeph_stream_free` was called from inside the callback.
+const FREED: u8 = 3;
+
+/// Marks a stream as inside `zeph_stream_for_each` until dropped.
+struct Busy<'a>(&'a AtomicU8);
+
+impl<'a> Busy<'a> {
+    fn enter(flag: &'a AtomicU8) -> Result<Self, Error> {
+        flag.compare_exchange(IDLE, PULLING, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| {
+                Error::invalid_argument(
+                    "zeph_stream_for_each is already running on this stream (called from on_piece?)",
+                )
+            })?;
+        Ok(Self(flag))
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(IDLE, Ordering::Release);
+    }
+}
+
 /// Fills `*usage_out` (set its `struct_size` first).  While the stream runs
-/// the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after it
-/// ended, the request's usage (for a stream ended by its deadline or a
-/// cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).
+/// the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after a
+/// normal end, the request's usage.  A stream that ended early reports how
+/// in `status` (the status `zeph_stream_next` returned) and `finish_reason`
+/// (`ZEPH_FINISH_TIMEOUT`, `ZEPH_FINISH_CANCELLED`, or `ZEPH_FINISH_ERROR`
+/// for shutdown, an inference error or a panic), with `prompt_tokens`
+/// exact, `completion_tokens` the pieces delivered (each is the text of at
+/// least one generated token, so a lower bound), and the times 0.
 ///
 /// Threads: any thread.
 #[no_mangle]
@@ -173,7 +253,14 @@ pub unsafe extern "C" fn zeph_stream_usage(
             return Err(null_argument("usage_out"));
         }
         check_usage(usage_out)?;
-        write_usage(usage_out, usage_to_c(stream.usage().as_ref()));
+        let outcome = stream.outcome();
+        write_usage(
+            usage_out,
+            stream_usage_to_c(
+                outcome.as_ref().map(|(u, _)| u),
+                outcome.as_ref().and_then(|(_, e)| e.as_ref()),
+            ),
+        );
         Ok(())
     })
 }
@@ -193,13 +280,28 @@ pub unsafe extern "C" fn zeph_stream_cancel(stream: *const zeph_stream) {
 }
 
 /// Frees a stream, cancelling its work if it has not ended.  NULL is a
-/// no-op.  Call it once, when no other call on the stream is running.  A
+/// no-op.  Call it once, when no other call on the stream is running (from
+/// inside `zeph_stream_for_each`'s callback it is deferred: see there).  A
 /// stream may outlive its engine: once the engine is freed, its
 /// `zeph_stream_next` returns `ZEPH_STATUS_SHUTDOWN`, and it must still be
 /// freed.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_free(stream: *mut zeph_stream) {
     if !stream.is_null() {
-        boundary_or((), || drop(Box::from_raw(stream)));
+        boundary_or((), || {
+            // From inside zeph_stream_for_each's callback: cancel now, free
+            // when the callback returns.
+            let inside = (*stream).in_callback.compare_exchange(
+                CALLING,
+                FREED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if inside.is_ok() {
+                (*stream).stream.cancel();
+            } else {
+                drop(Box::from_raw(stream))
+            }
+        });
     }
 }

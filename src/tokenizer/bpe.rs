@@ -3,11 +3,93 @@
 //! map each piece's bytes to GPT-2's printable byte alphabet, then apply the
 //! merges in rank order, lowest rank and leftmost pair first.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use fancy_regex::Regex;
 
 use crate::error::{Error, Result};
+
+/// End of the symbol list.
+const NONE: u32 = u32::MAX;
+/// `prev` of a symbol merged into its left neighbour.
+const GONE: u32 = u32::MAX - 1;
+
+/// Buffers of `encode_piece`, reused from piece to piece.
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    queue: BinaryHeap<Reverse<u64>>,
+}
+
+/// A merge's key: the two ids in one word.
+fn pair_key(left: u32, right: u32) -> u64 {
+    (left as u64) << 32 | right as u64
+}
+
+/// Hashes a pair key with one multiplication (Fibonacci hashing): the
+/// merge table is looked up once or twice per merge, and SipHash was a
+/// fifth of the tokenizer's time.  The keys are vocabulary ids, not
+/// caller-chosen, so a weak hash opens no flooding attack.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PairHasher(u64);
+
+impl std::hash::Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Eight bytes at a time (token texts are looked up by SentencePiece
+        // at every candidate pair).
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(tail) ^ rest.len() as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(v as u64)
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64)
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 ^= self.0 >> 29;
+    }
+}
+
+type PairMap = HashMap<u64, (u32, u32), std::hash::BuildHasherDefault<PairHasher>>;
+
+/// Token text -> id, with the fast hash (the keys are the vocabulary's;
+/// looking up a caller's text cannot make the table degrade).
+pub(crate) type TokenMap = HashMap<String, u32, std::hash::BuildHasherDefault<PairHasher>>;
+
+/// Bytes or merges between two calls of the interrupt check.
+pub(crate) const CHECK_EVERY: usize = 4096;
+
+/// Counts `n` units of work against `budget`, calling `interrupt` each
+/// time `CHECK_EVERY` units have been spent.
+pub(crate) fn spend(
+    budget: &mut usize,
+    n: usize,
+    interrupt: &dyn Fn() -> Result<()>,
+) -> Result<()> {
+    if n >= *budget {
+        *budget = CHECK_EVERY;
+        interrupt()
+    } else {
+        *budget -= n;
+        Ok(())
+    }
+}
 
 /// The regex of GPT-2, which llama.cpp also uses for `default` and as the
 /// second stage of several other pre-tokenizers.
@@ -49,8 +131,8 @@ pub fn byte_to_char_table() -> [char; 256] {
 
 pub struct Bpe {
     pre: Vec<Regex>,
-    /// (left id, right id) -> (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// `pair_key(left id, right id)` -> (rank, merged id).
+    merges: PairMap,
     /// The inverse of `byte_to_char_table`.
     char_bytes: HashMap<char, u8>,
     /// Token id of each byte's printable character, if the vocabulary has it.
@@ -58,18 +140,14 @@ pub struct Bpe {
 }
 
 impl Bpe {
-    pub fn new(
-        patterns: &[&str],
-        merges: &[String],
-        token_to_id: &HashMap<String, u32>,
-    ) -> Result<Self> {
+    pub fn new(patterns: &[&str], merges: &[String], token_to_id: &TokenMap) -> Result<Self> {
         let pre = patterns
             .iter()
             .map(|p| {
                 Regex::new(p).map_err(|e| Error::tokenizer(format!("pre-tokenizer regex: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut map = HashMap::with_capacity(merges.len());
+        let mut map = PairMap::with_capacity_and_hasher(merges.len(), Default::default());
         let mut buf = String::new();
         for (rank, line) in merges.iter().enumerate() {
             let Some((l, r)) = line.split_once(' ') else {
@@ -82,7 +160,8 @@ impl Bpe {
             buf.push_str(l);
             buf.push_str(r);
             if let Some(&merged) = token_to_id.get(buf.as_str()) {
-                map.entry((lid, rid)).or_insert((rank as u32, merged));
+                map.entry(pair_key(lid, rid))
+                    .or_insert((rank as u32, merged));
             }
         }
         let byte_chars = byte_to_char_table();
@@ -103,8 +182,13 @@ impl Bpe {
 
     /// Splits `text` with each regex in turn; matches and the gaps between
     /// them both become pieces, as in llama.cpp's `unicode_regex_split`.
-    fn pre_tokenize<'t>(&self, text: &'t str) -> Vec<&'t str> {
+    fn pre_tokenize<'t>(
+        &self,
+        text: &'t str,
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<Vec<&'t str>> {
         let mut pieces = vec![text];
+        let mut budget = CHECK_EVERY;
         for re in &self.pre {
             let mut next = Vec::with_capacity(pieces.len() * 2);
             for piece in pieces {
@@ -112,6 +196,7 @@ impl Bpe {
                 for m in re.find_iter(piece) {
                     // A regex error (backtrack limit) leaves the rest as one piece.
                     let Ok(m) = m else { break };
+                    spend(&mut budget, m.end() - last, interrupt)?;
                     if m.start() > last {
                         next.push(&piece[last..m.start()]);
                     }
@@ -126,35 +211,125 @@ impl Bpe {
             }
             pieces = next;
         }
-        pieces
+        Ok(pieces)
     }
 
     /// Appends the ids of `text` (which holds no special tokens) to `out`.
-    pub fn encode(&self, text: &str, out: &mut Vec<u32>, unk: Option<u32>) {
-        for piece in self.pre_tokenize(text) {
-            self.encode_piece(piece, out, unk);
+    /// `interrupt` is called every few thousand bytes and merges; its error
+    /// stops the work and is returned.
+    pub fn encode(
+        &self,
+        text: &str,
+        out: &mut Vec<u32>,
+        unk: Option<u32>,
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
+        let mut budget = CHECK_EVERY;
+        let mut scratch = Scratch::default();
+        for piece in self.pre_tokenize(text, interrupt)? {
+            self.encode_piece(piece, out, unk, &mut scratch, &mut budget, interrupt)?;
         }
+        Ok(())
     }
 
-    fn encode_piece(&self, piece: &str, out: &mut Vec<u32>, unk: Option<u32>) {
-        let mut symbols: Vec<u32> = Vec::with_capacity(piece.len());
+    /// Applies the merges to one piece: the symbols are a linked list over
+    /// the piece's bytes, and every adjacent pair that has a merge waits in a
+    /// priority queue ordered by (rank, position).  A queued pair whose
+    /// symbols changed since is skipped when it comes up.  This picks the
+    /// same merge at each step as rescanning the piece for the lowest rank
+    /// (leftmost on ties) does, in O(n log n) instead of O(n²).
+    fn encode_piece(
+        &self,
+        piece: &str,
+        out: &mut Vec<u32>,
+        unk: Option<u32>,
+        scratch: &mut Scratch,
+        budget: &mut usize,
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
+        spend(budget, piece.len(), interrupt)?;
+        let Scratch {
+            ids,
+            prev,
+            next,
+            queue,
+        } = scratch;
+        ids.clear();
         for &b in piece.as_bytes() {
-            match self.byte_ids[b as usize].or(unk) {
-                Some(id) => symbols.push(id),
-                None => continue,
+            if let Some(id) = self.byte_ids[b as usize].or(unk) {
+                ids.push(id);
             }
         }
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(r, m)| (r, i, m)))
-                .min();
-            let Some((_, i, merged)) = best else { break };
-            symbols[i] = merged;
-            symbols.remove(i + 1);
+        let n = ids.len();
+        if n < 2 {
+            out.extend_from_slice(ids);
+            return Ok(());
         }
-        out.extend_from_slice(&symbols);
+        if n > u32::MAX as usize {
+            return Err(Error::tokenizer(format!(
+                "a pre-tokenized piece of {n} bytes is longer than {} bytes",
+                u32::MAX
+            )));
+        }
+        // Neighbours of each symbol, NONE at the ends; a symbol merged into
+        // its left neighbour is unlinked and marked by `prev[r] == GONE`.
+        prev.clear();
+        prev.extend((0..n as u32).map(|i| i.wrapping_sub(1)));
+        next.clear();
+        next.extend(1..=n as u32);
+        next[n - 1] = NONE;
+        queue.clear();
+        // Entries are rank << 32 | left position, smallest first: each rank
+        // is one (left, right) pair, so a popped entry is current exactly
+        // when the pair now at its position has its rank.
+        let rank_at = |ids: &[u32], l: u32, r: u32| {
+            self.merges
+                .get(&pair_key(ids[l as usize], ids[r as usize]))
+                .copied()
+        };
+        for i in 0..n as u32 - 1 {
+            if let Some((rank, _)) = rank_at(ids, i, i + 1) {
+                queue.push(Reverse((rank as u64) << 32 | i as u64));
+            }
+        }
+        while let Some(Reverse(entry)) = queue.pop() {
+            let (rank, l) = ((entry >> 32) as u32, entry as u32);
+            let r = next[l as usize];
+            if prev[l as usize] == GONE || r == NONE {
+                continue;
+            }
+            let Some((current, merged)) = rank_at(ids, l, r) else {
+                continue;
+            };
+            if current != rank {
+                continue;
+            }
+            spend(budget, 1, interrupt)?;
+            ids[l as usize] = merged;
+            prev[r as usize] = GONE;
+            let after = next[r as usize];
+            next[l as usize] = after;
+            if after != NONE {
+                prev[after as usize] = l;
+            }
+            let before = prev[l as usize];
+            if before != NONE {
+                if let Some((rank, _)) = rank_at(ids, before, l) {
+                    queue.push(Reverse((rank as u64) << 32 | before as u64));
+                }
+            }
+            if after != NONE {
+                if let Some((rank, _)) = rank_at(ids, l, after) {
+                    queue.push(Reverse((rank as u64) << 32 | l as u64));
+                }
+            }
+        }
+        let mut i = 0u32;
+        while i != NONE {
+            out.push(ids[i as usize]);
+            i = next[i as usize];
+        }
+        Ok(())
     }
 
     /// The bytes a vocabulary entry stands for.
@@ -194,16 +369,16 @@ mod tests {
     fn smollm_splits_digits_one_by_one() {
         let (patterns, known) = pre_tokenizer_patterns("smollm");
         assert!(known);
-        let bpe = Bpe::new(&patterns, &[], &HashMap::new()).unwrap();
+        let bpe = Bpe::new(&patterns, &[], &TokenMap::default()).unwrap();
         assert_eq!(
-            bpe.pre_tokenize("ab 123  x"),
+            bpe.pre_tokenize("ab 123  x", &|| Ok(())).unwrap(),
             vec!["ab", " ", "1", "2", "3", " ", " x"]
         );
     }
 
     #[test]
     fn merges_apply_lowest_rank_first() {
-        let vocab: HashMap<String, u32> = ["a", "b", "c", "ab", "bc", "abc"]
+        let vocab: TokenMap = ["a", "b", "c", "ab", "bc", "abc"]
             .iter()
             .enumerate()
             .map(|(i, s)| (s.to_string(), i as u32))
@@ -212,12 +387,105 @@ mod tests {
         let merges = vec!["b c".to_string(), "a b".to_string()];
         let bpe = Bpe::new(&[GPT2], &merges, &vocab).unwrap();
         let mut out = Vec::new();
-        bpe.encode("abc", &mut out, None);
+        bpe.encode("abc", &mut out, None, &|| Ok(())).unwrap();
         assert_eq!(out, vec![0, 4]);
         let merges = vec!["a b".to_string(), "ab c".to_string()];
         let bpe = Bpe::new(&[GPT2], &merges, &vocab).unwrap();
         out.clear();
-        bpe.encode("abc", &mut out, None);
+        bpe.encode("abc", &mut out, None, &|| Ok(())).unwrap();
         assert_eq!(out, vec![5]);
+    }
+
+    /// The quadratic rescan the queue replaced: lowest rank, then leftmost.
+    fn rescan(bpe: &Bpe, piece: &str) -> Vec<u32> {
+        let mut symbols: Vec<u32> = piece
+            .bytes()
+            .filter_map(|b| bpe.byte_ids[b as usize])
+            .collect();
+        loop {
+            let best = symbols
+                .windows(2)
+                .enumerate()
+                .filter_map(|(i, w)| {
+                    bpe.merges
+                        .get(&pair_key(w[0], w[1]))
+                        .map(|&(r, m)| (r, i, m))
+                })
+                .min();
+            let Some((_, i, merged)) = best else { break };
+            symbols[i] = merged;
+            symbols.remove(i + 1);
+        }
+        symbols
+    }
+
+    #[test]
+    fn queue_merges_as_the_rescan_does() {
+        // A vocabulary of a, b, c and every merge of two entries up to 6
+        // letters, ranked in a scrambled order, on pseudo-random strings.
+        let mut vocab: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
+        let mut merges = Vec::new();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..400 {
+            let l = vocab[(rand() % vocab.len() as u64) as usize].clone();
+            let r = vocab[(rand() % vocab.len() as u64) as usize].clone();
+            if l.len() + r.len() > 6 {
+                continue;
+            }
+            let joined = format!("{l}{r}");
+            if !vocab.contains(&joined) {
+                vocab.push(joined);
+            }
+            merges.push(format!("{l} {r}"));
+        }
+        let map: TokenMap = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        let bpe = Bpe::new(&[GPT2], &merges, &map).unwrap();
+        for _ in 0..500 {
+            let len = (rand() % 40) as usize;
+            let text: String = (0..len)
+                .map(|_| (b'a' + (rand() % 3) as u8) as char)
+                .collect();
+            let mut got = Vec::new();
+            let mut budget = CHECK_EVERY;
+            let mut scratch = Scratch::default();
+            bpe.encode_piece(&text, &mut got, None, &mut scratch, &mut budget, &|| Ok(()))
+                .unwrap();
+            assert_eq!(got, rescan(&bpe, &text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_interrupt_stops_a_long_piece() {
+        let vocab: TokenMap = ["a", "aa"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.to_string(), i as u32))
+            .collect();
+        let bpe = Bpe::new(&[GPT2], &["a a".to_string()], &vocab).unwrap();
+        let calls = std::cell::Cell::new(0);
+        let text = "a".repeat(1 << 16);
+        let stop = || {
+            calls.set(calls.get() + 1);
+            if calls.get() > 3 {
+                Err(Error::tokenizer("stopped"))
+            } else {
+                Ok(())
+            }
+        };
+        let e = bpe.encode(&text, &mut Vec::new(), None, &stop).unwrap_err();
+        assert_eq!(e.message, "stopped");
+        let mut out = Vec::new();
+        bpe.encode(&text, &mut out, None, &|| Ok(())).unwrap();
+        assert_eq!(out, vec![1; 1 << 15]);
     }
 }

@@ -10,7 +10,6 @@ mod spm;
 
 pub use bpe::byte_to_char_table;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -42,7 +41,7 @@ impl TokenType {
 
 struct SpmState {
     spm: spm::Spm,
-    token_to_id: HashMap<String, u32>,
+    token_to_id: bpe::TokenMap,
     add_space_prefix: bool,
 }
 
@@ -129,7 +128,7 @@ impl Tokenizer {
         let eos = id("tokenizer.ggml.eos_token_id");
         let unk = id("tokenizer.ggml.unknown_token_id");
         let model = gguf.string("tokenizer.ggml.model").unwrap_or("");
-        let mut token_to_id = HashMap::with_capacity(n);
+        let mut token_to_id = bpe::TokenMap::with_capacity_and_hasher(n, Default::default());
         for (i, t) in texts.iter().enumerate() {
             token_to_id.entry(t.clone()).or_insert(i as u32);
         }
@@ -290,6 +289,20 @@ impl Tokenizer {
     /// llama.cpp; the chat path leaves the template's out instead);
     /// `parse_special` matches control tokens written in the text.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.encode_with(text, add_special, parse_special, &|| Ok(()))
+    }
+
+    /// As `encode`, calling `interrupt` every few thousand bytes or merges
+    /// of work (a deadline or cancel check): its error stops the work and is
+    /// returned.  With an external `tokenizer.json` the check runs only
+    /// between the fragments around special tokens.
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             if let Some(bos) = self.bos {
@@ -299,7 +312,7 @@ impl Tokenizer {
         // SentencePiece models may prefix text that follows a special
         // token (or starts the input) with a space.
         let mut after_special = true;
-        for fragment in self.partition(text, parse_special) {
+        for fragment in self.partition(text, parse_special, interrupt)? {
             match fragment {
                 Fragment::Token(id) => {
                     out.push(id);
@@ -307,7 +320,7 @@ impl Tokenizer {
                 }
                 Fragment::Text(t) => {
                     match &self.algorithm {
-                        Algorithm::Bpe(b) => b.encode(t, &mut out, self.unk),
+                        Algorithm::Bpe(b) => b.encode(t, &mut out, self.unk, interrupt)?,
                         Algorithm::Spm(state) => {
                             let SpmState {
                                 spm,
@@ -320,9 +333,12 @@ impl Tokenizer {
                                 ""
                             };
                             let escaped = format!("{prefix}{t}").replace(' ', "\u{2581}");
-                            spm.encode(&escaped, token_to_id, &mut out, self.unk);
+                            spm.encode(&escaped, token_to_id, &mut out, self.unk, interrupt)?;
                         }
-                        Algorithm::Hf(h) => h.encode(t, &mut out)?,
+                        Algorithm::Hf(h) => {
+                            interrupt()?;
+                            h.encode(t, &mut out)?
+                        }
                     }
                     after_special = false;
                 }
@@ -339,9 +355,17 @@ impl Tokenizer {
     /// Splits `text` around special tokens, longest first, as llama.cpp does.
     /// User-defined tokens are always matched; control and unknown tokens
     /// only with `parse_special`.
-    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+    fn partition<'t>(
+        &self,
+        text: &'t str,
+        parse_special: bool,
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<Vec<Fragment<'t>>> {
         let mut fragments = vec![Fragment::Text(text)];
+        // Each special token is one scan of the text.
+        let mut budget = bpe::CHECK_EVERY;
         for &id in &self.specials {
+            bpe::spend(&mut budget, text.len() / 64 + 1, interrupt)?;
             if !parse_special && self.is_control(id) {
                 continue;
             }
@@ -369,7 +393,7 @@ impl Tokenizer {
             }
             fragments = next;
         }
-        fragments
+        Ok(fragments)
     }
 
     /// The bytes token `id` stands for; empty for an id outside the vocabulary.

@@ -5,7 +5,10 @@
 //! vocabulary.  Characters left outside it fall back to `<0xNN>` tokens.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::bpe::{spend, TokenMap, CHECK_EVERY};
+use crate::error::Result;
 
 pub struct Spm {
     scores: Vec<f32>,
@@ -16,9 +19,9 @@ pub struct Spm {
 #[derive(PartialEq)]
 struct Bigram {
     score: f32,
-    left: usize,
-    right: usize,
-    size: usize,
+    left: u32,
+    right: u32,
+    size: u32,
 }
 
 impl Eq for Bigram {}
@@ -46,7 +49,7 @@ struct Symbol {
 }
 
 impl Spm {
-    pub fn new(scores: Vec<f32>, token_to_id: &HashMap<String, u32>) -> Self {
+    pub fn new(scores: Vec<f32>, token_to_id: &TokenMap) -> Self {
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied();
@@ -58,13 +61,22 @@ impl Spm {
     pub fn encode(
         &self,
         text: &str,
-        token_to_id: &HashMap<String, u32>,
+        token_to_id: &TokenMap,
         out: &mut Vec<u32>,
         unk: Option<u32>,
-    ) {
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
         if text.is_empty() {
-            return;
+            return Ok(());
         }
+        if text.len() > u32::MAX as usize {
+            return Err(crate::error::Error::tokenizer(format!(
+                "a text of {} bytes is longer than {} bytes",
+                text.len(),
+                u32::MAX
+            )));
+        }
+        let mut budget = CHECK_EVERY;
         let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
         for (i, (start, c)) in text.char_indices().enumerate() {
             symbols.push(Symbol {
@@ -89,25 +101,27 @@ impl Spm {
                 if let Some(&score) = self.scores.get(id as usize) {
                     queue.push(Bigram {
                         score,
-                        left: l,
-                        right: r,
-                        size: joined.len(),
+                        left: l as u32,
+                        right: r as u32,
+                        size: joined.len() as u32,
                     });
                 }
             }
         };
         for i in 1..symbols.len() {
             try_add(&mut queue, &symbols, Some(i - 1), Some(i));
+            spend(&mut budget, 1, interrupt)?;
         }
         while let Some(bigram) = queue.pop() {
-            let (l, r) = (bigram.left, bigram.right);
+            let (l, r) = (bigram.left as usize, bigram.right as usize);
             // Skip pairs whose symbols changed since the pair was queued.
             if symbols[l].len == 0
                 || symbols[r].len == 0
-                || symbols[l].len + symbols[r].len != bigram.size
+                || symbols[l].len + symbols[r].len != bigram.size as usize
             {
                 continue;
             }
+            spend(&mut budget, 1, interrupt)?;
             symbols[l].len += symbols[r].len;
             symbols[r].len = 0;
             symbols[l].next = symbols[r].next;
@@ -134,6 +148,7 @@ impl Spm {
             }
             i = s.next;
         }
+        Ok(())
     }
 
     /// The bytes a vocabulary entry stands for: `<0xNN>` is the byte NN,
@@ -156,7 +171,7 @@ impl Spm {
 mod tests {
     use super::*;
 
-    fn vocab(entries: &[(&str, f32)]) -> (HashMap<String, u32>, Vec<f32>) {
+    fn vocab(entries: &[(&str, f32)]) -> (TokenMap, Vec<f32>) {
         let map = entries
             .iter()
             .enumerate()
@@ -178,13 +193,13 @@ mod tests {
         let spm = Spm::new(scores, &map);
         let mut out = Vec::new();
         // "bc" (-0.5) beats "ab" (-1), and "a" + "bc" is no entry.
-        spm.encode("abc", &map, &mut out, None);
+        spm.encode("abc", &map, &mut out, None, &|| Ok(())).unwrap();
         assert_eq!(out, vec![0, 4]);
         // With "abc" in the vocabulary, the merged pair merges on.
         let (map, scores) = vocab(&[entries.as_slice(), &[("abc", -2.0)]].concat());
         let spm = Spm::new(scores, &map);
         out.clear();
-        spm.encode("abc", &map, &mut out, None);
+        spm.encode("abc", &map, &mut out, None, &|| Ok(())).unwrap();
         assert_eq!(out, vec![5]);
     }
 
@@ -197,7 +212,7 @@ mod tests {
         let (map, scores) = vocab(&refs);
         let spm = Spm::new(scores, &map);
         let mut out = Vec::new();
-        spm.encode("aé", &map, &mut out, None);
+        spm.encode("aé", &map, &mut out, None, &|| Ok(())).unwrap();
         assert_eq!(out, vec![256, 0xC3, 0xA9]);
         assert_eq!(Spm::token_bytes("<0x0A>", true), vec![10]);
         assert_eq!(Spm::token_bytes("\u{2581}the", false), b" the".to_vec());
