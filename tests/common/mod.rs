@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use zeph_llm::{GenerateOptions, SamplingOptions};
 
@@ -21,6 +21,10 @@ pub fn model_path(name: &str) -> PathBuf {
         }
     }
     let root = env!("CARGO_MANIFEST_DIR");
+    // One fetch at a time: tests run in parallel, and on a fresh machine
+    // each would download the same model.
+    static FETCH: Mutex<()> = Mutex::new(());
+    let _one = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     // The script's progress lines (a first download takes a while) go
     // straight to the terminal, past the test harness's capture.
     let out = Command::new("bash")
