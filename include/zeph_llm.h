@@ -146,6 +146,22 @@ typedef enum zeph_finish_reason {
 } zeph_finish_reason;
 
 /**
+ * How `zeph_engine_embed` turns the hidden states of a text's tokens into
+ * one vector.
+ */
+typedef enum zeph_pooling {
+  /**
+   * The average of every token's final hidden state (BOS included when
+   * the model adds one).
+   */
+  ZEPH_POOLING_MEAN = 0,
+  /**
+   * The last token's final hidden state.
+   */
+  ZEPH_POOLING_LAST = 1,
+} zeph_pooling;
+
+/**
  * A one-shot cancel switch.  Put it in `zeph_generate_options.cancel`;
  * `zeph_cancel_token_cancel` then makes every call carrying it return
  * `ZEPH_STATUS_CANCELLED` promptly: a queued request is dropped unrun, a
@@ -550,6 +566,36 @@ void zeph_engine_shutdown(struct zeph_engine *engine);
  * invalid afterwards.
  */
 void zeph_engine_free(struct zeph_engine *engine);
+
+/**
+ * Computes the embedding of `text` (UTF-8): the final hidden states of its
+ * tokens (after the model's output norm), pooled as `pooling` says, and
+ * L2-normalized (unit length).  The text is tokenized as llama.cpp's
+ * `llama-embedding` does: BOS added when the model asks for it, nothing
+ * appended, special tokens written in the text parsed.
+ *
+ * `*n_out` receives the embedding's length (the model's
+ * `embedding_length`, the same for every text).  When `capacity` is
+ * smaller than that, nothing is computed or written to `out`, the call
+ * returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
+ * length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
+ * the buffer.  `out` is owned by the caller.  Other failures:
+ * `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
+ * no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
+ * context length, and the statuses of `zeph_engine_complete` (the work
+ * runs on the engine's workers, through its queue, under its
+ * `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
+ * `ZEPH_STATUS_SHUTDOWN`, ...).
+ *
+ * Threads: any thread; calls from several threads run on the engine's
+ * workers in parallel with each other and with generation requests.
+ */
+enum zeph_status zeph_engine_embed(struct zeph_engine *engine,
+                                   const char *text,
+                                   zeph_pooling pooling,
+                                   float *out,
+                                   size_t capacity,
+                                   size_t *n_out);
 
 /**
  * Fills `*info_out` (set its `struct_size` first) with facts about the

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::cancel::{cancelled_receiver, CancelToken};
 use crate::chat::{self, ChatTemplate, Message};
+use crate::embed::Pooling;
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
@@ -318,9 +319,49 @@ impl Engine {
         }
     }
 
+    /// The L2-normalized embedding of `text` (`info().embedding_length`
+    /// values): its tokens' final hidden states, pooled.  BOS is added as
+    /// the model asks, nothing is appended, special tokens written in the
+    /// text are parsed (llama.cpp's `llama-embedding`).  It runs on the
+    /// workers, through the queue, with the engine's default deadline.
+    pub fn embed(&self, text: &str, pooling: Pooling) -> Result<Vec<f32>> {
+        self.check_running()?;
+        let tokens = self.shared.tokenizer.encode(text, true, true)?;
+        if tokens.is_empty() {
+            return Err(Error::invalid_argument(
+                "the text is empty and the model adds no BOS: nothing to embed",
+            ));
+        }
+        let n_ctx = self.info().context_length;
+        if tokens.len() > n_ctx {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "the text has {} tokens, more than the context length {n_ctx}",
+                    tokens.len()
+                ),
+            ));
+        }
+        let options = GenerateOptions::default();
+        let (reply, reply_rx) = bounded(1);
+        let pending = self.enqueue(tokens, &options, Output::Embed(pooling, reply))?;
+        self.wait(pending, reply_rx, &options)
+    }
+
     fn submit(&self, tokens: Vec<u32>, options: &GenerateOptions) -> Result<Completion> {
         let (reply, reply_rx) = bounded(1);
         let pending = self.enqueue(tokens, options, Output::Reply(reply))?;
+        self.wait(pending, reply_rx, options)
+    }
+
+    /// Waits for a queued job's answer until its deadline, a cancel or
+    /// shutdown; on any of those the job is cancelled.
+    fn wait<T>(
+        &self,
+        pending: Pending,
+        reply_rx: Receiver<Result<T>>,
+        options: &GenerateOptions,
+    ) -> Result<T> {
         let token = cancelled_receiver(options.cancel.as_ref());
         let wait = pending.deadline.saturating_duration_since(Instant::now());
         let outcome = select! {

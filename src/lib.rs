@@ -11,6 +11,8 @@ pub mod cancel;
 /// cbindgen:ignore
 pub mod chat;
 /// cbindgen:ignore
+pub mod embed;
+/// cbindgen:ignore
 pub mod engine;
 /// cbindgen:ignore
 pub mod error;
@@ -37,6 +39,7 @@ pub mod ffi;
 
 pub use cancel::CancelToken;
 pub use chat::Message;
+pub use embed::Pooling;
 pub use engine::Engine;
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{Completion, FinishReason, Usage};

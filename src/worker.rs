@@ -13,6 +13,7 @@ use crossbeam_channel::{select, Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::cancel::CancelToken;
+use crate::embed::{embed, Pooling};
 use crate::engine::{Fault, Shared};
 use crate::error::{panic_message, Error, ErrorKind, Result};
 use crate::generate::{generate, Cache, Completion};
@@ -27,6 +28,9 @@ pub enum Output {
     /// that stops reading makes the worker wait (while still honouring
     /// cancellation and the deadline), never buffer without bound.
     Stream(Sender<StreamEvent>),
+    /// An embedding job (no sampling: the tokens' hidden states, pooled),
+    /// to a caller blocked on it.  Capacity 1, as `Reply`.
+    Embed(Pooling, Sender<Result<Vec<f32>>>),
 }
 
 pub enum StreamEvent {
@@ -79,6 +83,11 @@ impl Job {
         match &self.output {
             Output::Reply(tx) => {
                 let _ = tx.try_send(result);
+            }
+            Output::Embed(_, tx) => {
+                // Only a failure before the job ran comes here (`run_embed`
+                // sends its own answer).
+                let _ = tx.try_send(result.map(|_| Vec::new()));
             }
             Output::Stream(tx) => {
                 // The stream may be full of unread pieces: wait for room a
@@ -151,6 +160,12 @@ fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, job: J
         job.finish(Err(e), &shared.shutting_down);
         return;
     }
+    if let Output::Embed(pooling, tx) = &job.output {
+        let result = run_embed(shared, cache, &job, *pooling);
+        release(slot, cache);
+        let _ = tx.try_send(result);
+        return;
+    }
     let queue_time = job.enqueued.elapsed();
     let interrupt = || job.interrupted(&shared.shutting_down);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -177,7 +192,7 @@ fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, job: J
         };
         let sink: Option<crate::generate::Sink> = match job.output {
             Output::Stream(_) => Some(&mut send_piece),
-            Output::Reply(_) => None,
+            Output::Reply(_) | Output::Embed(..) => None,
         };
         generate(
             cache,
@@ -207,6 +222,22 @@ fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, job: J
     };
     release(slot, cache);
     job.finish(result, &shared.shutting_down);
+}
+
+/// An embedding job's work, with panics caught as for generation.
+fn run_embed(shared: &Shared, cache: &mut Cache, job: &Job, pooling: Pooling) -> Result<Vec<f32>> {
+    let interrupt = || job.interrupted(&shared.shutting_down);
+    let n_embd = shared.weights.info().embedding_length;
+    catch_unwind(AssertUnwindSafe(|| {
+        embed(cache, &job.tokens, n_embd, pooling, &interrupt)
+    }))
+    .unwrap_or_else(|payload| {
+        *cache = Cache::new(shared.weights.new_session());
+        Err(Error::new(
+            ErrorKind::Panic,
+            format!("embedding panicked: {}", panic_message(payload.as_ref())),
+        ))
+    })
 }
 
 #[cfg(test)]

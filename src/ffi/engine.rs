@@ -7,7 +7,9 @@ use super::options::{engine_options, generate_options, out_struct_size};
 use super::string::into_c_string;
 use super::{boundary, null_argument, str_arg, write_out, zeph_status};
 use crate::chat::Message;
+use crate::embed::Pooling;
 use crate::engine::Engine;
+use crate::error::Error;
 use crate::error::Result;
 use crate::generate::{Completion, FinishReason};
 
@@ -374,4 +376,83 @@ pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
     if !engine.is_null() {
         super::boundary_or((), || drop(Box::from_raw(engine)));
     }
+}
+
+/// How `zeph_engine_embed` turns the hidden states of a text's tokens into
+/// one vector.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum zeph_pooling {
+    /// The average of every token's final hidden state (BOS included when
+    /// the model adds one).
+    ZEPH_POOLING_MEAN = 0,
+    /// The last token's final hidden state.
+    ZEPH_POOLING_LAST = 1,
+}
+
+/// A `zeph_pooling` as C passes it: any int.  The header spells it
+/// `zeph_pooling` (see cbindgen.toml), so that an out-of-range value is an
+/// `INVALID_ARGUMENT`, not undefined behaviour.
+#[repr(transparent)]
+pub struct zeph_pooling_raw(pub std::ffi::c_int);
+
+/// Computes the embedding of `text` (UTF-8): the final hidden states of its
+/// tokens (after the model's output norm), pooled as `pooling` says, and
+/// L2-normalized (unit length).  The text is tokenized as llama.cpp's
+/// `llama-embedding` does: BOS added when the model asks for it, nothing
+/// appended, special tokens written in the text parsed.
+///
+/// `*n_out` receives the embedding's length (the model's
+/// `embedding_length`, the same for every text).  When `capacity` is
+/// smaller than that, nothing is computed or written to `out`, the call
+/// returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
+/// length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
+/// the buffer.  `out` is owned by the caller.  Other failures:
+/// `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
+/// no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
+/// context length, and the statuses of `zeph_engine_complete` (the work
+/// runs on the engine's workers, through its queue, under its
+/// `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
+/// `ZEPH_STATUS_SHUTDOWN`, ...).
+///
+/// Threads: any thread; calls from several threads run on the engine's
+/// workers in parallel with each other and with generation requests.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_embed(
+    engine: *mut zeph_engine,
+    text: *const c_char,
+    pooling: zeph_pooling_raw,
+    out: *mut f32,
+    capacity: usize,
+    n_out: *mut usize,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let text = str_arg(text, "text")?;
+        if n_out.is_null() {
+            return Err(null_argument("n_out"));
+        }
+        if out.is_null() && capacity > 0 {
+            return Err(null_argument("out (with capacity > 0)"));
+        }
+        let pooling = match pooling.0 {
+            0 => Pooling::Mean,
+            1 => Pooling::Last,
+            other => {
+                return Err(Error::invalid_argument(format!(
+                    "pooling = {other} is not a zeph_pooling value"
+                )))
+            }
+        };
+        let n = engine.info().embedding_length;
+        write_out(n_out, n);
+        if capacity < n {
+            return Err(Error::invalid_argument(format!(
+                "capacity {capacity} is too small: the embedding has {n} values"
+            )));
+        }
+        let v = engine.embed(text, pooling)?;
+        std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len().min(capacity));
+        Ok(())
+    })
 }

@@ -474,8 +474,15 @@ impl DecoderSession {
     }
 
     /// Runs `tokens` at `pos..`; returns the last one's logits when
-    /// `logits` is set (an empty vector otherwise).
-    fn forward_pass(&mut self, tokens: &[u32], pos: usize, logits: bool) -> Vec<f32> {
+    /// `logits` is set (an empty vector otherwise), and appends every
+    /// token's final hidden state (after the output norm) to `hidden`.
+    fn forward_pass(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: bool,
+        hidden: Option<&mut Vec<f32>>,
+    ) -> Vec<f32> {
         let model = self.model.clone();
         let m = &*model;
         let c = &m.cfg;
@@ -591,6 +598,13 @@ impl DecoderSession {
             self.residual(n, e, layer.post_ffn_norm.as_deref());
         }
 
+        if let Some(out) = hidden {
+            let at = out.len();
+            out.resize(at + n * e, 0.0);
+            for (x, h) in self.buf.x[..n * e].chunks(e).zip(out[at..].chunks_mut(e)) {
+                ops::rms_norm(x, &m.out_norm, c.rms_eps as f32, h);
+            }
+        }
         if !logits {
             return Vec::new();
         }
@@ -851,8 +865,14 @@ fn rotate(v: &mut [f32], cs: &[f32], style: RopeStyle) {
     }
 }
 
-impl Session for DecoderSession {
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+impl DecoderSession {
+    /// `forward`, and with `hidden` the hidden states of every token.
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        mut hidden: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<f32>> {
         let limit = self.model.cfg.context_length;
         if tokens.is_empty() || pos + tokens.len() > limit || pos != self.len {
             return Err(Error::inference(format!(
@@ -873,11 +893,23 @@ impl Session for DecoderSession {
         let mut at = pos;
         for chunk in tokens.chunks(step) {
             let last = at + chunk.len() == pos + tokens.len();
-            logits = self.forward_pass(chunk, at, last);
+            logits = self.forward_pass(chunk, at, last && hidden.is_none(), hidden.as_deref_mut());
             at += chunk.len();
             self.len = at;
         }
         Ok(logits)
+    }
+}
+
+impl Session for DecoderSession {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        self.run(tokens, pos, None)
+    }
+
+    fn hidden_states(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        let mut hidden = Vec::with_capacity(tokens.len() * self.model.cfg.n_embd);
+        self.run(tokens, pos, Some(&mut hidden))?;
+        Ok(hidden)
     }
 
     fn reset(&mut self) {

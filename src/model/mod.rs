@@ -43,6 +43,9 @@ pub struct ModelInfo {
     /// engine option when that is set.
     pub context_length: usize,
     pub vocab_size: usize,
+    /// Values per hidden state (`<arch>.embedding_length`): the length of
+    /// an embedding.
+    pub embedding_length: usize,
     pub parameter_count: u64,
     /// The most common tensor type of the weights ("Q4_1", "Q4_K", ...).
     pub quantization: String,
@@ -62,6 +65,10 @@ pub trait Session: Send {
     /// sequence (the cache must hold exactly `pos` tokens), and returns the
     /// logits for the last of them.
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>>;
+    /// As `forward`, but returns the final hidden states (after the output
+    /// norm, before the output matrix) of every one of `tokens`: row `t`
+    /// is `out[t * n_embd..(t + 1) * n_embd]`.  For embeddings.
+    fn hidden_states(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>>;
     /// Empties the cache.
     fn reset(&mut self);
     /// Keeps at most the first `len` positions of the cache, drops the
@@ -189,6 +196,7 @@ pub fn load_with(
         hp.trained_context
     };
     let trained_context = hp.trained_context;
+    let embedding_length = hp.n_embd;
     let cfg: Config = match arch.as_str() {
         "llama" => llama::config(gguf, hp, context_length),
         "gemma3" => gemma3::config(gguf, hp, context_length),
@@ -201,6 +209,7 @@ pub fn load_with(
         trained_context_length: trained_context,
         context_length,
         vocab_size: 0,
+        embedding_length,
         parameter_count: gguf.parameter_count(),
         quantization: gguf.dominant_type(),
     };

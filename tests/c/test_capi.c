@@ -734,6 +734,54 @@ static void test_conversation(void) {
     zeph_engine_free(e);
 }
 
+static double dot(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+static void test_embeddings(void) {
+    zeph_engine *e = open_engine(model_path, 1, 4);
+    size_t n = 0;
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, NULL, 0, &n),
+           ZEPH_STATUS_INVALID_ARGUMENT, "embed with capacity 0 sizes the buffer", "576");
+    check(n == 576, "embed reports SmolLM2's embedding length", NULL);
+    float *mean = calloc(n, sizeof *mean), *last = calloc(n, sizeof *last), *again = calloc(n, sizeof *again);
+    size_t got = 0;
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, mean, n - 1, &got),
+           ZEPH_STATUS_INVALID_ARGUMENT, "embed with capacity one too small", "capacity");
+    check(got == n && mean[0] == 0.0f, "a too-small buffer is left untouched", NULL);
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_OK,
+           "embed, mean pooling", NULL);
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_LAST, last, n, &got), ZEPH_STATUS_OK,
+           "embed, last pooling", NULL);
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, again, n, &got), ZEPH_STATUS_OK,
+           "embed again", NULL);
+    check(fabs(dot(mean, mean, n) - 1.0) < 1e-4 && fabs(dot(last, last, n) - 1.0) < 1e-4,
+          "embeddings are L2-normalized", NULL);
+    check(dot(mean, last, n) < 0.999, "mean and last pooling differ", NULL);
+    check(memcmp(mean, again, n * sizeof *mean) == 0, "the same text gives the same embedding", NULL);
+    expect(zeph_engine_embed(e, "A cat", (zeph_pooling)7, mean, n, &got), ZEPH_STATUS_INVALID_ARGUMENT,
+           "embed with an unknown pooling", "pooling");
+    expect(zeph_engine_embed(e, "", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_INVALID_ARGUMENT,
+           "embed an empty text (no BOS)", "empty");
+    expect(zeph_engine_embed(e, NULL, ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL text", "text");
+    expect(zeph_engine_embed(e, "x", ZEPH_POOLING_MEAN, NULL, n, &got), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL out", "out");
+    expect(zeph_engine_embed(e, "x", ZEPH_POOLING_MEAN, mean, n, NULL), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL n_out", "n_out");
+    expect(zeph_engine_embed(NULL, "x", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL engine", "engine");
+    zeph_engine_shutdown(e);
+    expect(zeph_engine_embed(e, "x", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_SHUTDOWN,
+           "embed after shutdown", "shut down");
+    zeph_engine_free(e);
+    free(mean);
+    free(last);
+    free(again);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s <smollm2.gguf> <fixtures-dir>\n", argv[0]);
@@ -760,6 +808,7 @@ int main(int argc, char **argv) {
     test_panics();
     test_streams();
     test_conversation();
+    test_embeddings();
 
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
