@@ -16,7 +16,8 @@
  * - Strings are UTF-8 and NUL-terminated, in and out.
  * - Threads: a zeph_engine may be used from any number of threads at once;
  *   only zeph_engine_free must run after every other call on that engine has
- *   returned. No library thread ever calls into the caller's code.
+ *   returned. No library thread calls into the caller's code, except a
+ *   log callback given in zeph_engine_options (see there).
  * - Deadlines: a request's timeout covers its wait in the queue and its
  *   inference. When it passes the call returns ZEPH_STATUS_TIMEOUT at once
  *   and the work is cancelled (skipped if queued, stopped at the next token
@@ -116,6 +117,16 @@ typedef enum zeph_status {
 } zeph_status;
 
 /**
+ * How much a log message matters.
+ */
+typedef enum zeph_log_level {
+  ZEPH_LOG_ERROR = 0,
+  ZEPH_LOG_WARN = 1,
+  ZEPH_LOG_INFO = 2,
+  ZEPH_LOG_DEBUG = 3,
+} zeph_log_level;
+
+/**
  * Why generation ended.
  */
 typedef enum zeph_finish_reason {
@@ -191,6 +202,17 @@ typedef struct zeph_engine zeph_engine;
 typedef struct zeph_stream zeph_stream;
 
 /**
+ * The load-progress callback of `zeph_engine_options`: `user_data`, then
+ * the fraction loaded (0 to 1); returns whether to go on.
+ */
+typedef bool (*zeph_progress_fn)(void *user_data, float progress);
+
+/**
+ * The log callback of `zeph_engine_options`.
+ */
+typedef void (*zeph_log_fn)(void *user_data, enum zeph_log_level level, const char *message);
+
+/**
  * Options of `zeph_engine_new`.  Get the defaults from
  * `zeph_engine_options_default()`, then change fields.
  */
@@ -239,6 +261,35 @@ typedef struct zeph_engine_options {
    * Reserved for a later option; must be 0.
    */
   uint32_t reserved;
+  /**
+   * Called while the model loads, on the thread that called
+   * `zeph_engine_new` (or `zeph_engine_new_from_memory`) and before that
+   * call returns, with `progress_user_data` and the fraction done, from
+   * 0 to 1 (non-decreasing; at least at 0 and at 1, and between the
+   * loading stages).  Returning false stops loading: the call frees
+   * everything it made and returns `ZEPH_STATUS_CANCELLED`.  NULL
+   * (default) = no callback.
+   */
+  zeph_progress_fn progress;
+  /**
+   * Passed as is to `progress`; never read by the library.
+   */
+  void *progress_user_data;
+  /**
+   * Receives every message the library has for the user (a warning
+   * about the model's vocabulary, a summary when the model is loaded,
+   * ...), with `log_user_data` and a level; the message is valid during
+   * the call only.  With a callback, nothing is written to standard
+   * error; NULL (default) = warnings and errors go to standard error.
+   * Threads: called on the loading thread, and may be called on the
+   * engine's worker threads until `zeph_engine_free` returns: it must be
+   * safe to call from any thread, and must not call back into the engine.
+   */
+  zeph_log_fn log;
+  /**
+   * Passed as is to `log`; never read by the library.
+   */
+  void *log_user_data;
 } zeph_engine_options;
 
 /**
@@ -476,13 +527,40 @@ void zeph_cancel_token_free(struct zeph_cancel_token *token);
  * left untouched and `zeph_last_error()` says why (`ZEPH_STATUS_IO`: the
  * file cannot be read; `ZEPH_STATUS_MODEL`: not a GGUF, truncated, or an
  * unsupported architecture; `ZEPH_STATUS_TOKENIZER`, `ZEPH_STATUS_TEMPLATE`,
- * `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range).
+ * `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range;
+ * `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
+ * everything loaded so far was freed).
  *
- * Threads: any thread.
+ * Threads: any thread; the `progress` and `log` callbacks of `options`
+ * run on it during the call.
  */
 enum zeph_status zeph_engine_new(const char *model_path,
                                  const struct zeph_engine_options *options,
                                  struct zeph_engine **engine_out);
+
+/**
+ * Loads a GGUF model from the `len` bytes at `data` (a model shipped
+ * inside an application bundle, downloaded, or decrypted in memory) and
+ * starts its workers; otherwise as `zeph_engine_new`.
+ *
+ * Ownership: the bytes are COPIED during the call (into an anonymous
+ * in-memory file that the engine maps as it maps a model file, freed with
+ * the engine): the caller may free or reuse `data` as soon as the call
+ * returns.  The engine's memory therefore includes a copy of the model
+ * file; loading from a path (`zeph_engine_new`) needs no copy.
+ *
+ * Failures: `ZEPH_STATUS_NULL_ARGUMENT` for NULL `data` or `engine_out`;
+ * `ZEPH_STATUS_MODEL` when the bytes are not a whole GGUF model (messages
+ * name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
+ * made; the rest as `zeph_engine_new`.
+ *
+ * Threads: any thread; the `progress` and `log` callbacks of `options`
+ * run on it during the call.
+ */
+enum zeph_status zeph_engine_new_from_memory(const void *data,
+                                             size_t len,
+                                             const struct zeph_engine_options *options,
+                                             struct zeph_engine **engine_out);
 
 /**
  * Continues `prompt` (UTF-8) and returns the generated text.

@@ -16,6 +16,7 @@ use crate::embed::Pooling;
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
+use crate::log::LogLevel;
 use crate::model::{self, ModelInfo, Weights};
 use crate::options::{EngineOptions, GenerateOptions};
 use crate::tokenizer::Tokenizer;
@@ -67,11 +68,28 @@ impl Engine {
     /// Loads the model at `path` and starts `options.n_workers` workers.
     pub fn new(path: &Path, options: EngineOptions) -> Result<Self> {
         options.validate()?;
-        let mut gguf = Gguf::open(path)?;
+        progress(&options, 0.0)?;
+        let gguf = Gguf::open(path)?;
+        Self::load(gguf, &path.display(), options)
+    }
+
+    /// As `new`, with the model file's bytes in memory (copied: `data` is
+    /// not needed once this returns).
+    pub fn from_memory(data: &[u8], options: EngineOptions) -> Result<Self> {
+        options.validate()?;
+        progress(&options, 0.0)?;
+        let gguf = Gguf::from_memory(data)?;
+        Self::load(gguf, &"<memory>", options)
+    }
+
+    fn load(mut gguf: Gguf, shown: &dyn std::fmt::Display, options: EngineOptions) -> Result<Self> {
+        let started = Instant::now();
+        progress(&options, 0.05)?;
         let tokenizer = Tokenizer::load(&gguf, options.tokenizer_path.as_deref())?;
         if let Some(w) = &tokenizer.warning {
-            eprintln!("zeph_llm: warning: {}: {w}", path.display());
+            options.logger.log(LogLevel::Warn, &format!("{shown}: {w}"));
         }
+        progress(&options, 0.2)?;
         let token = |id: Option<u32>| {
             id.and_then(|i| tokenizer.token_text(i))
                 .unwrap_or("")
@@ -106,8 +124,9 @@ impl Engine {
             options.context_length,
             options.threads_per_worker(),
         )
-        .map_err(|e| e.context(path.display()))?;
+        .map_err(|e| e.context(shown))?;
         drop(gguf);
+        progress(&options, 0.95)?;
 
         let shared = Arc::new(Shared {
             weights,
@@ -145,6 +164,27 @@ impl Engine {
                 }
             }
         }
+        if let Err(e) = progress(&options, 1.0) {
+            drop(shutdown_tx);
+            for w in workers {
+                let _ = w.join();
+            }
+            return Err(e);
+        }
+        let info = shared.weights.info();
+        options.logger.log(
+            LogLevel::Info,
+            &format!(
+                "{shown}: {} ({}, {}, {} parameters, context {}) loaded in {} ms, {} worker(s)",
+                info.name,
+                info.architecture,
+                info.quantization,
+                info.parameter_count,
+                info.context_length,
+                started.elapsed().as_millis(),
+                options.n_workers
+            ),
+        );
         Ok(Self {
             shared,
             template,
@@ -405,6 +445,21 @@ impl Drop for Engine {
         for w in self.workers.lock().drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+/// Tells the progress callback how far loading got; its "stop" is a
+/// `Cancelled` error, which drops everything loaded so far.
+fn progress(options: &EngineOptions, done: f32) -> Result<()> {
+    match &options.progress {
+        Some(f) if !f(done) => Err(Error::new(
+            ErrorKind::Cancelled,
+            format!(
+                "loading was cancelled by the progress callback (at {:.0}%)",
+                done * 100.0
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

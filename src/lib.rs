@@ -21,6 +21,8 @@ pub mod generate;
 /// cbindgen:ignore
 pub mod gguf;
 /// cbindgen:ignore
+pub mod log;
+/// cbindgen:ignore
 pub mod model;
 /// cbindgen:ignore
 pub mod options;

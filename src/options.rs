@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
+use crate::log::{Logger, ProgressFn};
 
 pub const MAX_WORKERS: usize = 64;
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineOptions {
     pub n_workers: usize,
     pub queue_capacity: usize,
@@ -27,6 +28,26 @@ pub struct EngineOptions {
     /// Compute threads per worker; 0 = the available cores divided by
     /// `n_workers`, at least 1.
     pub n_threads: usize,
+    /// Told how far loading got (0 to 1) on the loading thread; returning
+    /// false cancels the load (`Cancelled`).
+    pub progress: Option<ProgressFn>,
+    /// Where messages go (the log callback, or standard error).
+    pub logger: Logger,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("n_workers", &self.n_workers)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("default_timeout", &self.default_timeout)
+            .field("tokenizer_path", &self.tokenizer_path)
+            .field("context_length", &self.context_length)
+            .field("n_threads", &self.n_threads)
+            .field("progress", &self.progress.is_some())
+            .field("logger", &self.logger)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most compute threads per worker.
@@ -42,6 +63,8 @@ impl Default for EngineOptions {
             chat_template: None,
             context_length: 0,
             n_threads: 0,
+            progress: None,
+            logger: Logger::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `zeph_engine_*`: creating an engine, generating text, shutting down.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::path::Path;
 
 use super::options::{engine_options, generate_options, out_struct_size};
@@ -102,9 +102,12 @@ impl From<FinishReason> for zeph_finish_reason {
 /// left untouched and `zeph_last_error()` says why (`ZEPH_STATUS_IO`: the
 /// file cannot be read; `ZEPH_STATUS_MODEL`: not a GGUF, truncated, or an
 /// unsupported architecture; `ZEPH_STATUS_TOKENIZER`, `ZEPH_STATUS_TEMPLATE`,
-/// `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range).
+/// `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range;
+/// `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
+/// everything loaded so far was freed).
 ///
-/// Threads: any thread.
+/// Threads: any thread; the `progress` and `log` callbacks of `options`
+/// run on it during the call.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new(
     model_path: *const c_char,
@@ -118,6 +121,49 @@ pub unsafe extern "C" fn zeph_engine_new(
         }
         let options = engine_options(options)?;
         let engine = Engine::new(Path::new(path), options)?;
+        let info = super::model::InfoStrings::new(&engine);
+        write_out(
+            engine_out,
+            Box::into_raw(Box::new(zeph_engine { engine, info })),
+        );
+        Ok(())
+    })
+}
+
+/// Loads a GGUF model from the `len` bytes at `data` (a model shipped
+/// inside an application bundle, downloaded, or decrypted in memory) and
+/// starts its workers; otherwise as `zeph_engine_new`.
+///
+/// Ownership: the bytes are COPIED during the call (into an anonymous
+/// in-memory file that the engine maps as it maps a model file, freed with
+/// the engine): the caller may free or reuse `data` as soon as the call
+/// returns.  The engine's memory therefore includes a copy of the model
+/// file; loading from a path (`zeph_engine_new`) needs no copy.
+///
+/// Failures: `ZEPH_STATUS_NULL_ARGUMENT` for NULL `data` or `engine_out`;
+/// `ZEPH_STATUS_MODEL` when the bytes are not a whole GGUF model (messages
+/// name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
+/// made; the rest as `zeph_engine_new`.
+///
+/// Threads: any thread; the `progress` and `log` callbacks of `options`
+/// run on it during the call.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_new_from_memory(
+    data: *const c_void,
+    len: usize,
+    options: *const super::zeph_engine_options,
+    engine_out: *mut *mut zeph_engine,
+) -> zeph_status {
+    boundary(|| {
+        if data.is_null() {
+            return Err(null_argument("data"));
+        }
+        if engine_out.is_null() {
+            return Err(null_argument("engine_out"));
+        }
+        let options = engine_options(options)?;
+        let bytes = std::slice::from_raw_parts(data as *const u8, len);
+        let engine = Engine::from_memory(bytes, options)?;
         let info = super::model::InfoStrings::new(&engine);
         write_out(
             engine_out,

@@ -8,12 +8,14 @@
 //! are zero, so a request is never silently half-understood.  New fields
 //! are only ever added at the end; the structs have no padding.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{null_argument, opt_str_arg, str_arg};
 use crate::error::{Error, Result};
+use crate::log::{LogLevel, Logger};
 use crate::options::{EngineOptions, GenerateOptions, SamplingOptions};
 
 /// `seed` value that asks for a different seed on every request.
@@ -50,6 +52,47 @@ pub struct zeph_engine_options {
     pub n_threads: u32,
     /// Reserved for a later option; must be 0.
     pub reserved: u32,
+    /// Called while the model loads, on the thread that called
+    /// `zeph_engine_new` (or `zeph_engine_new_from_memory`) and before that
+    /// call returns, with `progress_user_data` and the fraction done, from
+    /// 0 to 1 (non-decreasing; at least at 0 and at 1, and between the
+    /// loading stages).  Returning false stops loading: the call frees
+    /// everything it made and returns `ZEPH_STATUS_CANCELLED`.  NULL
+    /// (default) = no callback.
+    pub progress: zeph_progress_fn,
+    /// Passed as is to `progress`; never read by the library.
+    pub progress_user_data: *mut c_void,
+    /// Receives every message the library has for the user (a warning
+    /// about the model's vocabulary, a summary when the model is loaded,
+    /// ...), with `log_user_data` and a level; the message is valid during
+    /// the call only.  With a callback, nothing is written to standard
+    /// error; NULL (default) = warnings and errors go to standard error.
+    /// Threads: called on the loading thread, and may be called on the
+    /// engine's worker threads until `zeph_engine_free` returns: it must be
+    /// safe to call from any thread, and must not call back into the engine.
+    pub log: zeph_log_fn,
+    /// Passed as is to `log`; never read by the library.
+    pub log_user_data: *mut c_void,
+}
+
+/// The load-progress callback of `zeph_engine_options`: `user_data`, then
+/// the fraction loaded (0 to 1); returns whether to go on.
+pub type zeph_progress_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, progress: f32) -> bool>;
+
+/// The log callback of `zeph_engine_options`.
+pub type zeph_log_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, level: zeph_log_level, message: *const c_char),
+>;
+
+/// How much a log message matters.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum zeph_log_level {
+    ZEPH_LOG_ERROR = 0,
+    ZEPH_LOG_WARN = 1,
+    ZEPH_LOG_INFO = 2,
+    ZEPH_LOG_DEBUG = 3,
 }
 
 /// Options of one generation request.  Get the defaults from
@@ -119,6 +162,10 @@ pub extern "C" fn zeph_engine_options_default() -> zeph_engine_options {
         chat_template: std::ptr::null(),
         n_threads: 0,
         reserved: 0,
+        progress: None,
+        progress_user_data: std::ptr::null_mut(),
+        log: None,
+        log_user_data: std::ptr::null_mut(),
     }
 }
 
@@ -213,7 +260,8 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
     let o = read_versioned(
         ptr,
         zeph_engine_options_default(),
-        std::mem::size_of::<zeph_engine_options>(),
+        // The first version ended before the callbacks.
+        std::mem::offset_of!(zeph_engine_options, progress),
         "zeph_engine_options",
     )?;
     let options = EngineOptions {
@@ -225,6 +273,30 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
         chat_template: opt_str_arg(o.chat_template, "options->chat_template")?.map(str::to_string),
         context_length: o.context_length as usize,
         n_threads: o.n_threads as usize,
+        progress: o.progress.map(|f| {
+            let user = UserData(o.progress_user_data);
+            Arc::new(move |done: f32| {
+                let user = &user;
+                // SAFETY: the caller's callback, with its own pointer.
+                unsafe { f(user.0, done) }
+            }) as crate::log::ProgressFn
+        }),
+        logger: Logger(o.log.map(|f| {
+            let user = UserData(o.log_user_data);
+            Arc::new(move |level: LogLevel, message: &str| {
+                let user = &user;
+                let level = match level {
+                    LogLevel::Error => zeph_log_level::ZEPH_LOG_ERROR,
+                    LogLevel::Warn => zeph_log_level::ZEPH_LOG_WARN,
+                    LogLevel::Info => zeph_log_level::ZEPH_LOG_INFO,
+                    LogLevel::Debug => zeph_log_level::ZEPH_LOG_DEBUG,
+                };
+                let message = super::to_c_string(message);
+                // SAFETY: the caller's callback, with its own pointer and a
+                // string valid during the call.
+                unsafe { f(user.0, level, message.as_ptr()) }
+            }) as crate::log::LogFn
+        })),
     };
     if o.reserved != 0 {
         return Err(Error::invalid_argument(
@@ -286,3 +358,11 @@ pub(crate) unsafe fn generate_options(
     options.validate()?;
     Ok(options)
 }
+
+/// A caller's `user_data`: the library never reads it, only hands it back
+/// to the caller's callback, on the threads the header promises.
+struct UserData(*mut c_void);
+// SAFETY: the pointer is opaque to the library; the header tells callers
+// which threads their callbacks run on.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}

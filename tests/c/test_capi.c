@@ -270,6 +270,112 @@ static void test_loading(void) {
            "chat template");
 }
 
+static void *read_whole(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc((size_t)n);
+    *len = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    return buf;
+}
+
+struct progress_log {
+    float seen[64];
+    int n;
+    int stop_at; /* return false at this call (1-based); 0 = never */
+};
+
+static bool on_progress(void *user_data, float progress) {
+    struct progress_log *p = user_data;
+    if (p->n < 64) p->seen[p->n] = progress;
+    p->n++;
+    return p->stop_at == 0 || p->n < p->stop_at;
+}
+
+struct log_lines {
+    int n_info;
+    int n_other;
+    char last[512];
+};
+
+static void on_log(void *user_data, zeph_log_level level, const char *message) {
+    struct log_lines *l = user_data;
+    if (level == ZEPH_LOG_INFO) l->n_info++;
+    else l->n_other++;
+    snprintf(l->last, sizeof l->last, "%s", message);
+}
+
+static void test_loading_from_memory_and_callbacks(void) {
+    zeph_engine *sentinel = (zeph_engine *)&passed, *e = sentinel;
+    size_t len = 0;
+    void *bytes = read_whole(tiny_path, &len);
+    check(bytes != NULL && len > 0, "read the tiny fixture", NULL);
+    expect(zeph_engine_new_from_memory(NULL, len, NULL, &e), ZEPH_STATUS_NULL_ARGUMENT, "from memory: NULL data",
+           "data");
+    expect(zeph_engine_new_from_memory(bytes, len, NULL, NULL), ZEPH_STATUS_NULL_ARGUMENT,
+           "from memory: NULL engine_out", "engine_out");
+    expect(zeph_engine_new_from_memory(bytes, 0, NULL, &e), ZEPH_STATUS_MODEL, "from memory: no bytes", "<memory>");
+    expect(zeph_engine_new_from_memory(bytes, len / 2, NULL, &e), ZEPH_STATUS_MODEL, "from memory: half a model",
+           "<memory>");
+    check(e == sentinel, "engine_out untouched on failure (memory)", NULL);
+    e = NULL;
+    expect(zeph_engine_new_from_memory(bytes, len, NULL, &e), ZEPH_STATUS_OK, "from memory", NULL);
+    memset(bytes, 0, len); /* copied: the buffer is the caller's again */
+    free(bytes);
+    zeph_engine *f = open_engine(tiny_path, 1, 4);
+    zeph_generate_options o = greedy(12);
+    char *a = NULL, *b = NULL;
+    expect(zeph_engine_complete(e, "hello", &o, &a, NULL), ZEPH_STATUS_OK, "generate from a memory-loaded model",
+           NULL);
+    expect(zeph_engine_complete(f, "hello", &o, &b, NULL), ZEPH_STATUS_OK, "generate from the same file", NULL);
+    check(a && b && strcmp(a, b) == 0, "memory and file give the same text", NULL);
+    zeph_string_free(a);
+    zeph_string_free(b);
+    zeph_engine_free(e);
+    zeph_engine_free(f);
+
+    struct progress_log p = {.n = 0, .stop_at = 0};
+    zeph_engine_options eo = zeph_engine_options_default();
+    eo.progress = on_progress;
+    eo.progress_user_data = &p;
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK, "load with a progress callback", NULL);
+    zeph_engine_free(e);
+    bool monotone = p.n >= 2 && p.seen[0] == 0.0f && p.seen[p.n - 1] == 1.0f;
+    for (int i = 1; i < p.n && i < 64; i++) monotone = monotone && p.seen[i] >= p.seen[i - 1];
+    check(monotone, "progress goes from 0 to 1, never back", NULL);
+    int calls = p.n;
+    for (int stop = 1; stop <= calls; stop++) {
+        struct progress_log q = {.n = 0, .stop_at = stop};
+        eo.progress_user_data = &q;
+        e = sentinel;
+        zeph_status s = zeph_engine_new(tiny_path, &eo, &e);
+        char name[96];
+        snprintf(name, sizeof name, "progress returning false at call %d cancels the load", stop);
+        expect(s, ZEPH_STATUS_CANCELLED, name, "progress callback");
+        check(e == sentinel && q.n == stop, "a cancelled load writes no engine and stops calling", NULL);
+    }
+
+    struct log_lines l = {0, 0, ""};
+    eo = zeph_engine_options_default();
+    eo.log = on_log;
+    eo.log_user_data = &l;
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK, "load with a log callback", NULL);
+    zeph_engine_free(e);
+    check(l.n_info >= 1 && strstr(l.last, "loaded") != NULL, "the log callback hears the load summary", l.last);
+
+    /* A caller compiled against the header before the callbacks. */
+    eo = zeph_engine_options_default();
+    eo.struct_size = (uint32_t)offsetof(zeph_engine_options, progress);
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK, "engine options of the first version", NULL);
+    zeph_engine_free(e);
+}
+
 static void test_real_model(void) {
     zeph_engine *e = open_engine(model_path, 1, 4);
     zeph_generate_options o = greedy(8);
@@ -799,6 +905,7 @@ int main(int argc, char **argv) {
 
     test_basics();
     test_loading();
+    test_loading_from_memory_and_callbacks();
     test_real_model();
     test_requests();
     test_cancellation();
