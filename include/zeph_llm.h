@@ -192,6 +192,26 @@ typedef struct zeph_cancel_token zeph_cancel_token;
 typedef struct zeph_engine zeph_engine;
 
 /**
+ * The log-probabilities of the tokens one request generated (one entry
+ * per token of the answer, end-of-generation token excluded; tokens cut
+ * away with a stop string included).  Opaque; read with
+ * `zeph_logprobs_count`, `zeph_logprobs_n_top` and `zeph_logprobs_get`.
+ *
+ * A log-probability is natural (ln) and taken under the distribution the
+ * sampler drew from: with temperature > 0, the softmax at that
+ * temperature over the candidates top-k, top-p and min-p kept (others
+ * have probability 0, so fewer than `n_logprobs` alternatives may be
+ * listed); when greedy, the softmax of the logits at temperature 1.
+ * Both after the repeat penalty and an output constraint's mask.
+ *
+ * Ownership: made by the library for the caller (through
+ * `zeph_usage.logprobs`), freed with `zeph_logprobs_free`; the bytes it
+ * hands out stay valid until then.  Threads: immutable, so it may be read
+ * from any number of threads at once.
+ */
+typedef struct zeph_logprobs zeph_logprobs;
+
+/**
  * One request's text, piece by piece.  Opaque.
  *
  * Threads: `zeph_stream_next` and `zeph_stream_for_each` are for one
@@ -371,6 +391,47 @@ typedef struct zeph_generate_options {
    * default 0.
    */
   uint32_t ignore_eog;
+  /**
+   * A JSON Schema (text) the answer must satisfy: the answer is one JSON
+   * value valid under it.  NULL (default) = no constraint.  At most one
+   * of `json_schema`, `regex` and `grammar` may be set.  Copied during
+   * the call.  See "Structured output" at `grammar`.
+   */
+  const char *json_schema;
+  /**
+   * A regular expression the whole answer must match (Rust `regex`
+   * syntax, implicitly anchored at both ends).  NULL (default) = none.
+   */
+  const char *regex;
+  /**
+   * A context-free grammar the whole answer must match, in llguidance's
+   * Lark-like syntax (https://github.com/guidance-ai/llguidance, "Lark
+   * syntax"; rules `name: ...`, terminals `NAME: ...`, `start` is the
+   * start rule; `%json {...}` embeds a JSON Schema).  NULL (default) =
+   * none.
+   *
+   * Structured output: the constraint masks every token that cannot
+   * continue a valid answer before sampling (greedy or not), and the
+   * model's end-of-generation token is allowed only where the answer is
+   * complete; so an answer that ends by itself (`ZEPH_FINISH_STOP_TOKEN`)
+   * always satisfies it.  An answer cut by `max_tokens`
+   * (`ZEPH_FINISH_LENGTH`) or by a stop string may be incomplete.  A
+   * schema, regex or grammar that does not compile returns
+   * `ZEPH_STATUS_GRAMMAR` with the compiler's message, before any work.
+   */
+  const char *grammar;
+  /**
+   * Log-probabilities: how many most likely alternatives to report per
+   * generated token (0..=20); 0 (default) = no log-probabilities.  With
+   * n_logprobs > 0 a blocking call needs a `zeph_usage` (whose `logprobs`
+   * field receives them) and a stream gives them by `zeph_stream_usage`
+   * once it has ended.  See `zeph_logprobs`.
+   */
+  uint32_t n_logprobs;
+  /**
+   * Reserved for a later option; must be 0.
+   */
+  uint32_t reserved;
 } zeph_generate_options;
 
 /**
@@ -413,6 +474,14 @@ typedef struct zeph_usage {
    * Milliseconds spent generating tokens.
    */
   double generation_ms;
+  /**
+   * The log-probabilities of the generated tokens when the request's
+   * `n_logprobs` > 0 (then `struct_size` must include this field), else
+   * NULL.  A new object for each call that fills this struct, owned by
+   * the caller, freed with `zeph_logprobs_free`.  A stream's is NULL
+   * until it has ended.
+   */
+  struct zeph_logprobs *logprobs;
 } zeph_usage;
 
 /**
@@ -676,6 +745,50 @@ enum zeph_status zeph_engine_embed(struct zeph_engine *engine,
                                    size_t *n_out);
 
 /**
+ * Number of tokens `logprobs` describes (0 for NULL).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_count(const struct zeph_logprobs *logprobs);
+
+/**
+ * Number of alternatives listed for token `index` (at most the request's
+ * `n_logprobs`; 0 for NULL or an index out of range).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_n_top(const struct zeph_logprobs *logprobs, size_t index);
+
+/**
+ * Reads one choice at token `index` (0 .. count-1): `rank` 0 is the
+ * generated token, `rank` r >= 1 the r-th most likely alternative (1 ..
+ * n_top; the generated token itself is among them when it ranks).
+ * Writes its token id, its log-probability (`-INFINITY` for probability
+ * 0), and its bytes: `*bytes_out` points to `*n_bytes_out` bytes of the
+ * token's text, NOT NUL-terminated and not necessarily whole UTF-8
+ * characters (a character may span tokens), owned by `logprobs` and valid
+ * until `zeph_logprobs_free`.  Any out-parameter may be NULL to skip it.
+ * An index or rank out of range returns `ZEPH_STATUS_INVALID_ARGUMENT`
+ * and writes nothing.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_logprobs_get(const struct zeph_logprobs *logprobs,
+                                   size_t index,
+                                   size_t rank,
+                                   uint32_t *id_out,
+                                   float *logprob_out,
+                                   const char **bytes_out,
+                                   size_t *n_bytes_out);
+
+/**
+ * Frees `logprobs`.  NULL is a no-op; must not be called twice.
+ *
+ * Threads: any thread, once no other thread reads it.
+ */
+void zeph_logprobs_free(struct zeph_logprobs *logprobs);
+
+/**
  * Fills `*info_out` (set its `struct_size` first) with facts about the
  * engine's model.
  *
@@ -827,7 +940,11 @@ enum zeph_status zeph_stream_for_each(struct zeph_stream *stream,
  * Fills `*usage_out` (set its `struct_size` first).  While the stream runs
  * the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after it
  * ended, the request's usage (for a stream ended by its deadline or a
- * cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).
+ * cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).  When the
+ * request asked for `n_logprobs` and has ended (whatever the reason; an
+ * interrupted stream's is empty), `usage_out->logprobs` receives a new
+ * `zeph_logprobs` (struct_size permitting), which the caller frees with
+ * `zeph_logprobs_free`, at every such call.
  *
  * Threads: any thread.
  */

@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
 use crate::log::LogLevel;
+use crate::logprobs::TokenLogprob;
 use crate::model::{self, ModelInfo, Weights};
 use crate::options::{EngineOptions, GenerateOptions};
 use crate::tokenizer::Tokenizer;
@@ -428,6 +429,8 @@ impl Engine {
             user_cancel: options.cancel.clone(),
             shutdown: self.shutdown_rx.clone(),
             state: Mutex::new(StreamState::Running),
+            logprobs: Mutex::new(Vec::new()),
+            n_logprobs: options.n_logprobs,
         })
     }
 
@@ -504,6 +507,9 @@ pub struct Stream {
     user_cancel: Option<Arc<CancelToken>>,
     shutdown: Receiver<()>,
     state: Mutex<StreamState>,
+    /// The completion's log-probabilities, once it has ended.
+    logprobs: Mutex<Vec<TokenLogprob>>,
+    n_logprobs: usize,
 }
 
 impl Stream {
@@ -539,6 +545,7 @@ impl Stream {
         match event {
             Ok(StreamEvent::Piece(p)) => Ok(Some(p)),
             Ok(StreamEvent::Done(Ok(c))) => {
+                *self.logprobs.lock() = c.logprobs;
                 *self.state.lock() = StreamState::Ended(c.usage, None);
                 Ok(None)
             }
@@ -570,6 +577,20 @@ impl Stream {
             StreamState::Ended(u, _) => Some(u.clone()),
             StreamState::Running => None,
         }
+    }
+
+    /// The log-probabilities of every generated token (when the request
+    /// asked for them) once the stream has ended; `None` while it runs.
+    pub fn logprobs(&self) -> Option<Vec<TokenLogprob>> {
+        match &*self.state.lock() {
+            StreamState::Ended(..) => Some(self.logprobs.lock().clone()),
+            StreamState::Running => None,
+        }
+    }
+
+    /// Whether the request asked for log-probabilities.
+    pub fn logprobs_asked(&self) -> bool {
+        self.n_logprobs > 0
     }
 
     /// Stops the work; `next` then returns `Cancelled`.

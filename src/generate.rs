@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::logprobs::{token_logprob, TokenLogprob};
 use crate::model::Session;
 use crate::options::GenerateOptions;
 use crate::sampling::Sampler;
@@ -48,6 +49,8 @@ pub struct Usage {
 pub struct Completion {
     pub text: String,
     pub tokens: Vec<u32>,
+    /// One per token of `tokens` when the request asked for `n_logprobs`.
+    pub logprobs: Vec<TokenLogprob>,
     pub usage: Usage,
 }
 
@@ -144,10 +147,22 @@ pub fn generate(
     let mut generated = Vec::new();
     let mut bytes: Vec<u8> = Vec::new();
     let mut emitted = 0;
+    let mut logprobs = Vec::new();
+    let mut scratch = Vec::new();
     let finish_reason = loop {
         let id = sampler.sample(&mut logits, &history);
         if tokenizer.is_eog(id) && !options.ignore_eog {
             break FinishReason::StopToken;
+        }
+        if options.n_logprobs > 0 {
+            logprobs.push(token_logprob(
+                &logits,
+                id,
+                &options.sampling,
+                options.n_logprobs,
+                &mut scratch,
+                &|t| tokenizer.piece(t).to_vec(),
+            ));
         }
         generated.push(id);
         history.push(id);
@@ -184,6 +199,7 @@ pub fn generate(
         // A token may end inside a multi-byte character: replace, never fail.
         text: String::from_utf8_lossy(&bytes).into_owned(),
         tokens: generated,
+        logprobs,
         usage,
     })
 }

@@ -23,6 +23,8 @@ pub mod gguf;
 /// cbindgen:ignore
 pub mod log;
 /// cbindgen:ignore
+pub mod logprobs;
+/// cbindgen:ignore
 pub mod model;
 /// cbindgen:ignore
 pub mod options;
@@ -45,4 +47,5 @@ pub use embed::Pooling;
 pub use engine::Engine;
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{Completion, FinishReason, Usage};
+pub use logprobs::TokenLogprob;
 pub use options::{EngineOptions, GenerateOptions, SamplingOptions};

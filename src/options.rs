@@ -152,6 +152,9 @@ pub struct GenerateOptions {
     pub cache_prompt: bool,
     /// Keep generating through end-of-generation tokens (benchmarks).
     pub ignore_eog: bool,
+    /// Alternatives reported per generated token (0 = no log-probabilities;
+    /// at most `logprobs::MAX_LOGPROBS`).
+    pub n_logprobs: usize,
 }
 
 impl std::fmt::Debug for CancelToken {
@@ -171,6 +174,7 @@ impl Default for GenerateOptions {
             cancel: None,
             cache_prompt: true,
             ignore_eog: false,
+            n_logprobs: 0,
         }
     }
 }
@@ -208,6 +212,13 @@ impl GenerateOptions {
             return Err(Error::invalid_argument(format!(
                 "repeat_penalty = {} must be a finite number > 0",
                 s.repeat_penalty
+            )));
+        }
+        if self.n_logprobs > crate::logprobs::MAX_LOGPROBS {
+            return Err(Error::invalid_argument(format!(
+                "n_logprobs = {} is more than {}",
+                self.n_logprobs,
+                crate::logprobs::MAX_LOGPROBS
             )));
         }
         if self.stop.len() > MAX_STOP_STRINGS {

@@ -80,6 +80,12 @@ pub struct zeph_usage {
     pub prompt_ms: f64,
     /// Milliseconds spent generating tokens.
     pub generation_ms: f64,
+    /// The log-probabilities of the generated tokens when the request's
+    /// `n_logprobs` > 0 (then `struct_size` must include this field), else
+    /// NULL.  A new object for each call that fills this struct, owned by
+    /// the caller, freed with `zeph_logprobs_free`.  A stream's is NULL
+    /// until it has ended.
+    pub logprobs: *mut super::zeph_logprobs,
 }
 
 impl From<FinishReason> for zeph_finish_reason {
@@ -190,7 +196,33 @@ pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a En
 /// `struct_size` bytes.
 pub(crate) unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
     if !usage_out.is_null() {
-        out_struct_size(usage_out, std::mem::size_of::<zeph_usage>(), "zeph_usage")?;
+        // The first version ended before `logprobs`.
+        let first = std::mem::offset_of!(zeph_usage, logprobs);
+        out_struct_size(usage_out, first, "zeph_usage")?;
+    }
+    Ok(())
+}
+
+/// Whether `usage_out` has room for the `logprobs` field.
+///
+/// # Safety
+/// `usage_out` is NULL or passed `check_usage`.
+pub(crate) unsafe fn usage_has_logprobs(usage_out: *const zeph_usage) -> bool {
+    !usage_out.is_null() && (*usage_out).struct_size as usize >= std::mem::size_of::<zeph_usage>()
+}
+
+/// A request with `n_logprobs` needs a usage struct to receive them.
+///
+/// # Safety
+/// As for `usage_has_logprobs`.
+pub(crate) unsafe fn check_logprobs(
+    options: &crate::options::GenerateOptions,
+    usage_out: *const zeph_usage,
+) -> Result<()> {
+    if options.n_logprobs > 0 && !usage_has_logprobs(usage_out) {
+        return Err(Error::invalid_argument(
+            "n_logprobs > 0 needs usage_out, with a struct_size that includes zeph_usage.logprobs",
+        ));
     }
     Ok(())
 }
@@ -206,6 +238,7 @@ fn empty_usage() -> zeph_usage {
         queue_ms: 0.0,
         prompt_ms: 0.0,
         generation_ms: 0.0,
+        logprobs: std::ptr::null_mut(),
     }
 }
 
@@ -228,6 +261,7 @@ pub(crate) fn usage_to_c(u: Option<&crate::generate::Usage>) -> zeph_usage {
             queue_ms: ms(u.queue_time),
             prompt_ms: ms(u.prompt_time),
             generation_ms: ms(u.generation_time),
+            logprobs: std::ptr::null_mut(),
         },
     }
 }
@@ -251,14 +285,30 @@ pub(crate) unsafe fn write_usage(usage_out: *mut zeph_usage, usage: zeph_usage) 
     );
 }
 
+/// A new `zeph_logprobs` for the caller.
+pub(crate) fn logprobs_out(
+    logprobs: Vec<crate::logprobs::TokenLogprob>,
+) -> *mut super::zeph_logprobs {
+    Box::into_raw(Box::new(super::zeph_logprobs::new(logprobs)))
+}
+
 /// Writes the text and usage of a finished request.
 ///
 /// # Safety
 /// `text_out` is valid for a write; `usage_out` is NULL or passed
 /// `check_usage`.
-unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zeph_usage) {
+unsafe fn deliver(
+    asked: bool,
+    c: Completion,
+    text_out: *mut *mut c_char,
+    usage_out: *mut zeph_usage,
+) {
     if !usage_out.is_null() {
-        write_usage(usage_out, usage_to_c(Some(&c.usage)));
+        let mut usage = usage_to_c(Some(&c.usage));
+        if asked {
+            usage.logprobs = logprobs_out(c.logprobs);
+        }
+        write_usage(usage_out, usage);
     }
     write_out(text_out, into_c_string(&c.text));
 }
@@ -295,8 +345,9 @@ pub unsafe extern "C" fn zeph_engine_complete(
         }
         check_usage(usage_out)?;
         let options = generate_options(options)?;
+        check_logprobs(&options, usage_out)?;
         let completion = engine.complete(prompt, &options)?;
-        deliver(completion, text_out, usage_out);
+        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
         Ok(())
     })
 }
@@ -350,8 +401,9 @@ pub unsafe extern "C" fn zeph_engine_chat(
         }
         check_usage(usage_out)?;
         let options = generate_options(options)?;
+        check_logprobs(&options, usage_out)?;
         let completion = engine.chat(&messages, &options)?;
-        deliver(completion, text_out, usage_out);
+        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
         Ok(())
     })
 }

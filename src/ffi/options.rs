@@ -144,6 +144,37 @@ pub struct zeph_generate_options {
     /// Non-zero: do not stop at end-of-generation tokens (for benchmarks);
     /// default 0.
     pub ignore_eog: u32,
+    /// A JSON Schema (text) the answer must satisfy: the answer is one JSON
+    /// value valid under it.  NULL (default) = no constraint.  At most one
+    /// of `json_schema`, `regex` and `grammar` may be set.  Copied during
+    /// the call.  See "Structured output" at `grammar`.
+    pub json_schema: *const c_char,
+    /// A regular expression the whole answer must match (Rust `regex`
+    /// syntax, implicitly anchored at both ends).  NULL (default) = none.
+    pub regex: *const c_char,
+    /// A context-free grammar the whole answer must match, in llguidance's
+    /// Lark-like syntax (https://github.com/guidance-ai/llguidance, "Lark
+    /// syntax"; rules `name: ...`, terminals `NAME: ...`, `start` is the
+    /// start rule; `%json {...}` embeds a JSON Schema).  NULL (default) =
+    /// none.
+    ///
+    /// Structured output: the constraint masks every token that cannot
+    /// continue a valid answer before sampling (greedy or not), and the
+    /// model's end-of-generation token is allowed only where the answer is
+    /// complete; so an answer that ends by itself (`ZEPH_FINISH_STOP_TOKEN`)
+    /// always satisfies it.  An answer cut by `max_tokens`
+    /// (`ZEPH_FINISH_LENGTH`) or by a stop string may be incomplete.  A
+    /// schema, regex or grammar that does not compile returns
+    /// `ZEPH_STATUS_GRAMMAR` with the compiler's message, before any work.
+    pub grammar: *const c_char,
+    /// Log-probabilities: how many most likely alternatives to report per
+    /// generated token (0..=20); 0 (default) = no log-probabilities.  With
+    /// n_logprobs > 0 a blocking call needs a `zeph_usage` (whose `logprobs`
+    /// field receives them) and a stream gives them by `zeph_stream_usage`
+    /// once it has ended.  See `zeph_logprobs`.
+    pub n_logprobs: u32,
+    /// Reserved for a later option; must be 0.
+    pub reserved: u32,
 }
 
 /// The default engine options (see each field).
@@ -191,6 +222,11 @@ pub extern "C" fn zeph_generate_options_default() -> zeph_generate_options {
         cancel: std::ptr::null(),
         cache_prompt: 1,
         ignore_eog: 0,
+        json_schema: std::ptr::null(),
+        regex: std::ptr::null(),
+        grammar: std::ptr::null(),
+        n_logprobs: 0,
+        reserved: 0,
     }
 }
 
@@ -319,7 +355,8 @@ pub(crate) unsafe fn generate_options(
     let o = read_versioned(
         ptr,
         zeph_generate_options_default(),
-        std::mem::size_of::<zeph_generate_options>(),
+        // The first version ended before the structured-output fields.
+        std::mem::offset_of!(zeph_generate_options, json_schema),
         "zeph_generate_options",
     )?;
     if o.n_stop > crate::options::MAX_STOP_STRINGS {
@@ -354,7 +391,13 @@ pub(crate) unsafe fn generate_options(
         cancel: o.cancel.as_ref().map(|t| t.token.clone()),
         cache_prompt: o.cache_prompt != 0,
         ignore_eog: o.ignore_eog != 0,
+        n_logprobs: o.n_logprobs as usize,
     };
+    if o.reserved != 0 {
+        return Err(Error::invalid_argument(
+            "zeph_generate_options.reserved must be 0",
+        ));
+    }
     options.validate()?;
     Ok(options)
 }

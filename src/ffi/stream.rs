@@ -3,7 +3,10 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
-use super::engine::{check_usage, engine_ref, messages_arg, usage_to_c, write_usage};
+use super::engine::{
+    check_usage, engine_ref, logprobs_out, messages_arg, usage_has_logprobs, usage_to_c,
+    write_usage,
+};
 use super::options::generate_options;
 use super::string::into_c_string;
 use super::{boundary, boundary_or, null_argument, str_arg, write_out, zeph_status};
@@ -159,7 +162,11 @@ pub unsafe extern "C" fn zeph_stream_for_each(
 /// Fills `*usage_out` (set its `struct_size` first).  While the stream runs
 /// the finish reason is `ZEPH_FINISH_NONE` and the counts are 0; after it
 /// ended, the request's usage (for a stream ended by its deadline or a
-/// cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).
+/// cancel: `ZEPH_FINISH_TIMEOUT` or `ZEPH_FINISH_CANCELLED`).  When the
+/// request asked for `n_logprobs` and has ended (whatever the reason; an
+/// interrupted stream's is empty), `usage_out->logprobs` receives a new
+/// `zeph_logprobs` (struct_size permitting), which the caller frees with
+/// `zeph_logprobs_free`, at every such call.
 ///
 /// Threads: any thread.
 #[no_mangle]
@@ -173,7 +180,13 @@ pub unsafe extern "C" fn zeph_stream_usage(
             return Err(null_argument("usage_out"));
         }
         check_usage(usage_out)?;
-        write_usage(usage_out, usage_to_c(stream.usage().as_ref()));
+        let mut usage = usage_to_c(stream.usage().as_ref());
+        if let Some(lp) = stream.logprobs().filter(|_| stream.logprobs_asked()) {
+            if usage_has_logprobs(usage_out) {
+                usage.logprobs = logprobs_out(lp);
+            }
+        }
+        write_usage(usage_out, usage);
         Ok(())
     })
 }

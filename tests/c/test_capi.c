@@ -846,6 +846,82 @@ static double dot(const float *a, const float *b, size_t n) {
     return s;
 }
 
+static void test_logprobs(void) {
+    /* The real model: the tiny fixture's tokens are not whole characters. */
+    zeph_engine *e = open_engine(model_path, 1, 4);
+    zeph_generate_options o = greedy(6);
+    o.n_logprobs = 3;
+    zeph_usage u = {.struct_size = sizeof u};
+    char *text = NULL;
+    expect(zeph_engine_complete(e, "hello", &o, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT,
+           "n_logprobs without usage_out", "usage_out");
+    zeph_usage old = {.struct_size = (uint32_t)offsetof(zeph_usage, logprobs)};
+    expect(zeph_engine_complete(e, "hello", &o, &text, &old), ZEPH_STATUS_INVALID_ARGUMENT,
+           "n_logprobs with a first-version usage", "logprobs");
+    o.n_logprobs = 21;
+    expect(zeph_engine_complete(e, "hello", &o, &text, &u), ZEPH_STATUS_INVALID_ARGUMENT, "n_logprobs 21",
+           "n_logprobs");
+    o.n_logprobs = 3;
+    expect(zeph_engine_complete(e, "hello", &o, &text, &u), ZEPH_STATUS_OK, "complete with logprobs", NULL);
+    zeph_logprobs *lp = u.logprobs;
+    check(lp != NULL && zeph_logprobs_count(lp) == u.completion_tokens && u.completion_tokens == 6,
+          "one logprob entry per generated token", NULL);
+    bool ok = true;
+    size_t text_len = 0;
+    for (size_t i = 0; i < zeph_logprobs_count(lp); i++) {
+        uint32_t id = 0, top_id = 0;
+        float l = 1.0f, top_l = 1.0f, prev = 0.0f;
+        const char *bytes = NULL;
+        size_t n_bytes = 0;
+        ok = ok && zeph_logprobs_get(lp, i, 0, &id, &l, &bytes, &n_bytes) == ZEPH_STATUS_OK;
+        ok = ok && l <= 0.0f && bytes != NULL && memcmp(text + text_len, bytes, n_bytes) == 0;
+        text_len += n_bytes;
+        ok = ok && zeph_logprobs_n_top(lp, i) == 3;
+        for (size_t r = 1; r <= zeph_logprobs_n_top(lp, i); r++) {
+            ok = ok && zeph_logprobs_get(lp, i, r, &top_id, &top_l, NULL, NULL) == ZEPH_STATUS_OK;
+            ok = ok && (r == 1 || top_l <= prev);
+            /* Greedy: the best alternative is the generated token. */
+            ok = ok && (r != 1 || (top_id == id && top_l == l));
+            prev = top_l;
+        }
+    }
+    check(ok, "logprobs: ids, bytes adding up to the text, alternatives best first", NULL);
+    check(text_len == strlen(text), "the tokens' bytes are the whole text", NULL);
+    expect(zeph_logprobs_get(lp, 6, 0, NULL, NULL, NULL, NULL), ZEPH_STATUS_INVALID_ARGUMENT,
+           "logprobs index out of range", "index");
+    expect(zeph_logprobs_get(lp, 0, 4, NULL, NULL, NULL, NULL), ZEPH_STATUS_INVALID_ARGUMENT,
+           "logprobs rank out of range", "rank");
+    expect(zeph_logprobs_get(NULL, 0, 0, NULL, NULL, NULL, NULL), ZEPH_STATUS_NULL_ARGUMENT, "logprobs NULL",
+           "logprobs");
+    check(zeph_logprobs_count(NULL) == 0 && zeph_logprobs_n_top(lp, 99) == 0, "logprobs counts of nothing", NULL);
+    zeph_logprobs_free(lp);
+    zeph_logprobs_free(NULL);
+    zeph_string_free(text);
+
+    /* Without n_logprobs the field is NULL. */
+    o.n_logprobs = 0;
+    u.logprobs = (zeph_logprobs *)&passed;
+    expect(zeph_engine_complete(e, "hello", &o, &text, &u), ZEPH_STATUS_OK, "complete without logprobs", NULL);
+    check(u.logprobs == NULL, "no logprobs asked, none given", NULL);
+    zeph_string_free(text);
+
+    /* A stream: NULL while it runs, then the same as the blocking call. */
+    o.n_logprobs = 2;
+    zeph_stream *s = NULL;
+    expect(zeph_engine_stream_complete(e, "hello", &o, &s), ZEPH_STATUS_OK, "stream with logprobs", NULL);
+    char *piece = NULL;
+    for (;;) {
+        if (zeph_stream_next(s, 60000, &piece) != ZEPH_STATUS_OK || !piece) break;
+        zeph_string_free(piece);
+    }
+    zeph_usage su = {.struct_size = sizeof su};
+    expect(zeph_stream_usage(s, &su), ZEPH_STATUS_OK, "stream usage with logprobs", NULL);
+    check(su.logprobs != NULL && zeph_logprobs_count(su.logprobs) == 6, "a stream's logprobs after its end", NULL);
+    zeph_logprobs_free(su.logprobs);
+    zeph_stream_free(s);
+    zeph_engine_free(e);
+}
+
 static void test_embeddings(void) {
     zeph_engine *e = open_engine(model_path, 1, 4);
     size_t n = 0;
@@ -916,6 +992,7 @@ int main(int argc, char **argv) {
     test_streams();
     test_conversation();
     test_embeddings();
+    test_logprobs();
 
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
