@@ -114,6 +114,12 @@ typedef enum zeph_status {
    * engine stays usable.
    */
   ZEPH_STATUS_PANIC = 14,
+  /**
+   * A structured-output constraint (`json_schema`, `regex` or `grammar`
+   * of `zeph_generate_options`) does not compile; the message is the
+   * compiler's.  Also a constraint that fails while generating.
+   */
+  ZEPH_STATUS_GRAMMAR = 15,
 } zeph_status;
 
 /**
@@ -393,7 +399,11 @@ typedef struct zeph_generate_options {
   uint32_t ignore_eog;
   /**
    * A JSON Schema (text) the answer must satisfy: the answer is one JSON
-   * value valid under it.  NULL (default) = no constraint.  At most one
+   * value valid under it, written on one line with `", "` and `": "`
+   * between items (unless the schema's top level sets llguidance's
+   * `"x-guidance"` JSON options, e.g. `{"whitespace_flexible": true}`).
+   * Drafts 4 to 2020-12 as llguidance supports them.  NULL (default) =
+   * no constraint.  At most one
    * of `json_schema`, `regex` and `grammar` may be set.  Copied during
    * the call.  See "Structured output" at `grammar`.
    */

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::cancel::{cancelled_receiver, CancelToken};
 use crate::chat::{self, ChatTemplate, Message};
+use crate::constraint::Grammars;
 use crate::embed::Pooling;
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
@@ -63,6 +64,7 @@ pub struct Engine {
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    grammars: Mutex<Option<Arc<Grammars>>>,
 }
 
 impl Engine {
@@ -196,6 +198,7 @@ impl Engine {
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             workers: Mutex::new(workers),
+            grammars: Mutex::new(None),
         })
     }
 
@@ -306,7 +309,14 @@ impl Engine {
             return Err(cancelled());
         }
         let cancel = Arc::new(CancelToken::new());
+        let constraint = match &options.constraint {
+            Some(kind) if !matches!(output, Output::Embed(..)) => {
+                Some(self.grammars()?.compile(kind)?)
+            }
+            _ => None,
+        };
         let mut job = Job {
+            constraint,
             tokens,
             options: options.clone(),
             seed: options.seed.unwrap_or_else(clock_seed),
@@ -432,6 +442,21 @@ impl Engine {
             logprobs: Mutex::new(Vec::new()),
             n_logprobs: options.n_logprobs,
         })
+    }
+
+    /// The constraint compiler for this model's vocabulary, made by the
+    /// first request that asks for structured output.
+    fn grammars(&self) -> Result<Arc<Grammars>> {
+        let mut g = self.grammars.lock();
+        if let Some(g) = &*g {
+            return Ok(g.clone());
+        }
+        let made = Arc::new(Grammars::new(
+            &self.shared.tokenizer,
+            self.info().vocab_size,
+        )?);
+        *g = Some(made.clone());
+        Ok(made)
     }
 
     /// Makes every waiting and every later call return `Shutdown` promptly;

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::constraint::Constraint;
 use crate::error::{Error, Result};
 use crate::logprobs::{token_logprob, TokenLogprob};
 use crate::model::Session;
@@ -107,7 +108,8 @@ impl Cache {
 /// part of the prompt already in `cache` is not evaluated again.
 /// `interrupt` is called before every forward pass; an error from it ends
 /// the work with that error.  `sink`, when given, receives the text piece by
-/// piece.
+/// piece.  `constraint`, when given, limits every token to those it allows.
+#[allow(clippy::too_many_arguments)] // the lead's scheduler replaces this loop
 pub fn generate(
     cache: &mut Cache,
     tokenizer: &Tokenizer,
@@ -116,6 +118,7 @@ pub fn generate(
     seed: u64,
     interrupt: &dyn Fn() -> Result<()>,
     mut sink: Option<Sink>,
+    mut constraint: Option<&mut Constraint>,
 ) -> Result<Completion> {
     if prompt.is_empty() {
         return Err(Error::invalid_argument("the prompt has no tokens"));
@@ -150,9 +153,24 @@ pub fn generate(
     let mut logprobs = Vec::new();
     let mut scratch = Vec::new();
     let finish_reason = loop {
-        let id = sampler.sample(&mut logits, &history);
+        let id = match constraint.as_deref_mut() {
+            None => sampler.sample(&mut logits, &history),
+            Some(c) => {
+                sampler.penalize(&mut logits, &history);
+                if options.n_logprobs > 0 {
+                    // Log-probabilities are of the masked distribution.
+                    c.mask(&mut logits)?;
+                    sampler.choose(&logits)
+                } else {
+                    c.sample(&mut logits, &mut |l| sampler.choose(l))?
+                }
+            }
+        };
         if tokenizer.is_eog(id) && !options.ignore_eog {
             break FinishReason::StopToken;
+        }
+        if let Some(c) = constraint.as_deref_mut() {
+            c.commit(id)?;
         }
         if options.n_logprobs > 0 {
             logprobs.push(token_logprob(

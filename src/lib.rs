@@ -11,6 +11,8 @@ pub mod cancel;
 /// cbindgen:ignore
 pub mod chat;
 /// cbindgen:ignore
+pub mod constraint;
+/// cbindgen:ignore
 pub mod embed;
 /// cbindgen:ignore
 pub mod engine;

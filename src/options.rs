@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::CancelToken;
+use crate::constraint::ConstraintKind;
 use crate::error::{Error, Result};
 use crate::log::{Logger, ProgressFn};
 
@@ -155,6 +156,8 @@ pub struct GenerateOptions {
     /// Alternatives reported per generated token (0 = no log-probabilities;
     /// at most `logprobs::MAX_LOGPROBS`).
     pub n_logprobs: usize,
+    /// What the answer must satisfy (structured output).
+    pub constraint: Option<ConstraintKind>,
 }
 
 impl std::fmt::Debug for CancelToken {
@@ -175,6 +178,7 @@ impl Default for GenerateOptions {
             cache_prompt: true,
             ignore_eog: false,
             n_logprobs: 0,
+            constraint: None,
         }
     }
 }

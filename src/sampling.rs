@@ -47,6 +47,17 @@ impl Sampler {
     /// far (the penalty looks at its last `repeat_last_n`).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.apply_repeat_penalty(logits, history);
+        self.choose(logits)
+    }
+
+    /// The repeat penalty alone (the first half of `sample`).
+    pub fn penalize(&self, logits: &mut [f32], history: &[u32]) {
+        self.apply_repeat_penalty(logits, history);
+    }
+
+    /// The choice from already penalized logits (the second half of
+    /// `sample`); `logits` are only read.
+    pub fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.opts.temperature <= 0.0 {
             return argmax(logits);
         }

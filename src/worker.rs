@@ -13,6 +13,7 @@ use crossbeam_channel::{select, Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::cancel::CancelToken;
+use crate::constraint::Constraint;
 use crate::embed::{embed, Pooling};
 use crate::engine::{Fault, Shared};
 use crate::error::{panic_message, Error, ErrorKind, Result};
@@ -48,6 +49,8 @@ pub struct Job {
     /// shutdown, a stream cancelled or freed).
     pub cancel: Arc<CancelToken>,
     pub output: Output,
+    /// The request's compiled structured-output constraint.
+    pub constraint: Option<Constraint>,
 }
 
 impl Job {
@@ -153,7 +156,7 @@ fn release(slot: &Slot, cache: &Cache) {
     state.tokens.clone_from(&cache.tokens);
 }
 
-fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, job: Job) {
+fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, mut job: Job) {
     // A job whose caller already gave up is dropped unrun.
     if let Err(e) = job.interrupted(&shared.shutting_down) {
         release(slot, cache);
@@ -167,6 +170,7 @@ fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, job: J
         return;
     }
     let queue_time = job.enqueued.elapsed();
+    let mut constraint = job.constraint.take();
     let interrupt = || job.interrupted(&shared.shutting_down);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         if shared.fault == Some(Fault::WorkerPanic) {
@@ -202,6 +206,7 @@ fn run_job(index: usize, shared: &Shared, slot: &Slot, cache: &mut Cache, job: J
             job.seed,
             &interrupt,
             sink,
+            constraint.as_mut(),
         )
     }));
     let result = match outcome {
@@ -254,6 +259,7 @@ mod tests {
             deadline: now + deadline_in,
             cancel: Arc::new(CancelToken::new()),
             output: Output::Reply(crossbeam_channel::bounded(1).0),
+            constraint: None,
         }
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{null_argument, opt_str_arg, str_arg};
+use crate::constraint::ConstraintKind;
 use crate::error::{Error, Result};
 use crate::log::{LogLevel, Logger};
 use crate::options::{EngineOptions, GenerateOptions, SamplingOptions};
@@ -145,7 +146,11 @@ pub struct zeph_generate_options {
     /// default 0.
     pub ignore_eog: u32,
     /// A JSON Schema (text) the answer must satisfy: the answer is one JSON
-    /// value valid under it.  NULL (default) = no constraint.  At most one
+    /// value valid under it, written on one line with `", "` and `": "`
+    /// between items (unless the schema's top level sets llguidance's
+    /// `"x-guidance"` JSON options, e.g. `{"whitespace_flexible": true}`).
+    /// Drafts 4 to 2020-12 as llguidance supports them.  NULL (default) =
+    /// no constraint.  At most one
     /// of `json_schema`, `regex` and `grammar` may be set.  Copied during
     /// the call.  See "Structured output" at `grammar`.
     pub json_schema: *const c_char,
@@ -392,6 +397,7 @@ pub(crate) unsafe fn generate_options(
         cache_prompt: o.cache_prompt != 0,
         ignore_eog: o.ignore_eog != 0,
         n_logprobs: o.n_logprobs as usize,
+        constraint: constraint_kind(&o)?,
     };
     if o.reserved != 0 {
         return Err(Error::invalid_argument(
@@ -409,3 +415,22 @@ struct UserData(*mut c_void);
 // which threads their callbacks run on.
 unsafe impl Send for UserData {}
 unsafe impl Sync for UserData {}
+
+/// The one structured-output constraint of `o`, if any.
+///
+/// # Safety
+/// As for `generate_options`.
+unsafe fn constraint_kind(o: &zeph_generate_options) -> Result<Option<ConstraintKind>> {
+    let json_schema = opt_str_arg(o.json_schema, "options->json_schema")?;
+    let regex = opt_str_arg(o.regex, "options->regex")?;
+    let grammar = opt_str_arg(o.grammar, "options->grammar")?;
+    match (json_schema, regex, grammar) {
+        (None, None, None) => Ok(None),
+        (Some(s), None, None) => Ok(Some(ConstraintKind::JsonSchema(s.to_string()))),
+        (None, Some(r), None) => Ok(Some(ConstraintKind::Regex(r.to_string()))),
+        (None, None, Some(g)) => Ok(Some(ConstraintKind::Grammar(g.to_string()))),
+        _ => Err(Error::invalid_argument(
+            "more than one of json_schema, regex and grammar is set; set at most one",
+        )),
+    }
+}
