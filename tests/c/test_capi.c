@@ -175,9 +175,10 @@ static void test_basics(void) {
                            "ZEPH_STATUS_INVALID_UTF8", "ZEPH_STATUS_IO", "ZEPH_STATUS_MODEL",
                            "ZEPH_STATUS_TOKENIZER", "ZEPH_STATUS_TEMPLATE", "ZEPH_STATUS_CONTEXT_OVERFLOW",
                            "ZEPH_STATUS_QUEUE_FULL", "ZEPH_STATUS_TIMEOUT", "ZEPH_STATUS_CANCELLED",
-                           "ZEPH_STATUS_SHUTDOWN", "ZEPH_STATUS_INFERENCE", "ZEPH_STATUS_PANIC"};
+                           "ZEPH_STATUS_SHUTDOWN", "ZEPH_STATUS_INFERENCE", "ZEPH_STATUS_PANIC",
+                           "ZEPH_STATUS_GRAMMAR"};
     bool all = true;
-    for (int i = 0; i <= ZEPH_STATUS_PANIC; i++) all = all && strcmp(zeph_status_name((zeph_status)i), names[i]) == 0;
+    for (int i = 0; i <= ZEPH_STATUS_GRAMMAR; i++) all = all && strcmp(zeph_status_name((zeph_status)i), names[i]) == 0;
     check(all, "zeph_status_name names every status", NULL);
     check(strcmp(zeph_status_name((zeph_status)99), "ZEPH_STATUS_UNKNOWN") == 0 &&
               strcmp(zeph_status_name((zeph_status)-1), "ZEPH_STATUS_UNKNOWN") == 0,
@@ -922,6 +923,58 @@ static void test_logprobs(void) {
     zeph_engine_free(e);
 }
 
+static void test_structured_output(void) {
+    zeph_engine *e = open_engine(model_path, 1, 4);
+    zeph_message m[] = {{"user", "Describe a person as JSON."}};
+    zeph_generate_options o = greedy(96);
+    zeph_usage u = {.struct_size = sizeof u};
+    char *text = NULL;
+    o.json_schema = "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":20},"
+                    "\"age\":{\"type\":\"integer\"}},\"required\":[\"name\",\"age\"],\"additionalProperties\":false}";
+    expect(zeph_engine_chat(e, m, 1, &o, &text, &u), ZEPH_STATUS_OK, "chat with a JSON schema", NULL);
+    size_t n = text ? strlen(text) : 0;
+    check(n > 2 && text[0] == '{' && text[n - 1] == '}' && strstr(text, "\"name\": \"") && strstr(text, "\"age\": "),
+          "the answer is a JSON object with the schema's keys", text);
+    check(u.finish_reason == ZEPH_FINISH_STOP_TOKEN, "a constrained answer ends by itself", NULL);
+    zeph_string_free(text);
+
+    o = greedy(32);
+    o.regex = "[0-9]{4}-[0-9]{2}-[0-9]{2}";
+    zeph_message q[] = {{"user", "When did the first person walk on the moon?"}};
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_OK, "chat with a regex", NULL);
+    bool date = text && strlen(text) == 10;
+    for (int i = 0; date && i < 10; i++) date = (i == 4 || i == 7) ? text[i] == '-' : (text[i] >= '0' && text[i] <= '9');
+    check(date, "the answer matches the regex", text);
+    zeph_string_free(text);
+
+    o = greedy(32);
+    o.grammar = "start: \"yes\" | \"no\"";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_OK, "chat with a grammar", NULL);
+    check(text && (strcmp(text, "yes") == 0 || strcmp(text, "no") == 0), "the answer matches the grammar", text);
+    zeph_string_free(text);
+
+    o = greedy(8);
+    o.json_schema = "{ not json";
+    text = (char *)&passed;
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_GRAMMAR, "a schema that is not JSON",
+           "json_schema");
+    o.json_schema = NULL;
+    o.regex = "(unclosed";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_GRAMMAR, "a regex that does not compile", "regex");
+    o.regex = NULL;
+    o.grammar = "start: missing_rule";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_GRAMMAR, "a grammar that does not compile",
+           "grammar");
+    o.regex = "a";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_INVALID_ARGUMENT, "two constraints at once",
+           "more than one");
+    check(text == (char *)&passed, "text_out untouched on a grammar error", NULL);
+    o.grammar = NULL;
+    o.regex = "\xff";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_INVALID_UTF8, "a regex not UTF-8", "regex");
+    zeph_engine_free(e);
+}
+
 static void test_embeddings(void) {
     zeph_engine *e = open_engine(model_path, 1, 4);
     size_t n = 0;
@@ -993,6 +1046,7 @@ int main(int argc, char **argv) {
     test_conversation();
     test_embeddings();
     test_logprobs();
+    test_structured_output();
 
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
