@@ -14,7 +14,10 @@ mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 log() { echo "test-swift: $*" >&2; }
 
-if [ ! -x "$root/usr/bin/swift" ]; then
+# Tested inside the root: /usr/bin/swift is an absolute symlink into it,
+# which the host cannot follow (checking from outside rebuilt the root on
+# every run, removing it under any other run using it).
+if ! chroot "$root" test -x /usr/bin/swift 2>/dev/null; then
   log "making a Debian trixie root with swiftlang in $root (once; a few minutes)"
   command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
   rm -rf "$root.partial"

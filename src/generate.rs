@@ -109,7 +109,7 @@ impl Cache {
 /// `interrupt` is called before every forward pass; an error from it ends
 /// the work with that error.  `sink`, when given, receives the text piece by
 /// piece.  `constraint`, when given, limits every token to those it allows.
-#[allow(clippy::too_many_arguments)] // the lead's scheduler replaces this loop
+#[allow(clippy::too_many_arguments)] // until the batched scheduler replaces this loop
 pub fn generate(
     cache: &mut Cache,
     tokenizer: &Tokenizer,

@@ -281,6 +281,7 @@ mod tests {
                 "repeat_penalty",
             ),
             (Box::new(|o| o.max_tokens = 0), "max_tokens"),
+            (Box::new(|o| o.n_logprobs = 21), "n_logprobs"),
             (Box::new(|o| o.stop = vec![String::new()]), "stop[0]"),
             (Box::new(|o| o.stop = vec!["x".into(); 65]), "n_stop"),
         ];
