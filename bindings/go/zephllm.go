@@ -118,66 +118,74 @@ type Engine struct {
 	ptr       *C.zeph_engine
 	closed    chan struct{} // closed by Close: streams stop delivering
 	closeOnce sync.Once
+	logger    unsafe.Pointer // the log callback's handle, freed by Close
 }
 
 // Option configures Open.
-type Option func(*C.zeph_engine_options)
+type Option func(*C.zeph_engine_options, *handles)
 
 // WithWorkers sets the number of worker threads (default 1).
-func WithWorkers(n int) Option { return func(o *C.zeph_engine_options) { o.n_workers = C.uint32_t(n) } }
+func WithWorkers(n int) Option {
+	return func(o *C.zeph_engine_options, _ *handles) { o.n_workers = C.uint32_t(n) }
+}
 
 // WithQueueCapacity sets how many requests may wait for a worker (default 16).
 func WithQueueCapacity(n int) Option {
-	return func(o *C.zeph_engine_options) { o.queue_capacity = C.uint32_t(n) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.queue_capacity = C.uint32_t(n) }
 }
 
 // WithContextLength caps the context length (default: the model's own).
 func WithContextLength(n int) Option {
-	return func(o *C.zeph_engine_options) { o.context_length = C.uint32_t(n) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.context_length = C.uint32_t(n) }
 }
 
 // WithDefaultTimeout sets the deadline of requests that set none (default 120 s).
 func WithDefaultTimeout(d time.Duration) Option {
-	return func(o *C.zeph_engine_options) { o.default_timeout_ms = C.uint64_t(d.Milliseconds()) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.default_timeout_ms = C.uint64_t(d.Milliseconds()) }
 }
 
 // Open loads the GGUF model at path.
 func Open(path string, opts ...Option) (*Engine, error) {
-	o := C.zeph_engine_options_default()
-	for _, opt := range opts {
-		opt(&o)
-	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var ptr *C.zeph_engine
-	if err := lastError(C.zeph_status(C.zeph_engine_new(cpath, &o, &ptr))); err != nil {
-		return nil, err
-	}
-	return newEngine(ptr), nil
+	return open(opts, func(o *C.zeph_engine_options, ptr **C.zeph_engine) C.zeph_status {
+		return C.zeph_status(C.zeph_engine_new(cpath, o, ptr))
+	})
 }
 
 // OpenBytes loads a GGUF model from memory (a model embedded in the
 // program, downloaded or decrypted).  The bytes are copied during the
 // call: data may be reused as soon as OpenBytes returns.
 func OpenBytes(data []byte, opts ...Option) (*Engine, error) {
-	o := C.zeph_engine_options_default()
-	for _, opt := range opts {
-		opt(&o)
-	}
 	if len(data) == 0 {
 		return nil, &Error{Status: StatusModel, Message: "<memory>: no bytes"}
 	}
+	return open(opts, func(o *C.zeph_engine_options, ptr **C.zeph_engine) C.zeph_status {
+		// The library copies the bytes during the call and keeps no pointer.
+		return C.zeph_status(C.zeph_engine_new_from_memory(unsafe.Pointer(&data[0]), C.size_t(len(data)), o, ptr))
+	})
+}
+
+func open(opts []Option, load func(*C.zeph_engine_options, **C.zeph_engine) C.zeph_status) (*Engine, error) {
+	// In C memory: it holds the callbacks' user_data pointers.
+	o := (*C.zeph_engine_options)(C.malloc(C.size_t(unsafe.Sizeof(C.zeph_engine_options{}))))
+	defer C.free(unsafe.Pointer(o))
+	*o = C.zeph_engine_options_default()
+	var h handles
+	for _, opt := range opts {
+		opt(o, &h)
+	}
+	defer deleteHandle(h.progress) // called during the load only
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var ptr *C.zeph_engine
-	// The library copies the bytes during the call and keeps no pointer.
-	status := C.zeph_engine_new_from_memory(unsafe.Pointer(&data[0]), C.size_t(len(data)), &o, &ptr)
-	if err := lastError(C.zeph_status(status)); err != nil {
+	if err := lastError(load(o, &ptr)); err != nil {
+		deleteHandle(h.log)
 		return nil, err
 	}
-	return newEngine(ptr), nil
+	e := newEngine(ptr)
+	e.logger = h.log
+	return e, nil
 }
 
 func newEngine(ptr *C.zeph_engine) *Engine {
@@ -200,6 +208,8 @@ func (e *Engine) Close() error {
 	if e.ptr != nil {
 		C.zeph_engine_free(e.ptr)
 		e.ptr = nil
+		deleteHandle(e.logger)
+		e.logger = nil
 		runtime.SetFinalizer(e, nil)
 	}
 	return nil

@@ -336,3 +336,36 @@ func TestEmbedAndOpenBytes(t *testing.T) {
 		t.Fatalf("bytes that are no model: %v", err)
 	}
 }
+
+func TestProgressCanCancelAndLoggerHearsTheLoad(t *testing.T) {
+	var seen []float32
+	e, err := Open(modelPath(t), WithProgress(func(p float32) bool {
+		seen = append(seen, p)
+		return true
+	}), WithLogger(func(level LogLevel, message string) {
+		if level == LogInfo && strings.Contains(message, "loaded") {
+			seen = append(seen, -1)
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	if len(seen) < 3 || seen[0] != 0 || !containsFloat(seen, 1) || !containsFloat(seen, -1) {
+		t.Fatalf("progress and log: %v", seen)
+	}
+	calls := 0
+	_, err = Open(modelPath(t), WithProgress(func(float32) bool { calls++; return calls < 2 }))
+	if !errors.Is(err, ErrCancelled) || calls != 2 {
+		t.Fatalf("cancelled load: %v after %d calls", err, calls)
+	}
+}
+
+func containsFloat(v []float32, x float32) bool {
+	for _, y := range v {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
