@@ -12,6 +12,7 @@
 #define ZEPH_LLM_HPP
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -179,10 +180,31 @@ private:
     std::unique_ptr<zeph_stream, Free> ptr_;
 };
 
+/// Engine options with C++ callbacks: `on_progress` runs on the
+/// constructing thread while the model loads (0 to 1; returning false
+/// cancels: the constructor throws ZEPH_STATUS_CANCELLED); `on_log`
+/// receives the library's messages instead of standard error, from any of
+/// the engine's threads while it lives.  Exceptions they throw are
+/// swallowed (a throwing progress callback cancels the load).
+struct EngineOptions {
+    zeph_engine_options c = zeph_engine_options_default();
+    std::function<bool(float)> on_progress;
+    std::function<void(zeph_log_level, std::string_view)> on_log;
+};
+
 /// A loaded model and its workers.  Movable, not copyable; frees the engine
 /// when destroyed (after shutting it down).
 class Engine {
 public:
+    Engine(std::string_view model_path, const EngineOptions &options) {
+        zeph_engine_options o = options.c;
+        auto log = hook(o, options);
+        zeph_engine *e = nullptr;
+        detail::check(zeph_engine_new(detail::z(model_path).c_str(), &o, &e));
+        ptr_.reset(e);
+        log_ = std::move(log);
+    }
+
     explicit Engine(std::string_view model_path,
                     const zeph_engine_options &options = zeph_engine_options_default()) {
         zeph_engine *e = nullptr;
@@ -270,6 +292,33 @@ public:
     zeph_engine *get() const noexcept { return ptr_.get(); }
 
 private:
+    using LogFn = std::function<void(zeph_log_level, std::string_view)>;
+    /// Points the C callbacks of `o` at the C++ ones of `options`; returns
+    /// the log callback's copy, which the engine keeps.
+    static std::shared_ptr<LogFn> hook(zeph_engine_options &o, const EngineOptions &options) {
+        if (options.on_progress) {
+            o.progress = [](void *user, float p) -> bool {
+                try {
+                    return (*static_cast<const std::function<bool(float)> *>(user))(p);
+                } catch (...) {
+                    return false;
+                }
+            };
+            o.progress_user_data = const_cast<std::function<bool(float)> *>(&options.on_progress);
+        }
+        std::shared_ptr<LogFn> log;
+        if (options.on_log) {
+            log = std::make_shared<LogFn>(options.on_log);
+            o.log = [](void *user, zeph_log_level level, const char *message) {
+                try {
+                    (*static_cast<LogFn *>(user))(level, message);
+                } catch (...) {
+                }
+            };
+            o.log_user_data = log.get();
+        }
+        return log;
+    }
     explicit Engine(zeph_engine *e) : ptr_(e) {}
     static std::vector<zeph_message> c_messages(const std::vector<Message> &messages) {
         std::vector<zeph_message> cm;
@@ -283,6 +332,7 @@ private:
             zeph_engine_free(e);
         }
     };
+    std::shared_ptr<LogFn> log_;  // declared first: freed after the engine
     std::unique_ptr<zeph_engine, Free> ptr_;
 };
 

@@ -147,6 +147,22 @@ int main(int argc, char **argv) {
               "bytes that are no model throw MODEL");
     }
 
+    // Load progress (which can cancel) and the log callback.
+    {
+        std::vector<float> seen;
+        std::string heard;
+        zeph::EngineOptions eo;
+        eo.on_progress = [&](float p) { seen.push_back(p); return true; };
+        eo.on_log = [&](zeph_log_level, std::string_view m) { heard += std::string(m) + "\n"; };
+        zeph::Engine logged(argv[1], eo);
+        check(seen.size() >= 3 && seen.front() == 0.0f && seen.back() == 1.0f, "progress from 0 to 1");
+        check(heard.find("loaded") != std::string::npos, "the log callback hears the load", heard);
+        eo.on_progress = [](float p) { return p < 0.5f; };
+        eo.on_log = nullptr;
+        check(status_of([&] { zeph::Engine cancelled(argv[1], eo); }) == ZEPH_STATUS_CANCELLED,
+              "progress returning false cancels the load");
+    }
+
     zeph::Engine moved = std::move(engine);
     check(moved.context_length() >= 2048, "a moved engine works");
     moved.shutdown();
