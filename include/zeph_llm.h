@@ -16,7 +16,8 @@
  * - Strings are UTF-8 and NUL-terminated, in and out.
  * - Threads: a zeph_engine may be used from any number of threads at once;
  *   only zeph_engine_free must run after every other call on that engine has
- *   returned. No library thread ever calls into the caller's code.
+ *   returned. No library thread calls into the caller's code, except a
+ *   log callback given in zeph_engine_options (see there).
  * - Deadlines: a request's timeout runs from the start of the call and
  *   covers rendering its chat template, tokenizing its prompt, its wait in
  *   the queue and its inference. When it passes the call returns
@@ -164,7 +165,23 @@ typedef enum zeph_status {
    * engine stays usable.
    */
   ZEPH_STATUS_PANIC = 14,
+  /**
+   * A structured-output constraint (`json_schema`, `regex` or `grammar`
+   * of `zeph_generate_options`) does not compile; the message is the
+   * compiler's.  Also a constraint that fails while generating.
+   */
+  ZEPH_STATUS_GRAMMAR = 15,
 } zeph_status;
+
+/**
+ * How much a log message matters.
+ */
+typedef enum zeph_log_level {
+  ZEPH_LOG_ERROR = 0,
+  ZEPH_LOG_WARN = 1,
+  ZEPH_LOG_INFO = 2,
+  ZEPH_LOG_DEBUG = 3,
+} zeph_log_level;
 
 /**
  * Why generation ended.
@@ -203,6 +220,22 @@ typedef enum zeph_finish_reason {
 } zeph_finish_reason;
 
 /**
+ * How `zeph_engine_embed` turns the hidden states of a text's tokens into
+ * one vector.
+ */
+typedef enum zeph_pooling {
+  /**
+   * The average of every token's final hidden state (BOS included when
+   * the model adds one).
+   */
+  ZEPH_POOLING_MEAN = 0,
+  /**
+   * The last token's final hidden state.
+   */
+  ZEPH_POOLING_LAST = 1,
+} zeph_pooling;
+
+/**
  * A one-shot cancel switch.  Put it in `zeph_generate_options.cancel`;
  * `zeph_cancel_token_cancel` then makes every call carrying it return
  * `ZEPH_STATUS_CANCELLED` promptly: a queued request is dropped unrun, a
@@ -222,6 +255,26 @@ typedef struct zeph_cancel_token zeph_cancel_token;
 typedef struct zeph_engine zeph_engine;
 
 /**
+ * The log-probabilities of the tokens one request generated (one entry
+ * per token of the answer, end-of-generation token excluded; tokens cut
+ * away with a stop string included).  Opaque; read with
+ * `zeph_logprobs_count`, `zeph_logprobs_n_top` and `zeph_logprobs_get`.
+ *
+ * A log-probability is natural (ln) and taken under the distribution the
+ * sampler drew from: with temperature > 0, the softmax at that
+ * temperature over the candidates top-k, top-p and min-p kept (others
+ * have probability 0, so fewer than `n_logprobs` alternatives may be
+ * listed); when greedy, the softmax of the logits at temperature 1.
+ * Both after the repeat penalty and an output constraint's mask.
+ *
+ * Ownership: made by the library for the caller (through
+ * `zeph_usage.logprobs`), freed with `zeph_logprobs_free`; the bytes it
+ * hands out stay valid until then.  Threads: immutable, so it may be read
+ * from any number of threads at once.
+ */
+typedef struct zeph_logprobs zeph_logprobs;
+
+/**
  * One request's text, piece by piece.  Opaque.
  *
  * Threads: `zeph_stream_next` and `zeph_stream_for_each` are for one
@@ -230,6 +283,17 @@ typedef struct zeph_engine zeph_engine;
  * the caller: pieces are pulled.
  */
 typedef struct zeph_stream zeph_stream;
+
+/**
+ * The load-progress callback of `zeph_engine_options`: `user_data`, then
+ * the fraction loaded (0 to 1); returns whether to go on.
+ */
+typedef bool (*zeph_progress_fn)(void *user_data, float progress);
+
+/**
+ * The log callback of `zeph_engine_options`.
+ */
+typedef void (*zeph_log_fn)(void *user_data, enum zeph_log_level level, const char *message);
 
 /**
  * Options of `zeph_engine_new`.  Get the defaults from
@@ -297,6 +361,35 @@ typedef struct zeph_engine_options {
    * deadline (idle caches kept for reuse are dropped first).
    */
   uint32_t kv_memory_mib;
+  /**
+   * Called while the model loads, on the thread that called
+   * `zeph_engine_new` (or `zeph_engine_new_from_memory`) and before that
+   * call returns, with `progress_user_data` and the fraction done, from
+   * 0 to 1 (non-decreasing; at least at 0 and at 1, and between the
+   * loading stages).  Returning false stops loading: the call frees
+   * everything it made and returns `ZEPH_STATUS_CANCELLED`.  NULL
+   * (default) = no callback.
+   */
+  zeph_progress_fn progress;
+  /**
+   * Passed as is to `progress`; never read by the library.
+   */
+  void *progress_user_data;
+  /**
+   * Receives every message the library has for the user (a warning
+   * about the model's vocabulary, a summary when the model is loaded,
+   * ...), with `log_user_data` and a level; the message is valid during
+   * the call only.  With a callback, nothing is written to standard
+   * error; NULL (default) = warnings and errors go to standard error.
+   * Threads: called on the loading thread, and may be called on the
+   * engine's worker threads until `zeph_engine_free` returns: it must be
+   * safe to call from any thread, and must not call back into the engine.
+   */
+  zeph_log_fn log;
+  /**
+   * Passed as is to `log`; never read by the library.
+   */
+  void *log_user_data;
 } zeph_engine_options;
 
 /**
@@ -386,6 +479,51 @@ typedef struct zeph_generate_options {
    * default 0.
    */
   uint32_t ignore_eog;
+  /**
+   * A JSON Schema (text) the answer must satisfy: the answer is one JSON
+   * value valid under it, written on one line with `", "` and `": "`
+   * between items (unless the schema's top level sets llguidance's
+   * `"x-guidance"` JSON options, e.g. `{"whitespace_flexible": true}`).
+   * Drafts 4 to 2020-12 as llguidance supports them.  NULL (default) =
+   * no constraint.  At most one
+   * of `json_schema`, `regex` and `grammar` may be set.  Copied during
+   * the call.  See "Structured output" at `grammar`.
+   */
+  const char *json_schema;
+  /**
+   * A regular expression the whole answer must match (Rust `regex`
+   * syntax, implicitly anchored at both ends).  NULL (default) = none.
+   */
+  const char *regex;
+  /**
+   * A context-free grammar the whole answer must match, in llguidance's
+   * Lark-like syntax (https://github.com/guidance-ai/llguidance, "Lark
+   * syntax"; rules `name: ...`, terminals `NAME: ...`, `start` is the
+   * start rule; `%json {...}` embeds a JSON Schema).  NULL (default) =
+   * none.
+   *
+   * Structured output: the constraint masks every token that cannot
+   * continue a valid answer before sampling (greedy or not), and the
+   * model's end-of-generation token is allowed only where the answer is
+   * complete; so an answer that ends by itself (`ZEPH_FINISH_STOP_TOKEN`)
+   * always satisfies it.  An answer cut by `max_tokens`
+   * (`ZEPH_FINISH_LENGTH`) or by a stop string may be incomplete.  A
+   * schema, regex or grammar that does not compile returns
+   * `ZEPH_STATUS_GRAMMAR` with the compiler's message, before any work.
+   */
+  const char *grammar;
+  /**
+   * Log-probabilities: how many most likely alternatives to report per
+   * generated token (0..=20); 0 (default) = no log-probabilities.  With
+   * n_logprobs > 0 a blocking call needs a `zeph_usage` (whose `logprobs`
+   * field receives them) and a stream gives them by `zeph_stream_usage`
+   * once it has ended.  See `zeph_logprobs`.
+   */
+  uint32_t n_logprobs;
+  /**
+   * Reserved for a later option; must be 0.
+   */
+  uint32_t reserved;
 } zeph_generate_options;
 
 /**
@@ -439,6 +577,14 @@ typedef struct zeph_usage {
    * Reserved; 0.
    */
   uint32_t reserved;
+  /**
+   * The log-probabilities of the generated tokens when the request's
+   * `n_logprobs` > 0 (then `struct_size` must include this field), else
+   * NULL.  A new object for each call that fills this struct, owned by
+   * the caller, freed with `zeph_logprobs_free`.  A stream's is NULL
+   * until it has ended.
+   */
+  struct zeph_logprobs *logprobs;
 } zeph_usage;
 
 /**
@@ -555,13 +701,40 @@ void zeph_cancel_token_free(struct zeph_cancel_token *token);
  * left untouched and `zeph_last_error()` says why (`ZEPH_STATUS_IO`: the
  * file cannot be read; `ZEPH_STATUS_MODEL`: not a GGUF, truncated, or an
  * unsupported architecture; `ZEPH_STATUS_TOKENIZER`, `ZEPH_STATUS_TEMPLATE`,
- * `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range).
+ * `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range;
+ * `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
+ * everything loaded so far was freed).
  *
- * Threads: any thread.
+ * Threads: any thread; the `progress` and `log` callbacks of `options`
+ * run on it during the call.
  */
 enum zeph_status zeph_engine_new(const char *model_path,
                                  const struct zeph_engine_options *options,
                                  struct zeph_engine **engine_out);
+
+/**
+ * Loads a GGUF model from the `len` bytes at `data` (a model shipped
+ * inside an application bundle, downloaded, or decrypted in memory) and
+ * starts its workers; otherwise as `zeph_engine_new`.
+ *
+ * Ownership: the bytes are COPIED during the call (into an anonymous
+ * in-memory file that the engine maps as it maps a model file, freed with
+ * the engine): the caller may free or reuse `data` as soon as the call
+ * returns.  The engine's memory therefore includes a copy of the model
+ * file; loading from a path (`zeph_engine_new`) needs no copy.
+ *
+ * Failures: `ZEPH_STATUS_NULL_ARGUMENT` for NULL `data` or `engine_out`;
+ * `ZEPH_STATUS_MODEL` when the bytes are not a whole GGUF model (messages
+ * name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
+ * made; the rest as `zeph_engine_new`.
+ *
+ * Threads: any thread; the `progress` and `log` callbacks of `options`
+ * run on it during the call.
+ */
+enum zeph_status zeph_engine_new_from_memory(const void *data,
+                                             size_t len,
+                                             const struct zeph_engine_options *options,
+                                             struct zeph_engine **engine_out);
 
 /**
  * Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
@@ -650,6 +823,80 @@ void zeph_engine_shutdown(struct zeph_engine *engine);
  * invalid afterwards.
  */
 void zeph_engine_free(struct zeph_engine *engine);
+
+/**
+ * Computes the embedding of `text` (UTF-8): the final hidden states of its
+ * tokens (after the model's output norm), pooled as `pooling` says, and
+ * L2-normalized (unit length).  The text is tokenized as llama.cpp's
+ * `llama-embedding` does: BOS added when the model asks for it, nothing
+ * appended, special tokens written in the text parsed.
+ *
+ * `*n_out` receives the embedding's length (the model's
+ * `embedding_length`, the same for every text).  When `capacity` is
+ * smaller than that, nothing is computed or written to `out`, the call
+ * returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
+ * length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
+ * the buffer.  `out` is owned by the caller.  Other failures:
+ * `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
+ * no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
+ * context length, and the statuses of `zeph_engine_complete` (the work
+ * runs on the engine's workers, through its queue, under its
+ * `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
+ * `ZEPH_STATUS_SHUTDOWN`, ...).
+ *
+ * Threads: any thread; calls from several threads run on the engine's
+ * workers in parallel with each other and with generation requests.
+ */
+enum zeph_status zeph_engine_embed(struct zeph_engine *engine,
+                                   const char *text,
+                                   zeph_pooling pooling,
+                                   float *out,
+                                   size_t capacity,
+                                   size_t *n_out);
+
+/**
+ * Number of tokens `logprobs` describes (0 for NULL).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_count(const struct zeph_logprobs *logprobs);
+
+/**
+ * Number of alternatives listed for token `index` (at most the request's
+ * `n_logprobs`; 0 for NULL or an index out of range).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_n_top(const struct zeph_logprobs *logprobs, size_t index);
+
+/**
+ * Reads one choice at token `index` (0 .. count-1): `rank` 0 is the
+ * generated token, `rank` r >= 1 the r-th most likely alternative (1 ..
+ * n_top; the generated token itself is among them when it ranks).
+ * Writes its token id, its log-probability (`-INFINITY` for probability
+ * 0), and its bytes: `*bytes_out` points to `*n_bytes_out` bytes of the
+ * token's text, NOT NUL-terminated and not necessarily whole UTF-8
+ * characters (a character may span tokens), owned by `logprobs` and valid
+ * until `zeph_logprobs_free`.  Any out-parameter may be NULL to skip it.
+ * An index or rank out of range returns `ZEPH_STATUS_INVALID_ARGUMENT`
+ * and writes nothing.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_logprobs_get(const struct zeph_logprobs *logprobs,
+                                   size_t index,
+                                   size_t rank,
+                                   uint32_t *id_out,
+                                   float *logprob_out,
+                                   const char **bytes_out,
+                                   size_t *n_bytes_out);
+
+/**
+ * Frees `logprobs`.  NULL is a no-op; must not be called twice.
+ *
+ * Threads: any thread, once no other thread reads it.
+ */
+void zeph_logprobs_free(struct zeph_logprobs *logprobs);
 
 /**
  * Fills `*info_out` (set its `struct_size` first) with facts about the
@@ -825,6 +1072,10 @@ enum zeph_status zeph_stream_for_each(struct zeph_stream *stream,
  * for shutdown, an inference error or a panic), with `prompt_tokens`
  * exact, `completion_tokens` the pieces delivered (each is the text of at
  * least one generated token, so a lower bound), and the times 0.
+ * When the request asked for `n_logprobs` and has ended (whatever the
+ * reason; an interrupted stream's is empty), `usage_out->logprobs`
+ * receives a new `zeph_logprobs` (struct_size permitting), which the
+ * caller frees with `zeph_logprobs_free`, at every such call.
  *
  * Threads: any thread.
  */

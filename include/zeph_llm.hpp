@@ -12,6 +12,7 @@
 #define ZEPH_LLM_HPP
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -54,15 +55,50 @@ inline std::string take(char *p) {
 inline std::string z(std::string_view s) { return std::string(s); }
 }  // namespace detail
 
+/// A token, its natural log-probability under the distribution the
+/// sampler drew from, and its bytes (not necessarily whole characters).
+struct Choice {
+    uint32_t id = 0;
+    float logprob = 0;
+    std::string bytes;
+};
+
+/// A generated token and its most likely alternatives, best first.
+struct TokenLogprob {
+    Choice token;
+    std::vector<Choice> top;
+};
+
 /// What a request used.
 struct Usage {
     unsigned prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
     zeph_finish_reason finish_reason = ZEPH_FINISH_NONE;
     double queue_ms = 0, prompt_ms = 0, generation_ms = 0;
+    /// One per generated token when the request asked for n_logprobs.
+    std::vector<TokenLogprob> logprobs;
 
-    static Usage from(const zeph_usage &u) {
-        return {u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.finish_reason,
-                u.queue_ms,      u.prompt_ms,         u.generation_ms};
+    /// Reads `u` and takes (frees) the log-probabilities it may hold.
+    static Usage from(zeph_usage &u) {
+        Usage r{u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.finish_reason,
+                u.queue_ms,      u.prompt_ms,         u.generation_ms, {}};
+        if (zeph_logprobs *lp = u.logprobs) {
+            u.logprobs = nullptr;
+            std::unique_ptr<zeph_logprobs, void (*)(zeph_logprobs *)> owned(lp, zeph_logprobs_free);
+            auto choice = [lp](size_t i, size_t rank) {
+                Choice c;
+                const char *b = nullptr;
+                size_t n = 0;
+                detail::check(zeph_logprobs_get(lp, i, rank, &c.id, &c.logprob, &b, &n));
+                c.bytes.assign(b, n);
+                return c;
+            };
+            for (size_t i = 0; i < zeph_logprobs_count(lp); i++) {
+                TokenLogprob t{choice(i, 0), {}};
+                for (size_t k = 1; k <= zeph_logprobs_n_top(lp, i); k++) t.top.push_back(choice(i, k));
+                r.logprobs.push_back(std::move(t));
+            }
+        }
+        return r;
     }
 };
 
@@ -84,16 +120,29 @@ struct GenerateOptions {
         return *this;
     }
     GenerateOptions &stop_at(std::string s) { stop.push_back(std::move(s)); return *this; }
+    /// Structured output (at most one of the three): the answer is one JSON
+    /// value valid under `schema`; matches `re` whole; matches `grammar`
+    /// (llguidance's Lark-like syntax).  A constraint that does not compile
+    /// throws Error with ZEPH_STATUS_GRAMMAR.
+    GenerateOptions &json_schema(std::string schema) { schema_ = std::move(schema); return *this; }
+    GenerateOptions &regex(std::string re) { regex_ = std::move(re); return *this; }
+    GenerateOptions &grammar(std::string g) { grammar_ = std::move(g); return *this; }
+    /// Log-probabilities with `n` alternatives per token (0..20), in Usage::logprobs.
+    GenerateOptions &logprobs(uint32_t n) { c.n_logprobs = n; return *this; }
 
 private:
     friend class Engine;
-    /// The C struct with `stop` pointing into this object (valid while it lives).
+    std::optional<std::string> schema_, regex_, grammar_;
+    /// The C struct with its pointers into this object (valid while it lives).
     zeph_generate_options build(std::vector<const char *> &ptrs) const {
         zeph_generate_options o = c;
         ptrs.clear();
         for (const auto &s : stop) ptrs.push_back(s.c_str());
         o.stop = ptrs.empty() ? nullptr : ptrs.data();
         o.n_stop = ptrs.size();
+        o.json_schema = schema_ ? schema_->c_str() : nullptr;
+        o.regex = regex_ ? regex_->c_str() : nullptr;
+        o.grammar = grammar_ ? grammar_->c_str() : nullptr;
         return o;
     }
 };
@@ -131,15 +180,56 @@ private:
     std::unique_ptr<zeph_stream, Free> ptr_;
 };
 
+/// Engine options with C++ callbacks: `on_progress` runs on the
+/// constructing thread while the model loads (0 to 1; returning false
+/// cancels: the constructor throws ZEPH_STATUS_CANCELLED); `on_log`
+/// receives the library's messages instead of standard error, from any of
+/// the engine's threads while it lives.  Exceptions they throw are
+/// swallowed (a throwing progress callback cancels the load).
+struct EngineOptions {
+    zeph_engine_options c = zeph_engine_options_default();
+    std::function<bool(float)> on_progress;
+    std::function<void(zeph_log_level, std::string_view)> on_log;
+};
+
 /// A loaded model and its workers.  Movable, not copyable; frees the engine
 /// when destroyed (after shutting it down).
 class Engine {
 public:
+    Engine(std::string_view model_path, const EngineOptions &options) {
+        zeph_engine_options o = options.c;
+        auto log = hook(o, options);
+        zeph_engine *e = nullptr;
+        detail::check(zeph_engine_new(detail::z(model_path).c_str(), &o, &e));
+        ptr_.reset(e);
+        log_ = std::move(log);
+    }
+
     explicit Engine(std::string_view model_path,
                     const zeph_engine_options &options = zeph_engine_options_default()) {
         zeph_engine *e = nullptr;
         detail::check(zeph_engine_new(detail::z(model_path).c_str(), &options, &e));
         ptr_.reset(e);
+    }
+
+    /// Loads a model from memory; the bytes are copied during the call.
+    static Engine from_memory(const void *data, size_t len,
+                              const zeph_engine_options &options = zeph_engine_options_default()) {
+        zeph_engine *e = nullptr;
+        detail::check(zeph_engine_new_from_memory(data, len, &options, &e));
+        return Engine(e);
+    }
+
+    /// The L2-normalized embedding of `text` (the model's final hidden
+    /// states, pooled).
+    std::vector<float> embed(std::string_view text, zeph_pooling pooling = ZEPH_POOLING_MEAN) const {
+        std::string t = detail::z(text);
+        size_t n = 0;
+        zeph_status s = zeph_engine_embed(ptr_.get(), t.c_str(), pooling, nullptr, 0, &n);
+        if (s != ZEPH_STATUS_INVALID_ARGUMENT || n == 0) detail::check(s);
+        std::vector<float> v(n);
+        detail::check(zeph_engine_embed(ptr_.get(), t.c_str(), pooling, v.data(), v.size(), &n));
+        return v;
     }
 
     std::string complete(std::string_view prompt, const GenerateOptions &options = {},
@@ -202,6 +292,34 @@ public:
     zeph_engine *get() const noexcept { return ptr_.get(); }
 
 private:
+    using LogFn = std::function<void(zeph_log_level, std::string_view)>;
+    /// Points the C callbacks of `o` at the C++ ones of `options`; returns
+    /// the log callback's copy, which the engine keeps.
+    static std::shared_ptr<LogFn> hook(zeph_engine_options &o, const EngineOptions &options) {
+        if (options.on_progress) {
+            o.progress = [](void *user, float p) -> bool {
+                try {
+                    return (*static_cast<const std::function<bool(float)> *>(user))(p);
+                } catch (...) {
+                    return false;
+                }
+            };
+            o.progress_user_data = const_cast<std::function<bool(float)> *>(&options.on_progress);
+        }
+        std::shared_ptr<LogFn> log;
+        if (options.on_log) {
+            log = std::make_shared<LogFn>(options.on_log);
+            o.log = [](void *user, zeph_log_level level, const char *message) {
+                try {
+                    (*static_cast<LogFn *>(user))(level, message);
+                } catch (...) {
+                }
+            };
+            o.log_user_data = log.get();
+        }
+        return log;
+    }
+    explicit Engine(zeph_engine *e) : ptr_(e) {}
     static std::vector<zeph_message> c_messages(const std::vector<Message> &messages) {
         std::vector<zeph_message> cm;
         cm.reserve(messages.size());
@@ -214,6 +332,7 @@ private:
             zeph_engine_free(e);
         }
     };
+    std::shared_ptr<LogFn> log_;  // declared first: freed after the engine
     std::unique_ptr<zeph_engine, Free> ptr_;
 };
 

@@ -12,9 +12,13 @@ use parking_lot::Mutex;
 
 use crate::cancel::{cancelled_receiver, CancelToken};
 use crate::chat::{self, ChatTemplate, Message};
+use crate::constraint::Grammars;
+use crate::embed::Pooling;
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
+use crate::log::LogLevel;
+use crate::logprobs::TokenLogprob;
 use crate::model::{self, ModelInfo};
 use crate::options::{
     check_conversation, check_len, EngineOptions, GenerateOptions, MAX_TEXT_BYTES,
@@ -40,17 +44,35 @@ pub struct Engine {
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    grammars: Mutex<Option<Arc<Grammars>>>,
 }
 
 impl Engine {
     /// Loads the model at `path` and starts `options.n_workers` workers.
     pub fn new(path: &Path, options: EngineOptions) -> Result<Self> {
         options.validate()?;
-        let mut gguf = Gguf::open(path)?;
+        progress(&options, 0.0)?;
+        let gguf = Gguf::open(path)?;
+        Self::load(gguf, &path.display(), options)
+    }
+
+    /// As `new`, with the model file's bytes in memory (copied: `data` is
+    /// not needed once this returns).
+    pub fn from_memory(data: &[u8], options: EngineOptions) -> Result<Self> {
+        options.validate()?;
+        progress(&options, 0.0)?;
+        let gguf = Gguf::from_memory(data)?;
+        Self::load(gguf, &"<memory>", options)
+    }
+
+    fn load(mut gguf: Gguf, shown: &dyn std::fmt::Display, options: EngineOptions) -> Result<Self> {
+        let started = Instant::now();
+        progress(&options, 0.05)?;
         let tokenizer = Tokenizer::load(&gguf, options.tokenizer_path.as_deref())?;
         if let Some(w) = &tokenizer.warning {
-            eprintln!("zeph_llm: warning: {}: {w}", path.display());
+            options.logger.log(LogLevel::Warn, &format!("{shown}: {w}"));
         }
+        progress(&options, 0.2)?;
         let token = |id: Option<u32>| {
             id.and_then(|i| tokenizer.token_text(i))
                 .unwrap_or("")
@@ -85,8 +107,9 @@ impl Engine {
             options.context_length,
             options.threads_per_worker(),
         )
-        .map_err(|e| e.context(path.display()))?;
+        .map_err(|e| e.context(shown))?;
         drop(gguf);
+        progress(&options, 0.95)?;
 
         let shared = Arc::new(Shared {
             weights,
@@ -129,6 +152,27 @@ impl Engine {
                 }
             }
         }
+        if let Err(e) = progress(&options, 1.0) {
+            drop(shutdown_tx);
+            for w in workers {
+                let _ = w.join();
+            }
+            return Err(e);
+        }
+        let info = shared.weights.info();
+        options.logger.log(
+            LogLevel::Info,
+            &format!(
+                "{shown}: {} ({}, {}, {} parameters, context {}) loaded in {} ms, {} worker(s)",
+                info.name,
+                info.architecture,
+                info.quantization,
+                info.parameter_count,
+                info.context_length,
+                started.elapsed().as_millis(),
+                options.n_workers
+            ),
+        );
         Ok(Self {
             shared,
             template,
@@ -141,6 +185,7 @@ impl Engine {
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             workers: Mutex::new(workers),
+            grammars: Mutex::new(None),
         })
     }
 
@@ -346,7 +391,14 @@ impl Engine {
             return Err(cancelled());
         }
         let cancel = Arc::new(CancelToken::new());
+        let constraint = match &options.constraint {
+            Some(kind) if !matches!(output, Output::Embed(..)) => {
+                Some(self.grammars()?.compile(kind)?)
+            }
+            _ => None,
+        };
         let mut job = Job {
+            constraint,
             tokens,
             options: options.clone(),
             seed: options.seed.unwrap_or_else(clock_seed),
@@ -438,6 +490,36 @@ impl Engine {
         }
     }
 
+    /// The L2-normalized embedding of `text` (`info().embedding_length`
+    /// values): its tokens' final hidden states, pooled.  BOS is added as
+    /// the model asks, nothing is appended, special tokens written in the
+    /// text are parsed (llama.cpp's `llama-embedding`).  It runs on the
+    /// workers, through the queue, with the engine's default deadline.
+    pub fn embed(&self, text: &str, pooling: Pooling) -> Result<Vec<f32>> {
+        self.check_running()?;
+        let tokens = self.shared.tokenizer.encode(text, true, true)?;
+        if tokens.is_empty() {
+            return Err(Error::invalid_argument(
+                "the text is empty and the model adds no BOS: nothing to embed",
+            ));
+        }
+        let n_ctx = self.info().context_length;
+        if tokens.len() > n_ctx {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "the text has {} tokens, more than the context length {n_ctx}",
+                    tokens.len()
+                ),
+            ));
+        }
+        let options = GenerateOptions::default();
+        let call = self.start_call(&options);
+        let (reply, reply_rx) = bounded(1);
+        let pending = self.enqueue(tokens, &options, Output::Embed(pooling, reply), &call)?;
+        self.wait(pending, reply_rx, &options)
+    }
+
     fn submit(
         &self,
         tokens: Vec<u32>,
@@ -446,6 +528,17 @@ impl Engine {
     ) -> Result<Completion> {
         let (reply, reply_rx) = bounded(1);
         let pending = self.enqueue(tokens, options, Output::Reply(reply), call)?;
+        self.wait(pending, reply_rx, options)
+    }
+
+    /// Waits for a queued job's answer until its deadline, a cancel or
+    /// shutdown; on any of those the job is cancelled.
+    fn wait<T>(
+        &self,
+        pending: Pending,
+        reply_rx: Receiver<Result<T>>,
+        options: &GenerateOptions,
+    ) -> Result<T> {
         let token = cancelled_receiver(options.cancel.as_ref());
         let wait = pending.deadline.saturating_duration_since(Instant::now());
         let outcome = select! {
@@ -485,7 +578,24 @@ impl Engine {
             user_cancel: options.cancel.clone(),
             shutdown: self.shutdown_rx.clone(),
             state: Mutex::new(StreamState::Running),
+            logprobs: Mutex::new(Vec::new()),
+            n_logprobs: options.n_logprobs,
         })
+    }
+
+    /// The constraint compiler for this model's vocabulary, made by the
+    /// first request that asks for structured output.
+    fn grammars(&self) -> Result<Arc<Grammars>> {
+        let mut g = self.grammars.lock();
+        if let Some(g) = &*g {
+            return Ok(g.clone());
+        }
+        let made = Arc::new(Grammars::new(
+            &self.shared.tokenizer,
+            self.info().vocab_size,
+        )?);
+        *g = Some(made.clone());
+        Ok(made)
     }
 
     /// Makes every waiting and every later call return `Shutdown` promptly;
@@ -502,6 +612,21 @@ impl Drop for Engine {
         for w in self.workers.lock().drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+/// Tells the progress callback how far loading got; its "stop" is a
+/// `Cancelled` error, which drops everything loaded so far.
+fn progress(options: &EngineOptions, done: f32) -> Result<()> {
+    match &options.progress {
+        Some(f) if !f(done) => Err(Error::new(
+            ErrorKind::Cancelled,
+            format!(
+                "loading was cancelled by the progress callback (at {:.0}%)",
+                done * 100.0
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -558,6 +683,9 @@ pub struct Stream {
     user_cancel: Option<Arc<CancelToken>>,
     shutdown: Receiver<()>,
     state: Mutex<StreamState>,
+    /// The completion's log-probabilities, once it has ended.
+    logprobs: Mutex<Vec<TokenLogprob>>,
+    n_logprobs: usize,
 }
 
 impl Stream {
@@ -596,6 +724,7 @@ impl Stream {
                 Ok(Some(p))
             }
             Ok(StreamEvent::Done(Ok(c))) => {
+                *self.logprobs.lock() = c.logprobs;
                 *self.state.lock() = StreamState::Ended(c.usage, None);
                 Ok(None)
             }
@@ -646,6 +775,20 @@ impl Stream {
             StreamState::Ended(u, e) => Some((u.clone(), e.clone())),
             StreamState::Running => None,
         }
+    }
+
+    /// The log-probabilities of every generated token (when the request
+    /// asked for them) once the stream has ended; `None` while it runs.
+    pub fn logprobs(&self) -> Option<Vec<TokenLogprob>> {
+        match &*self.state.lock() {
+            StreamState::Ended(..) => Some(self.logprobs.lock().clone()),
+            StreamState::Running => None,
+        }
+    }
+
+    /// Whether the request asked for log-probabilities.
+    pub fn logprobs_asked(&self) -> bool {
+        self.n_logprobs > 0
     }
 
     /// Stops the work; `next` then returns `Cancelled`.

@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Shutdown,
     Inference,
     Panic,
+    /// A structured-output constraint did not compile, or failed.
+    Grammar,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::constraint::Constraint;
 use crate::error::{Error, Result};
+use crate::logprobs::{token_logprob, TokenLogprob};
 use crate::model::Session;
 use crate::options::GenerateOptions;
 use crate::sampling::Sampler;
@@ -49,6 +51,8 @@ pub struct Usage {
 pub struct Completion {
     pub text: String,
     pub tokens: Vec<u32>,
+    /// One per token of `tokens` when the request asked for `n_logprobs`.
+    pub logprobs: Vec<TokenLogprob>,
     pub usage: Usage,
 }
 
@@ -83,13 +87,26 @@ pub struct Sequence {
     started: Instant,
     prompt_time: Option<Duration>,
     finished: Option<FinishReason>,
+    /// The structured-output constraint every token must satisfy.
+    constraint: Option<Constraint>,
+    /// `n_logprobs` of the options, and what was gathered.
+    n_logprobs: usize,
+    logprobs: Vec<TokenLogprob>,
+    scratch: Vec<(u32, f32)>,
+    sampling: crate::options::SamplingOptions,
 }
 
 impl Sequence {
     /// A sequence whose cache already holds the first `cached` tokens of
     /// `prompt` (fewer than all of them: the last one is always evaluated,
     /// for its logits).
-    pub fn new(prompt: Vec<u32>, cached: usize, options: &GenerateOptions, seed: u64) -> Self {
+    pub fn new(
+        prompt: Vec<u32>,
+        cached: usize,
+        options: &GenerateOptions,
+        seed: u64,
+        constraint: Option<Constraint>,
+    ) -> Self {
         debug_assert!(cached < prompt.len());
         Self {
             history: prompt.clone(),
@@ -107,6 +124,11 @@ impl Sequence {
             started: Instant::now(),
             prompt_time: None,
             finished: None,
+            constraint,
+            n_logprobs: options.n_logprobs,
+            logprobs: Vec::new(),
+            scratch: Vec::new(),
+            sampling: options.sampling,
             prompt,
         }
     }
@@ -176,8 +198,21 @@ impl Sequence {
         if self.prompt_time.is_none() {
             self.prompt_time = Some(self.started.elapsed());
         }
-        let id = self.sampler.sample(logits, &self.history);
-        let reason = self.take(id, tokenizer, &mut sink)?;
+        let id = match self.constraint.as_mut() {
+            None => self.sampler.sample(logits, &self.history),
+            Some(c) => {
+                self.sampler.penalize(logits, &self.history);
+                if self.n_logprobs > 0 {
+                    // Log-probabilities are of the masked distribution.
+                    c.mask(logits)?;
+                    self.sampler.choose(logits)
+                } else {
+                    let sampler = &mut self.sampler;
+                    c.sample(logits, &mut |l| sampler.choose(l))?
+                }
+            }
+        };
+        let reason = self.take(id, logits, tokenizer, &mut sink)?;
         if let Some(reason) = reason {
             self.finished = Some(reason);
             if let Some(sink) = sink.as_mut() {
@@ -192,11 +227,25 @@ impl Sequence {
     fn take(
         &mut self,
         id: u32,
+        logits: &[f32],
         tokenizer: &Tokenizer,
         sink: &mut Option<Sink>,
     ) -> Result<Option<FinishReason>> {
         if tokenizer.is_eog(id) && !self.ignore_eog {
             return Ok(Some(FinishReason::StopToken));
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            c.commit(id)?;
+        }
+        if self.n_logprobs > 0 {
+            self.logprobs.push(token_logprob(
+                logits,
+                id,
+                &self.sampling,
+                self.n_logprobs,
+                &mut self.scratch,
+                &|t| tokenizer.piece(t).to_vec(),
+            ));
         }
         self.generated.push(id);
         self.history.push(id);
@@ -240,6 +289,7 @@ impl Sequence {
             // A token may end inside a multi-byte character: replace, never fail.
             text: String::from_utf8_lossy(&self.bytes).into_owned(),
             tokens: self.generated,
+            logprobs: self.logprobs,
             usage,
         }
     }
@@ -254,12 +304,13 @@ pub fn generate(
     options: &GenerateOptions,
     seed: u64,
     mut sink: Option<Sink>,
+    constraint: Option<Constraint>,
 ) -> Result<Completion> {
     if prompt.is_empty() {
         return Err(Error::invalid_argument("the prompt has no tokens"));
     }
     session.reset();
-    let mut seq = Sequence::new(prompt.to_vec(), 0, options, seed);
+    let mut seq = Sequence::new(prompt.to_vec(), 0, options, seed, constraint);
     let mut pos = 0;
     loop {
         let input = seq.input(PROMPT_CHUNK).to_vec();

@@ -21,6 +21,31 @@ impl Gguf {
         let shown = path.display();
         let file =
             File::open(path).map_err(|e| Error::new(ErrorKind::Io, format!("{shown}: {e}")))?;
+        Self::from_file(file, &shown)
+    }
+
+    /// Reads a model held in memory.  The bytes are copied, once, into an
+    /// anonymous in-memory file (Linux: `memfd_create`; elsewhere an
+    /// unlinked temporary file), which the loaders then map as they map a
+    /// model file: the caller's buffer is not needed after this returns.
+    pub fn from_memory(data: &[u8]) -> Result<Self> {
+        use std::io::Write;
+        let io = |e: std::io::Error| {
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot copy the model ({} bytes) into memory: {e}",
+                    data.len()
+                ),
+            )
+        };
+        let mut file = anonymous_file().map_err(io)?;
+        file.write_all(data).map_err(io)?;
+        Self::from_file(file, &"<memory>")
+    }
+
+    /// Reads an open file; `shown` names it in messages.
+    pub fn from_file(file: File, shown: &dyn std::fmt::Display) -> Result<Self> {
         let meta = file
             .metadata()
             .map_err(|e| Error::new(ErrorKind::Io, format!("{shown}: {e}")))?;
@@ -232,6 +257,34 @@ impl Gguf {
             .map(|t| t.shape.elem_count() as u64)
             .sum()
     }
+}
+
+/// A file with no name that lives as long as it is open.
+#[cfg(target_os = "linux")]
+fn anonymous_file() -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a valid C string; the returned descriptor is ours alone.
+    let fd = unsafe { libc::memfd_create(c"zeph-llm-model".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// A file with no name that lives as long as it is open.
+#[cfg(not(target_os = "linux"))]
+fn anonymous_file() -> std::io::Result<File> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("zeph-llm-model-{}-{n}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 /// llama.cpp's `llama_ftype` numbers (`general.file_type`) with the names its

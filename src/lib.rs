@@ -11,6 +11,10 @@ pub mod cancel;
 /// cbindgen:ignore
 pub mod chat;
 /// cbindgen:ignore
+pub mod constraint;
+/// cbindgen:ignore
+pub mod embed;
+/// cbindgen:ignore
 pub mod engine;
 /// cbindgen:ignore
 pub mod error;
@@ -18,6 +22,10 @@ pub mod error;
 pub mod generate;
 /// cbindgen:ignore
 pub mod gguf;
+/// cbindgen:ignore
+pub mod log;
+/// cbindgen:ignore
+pub mod logprobs;
 /// cbindgen:ignore
 pub mod model;
 /// cbindgen:ignore
@@ -37,7 +45,9 @@ pub mod ffi;
 
 pub use cancel::CancelToken;
 pub use chat::Message;
+pub use embed::Pooling;
 pub use engine::Engine;
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{Completion, FinishReason, Usage};
+pub use logprobs::TokenLogprob;
 pub use options::{EngineOptions, GenerateOptions, SamplingOptions};

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::CancelToken;
+use crate::constraint::ConstraintKind;
 use crate::error::{Error, Result};
+use crate::log::{Logger, ProgressFn};
 
 pub const MAX_WORKERS: usize = 64;
 
@@ -65,7 +67,7 @@ pub fn check_conversation(n: usize, sizes: impl Iterator<Item = (usize, usize)>)
 }
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineOptions {
     pub n_workers: usize,
     pub queue_capacity: usize,
@@ -85,6 +87,28 @@ pub struct EngineOptions {
     /// Bound on the KV cache memory of all sequences together, in bytes;
     /// 0 = none (each sequence is bounded by the context length).
     pub kv_memory: usize,
+    /// Told how far loading got (0 to 1) on the loading thread; returning
+    /// false cancels the load (`Cancelled`).
+    pub progress: Option<ProgressFn>,
+    /// Where messages go (the log callback, or standard error).
+    pub logger: Logger,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("n_workers", &self.n_workers)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("default_timeout", &self.default_timeout)
+            .field("tokenizer_path", &self.tokenizer_path)
+            .field("context_length", &self.context_length)
+            .field("n_threads", &self.n_threads)
+            .field("n_parallel", &self.n_parallel)
+            .field("kv_memory", &self.kv_memory)
+            .field("progress", &self.progress.is_some())
+            .field("logger", &self.logger)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most sequences per worker.
@@ -105,6 +129,8 @@ impl Default for EngineOptions {
             n_threads: 0,
             n_parallel: 4,
             kv_memory: 0,
+            progress: None,
+            logger: Logger::default(),
         }
     }
 }
@@ -215,6 +241,11 @@ pub struct GenerateOptions {
     pub cache_prompt: bool,
     /// Keep generating through end-of-generation tokens (benchmarks).
     pub ignore_eog: bool,
+    /// Alternatives reported per generated token (0 = no log-probabilities;
+    /// at most `logprobs::MAX_LOGPROBS`).
+    pub n_logprobs: usize,
+    /// What the answer must satisfy (structured output).
+    pub constraint: Option<ConstraintKind>,
 }
 
 impl std::fmt::Debug for CancelToken {
@@ -234,6 +265,8 @@ impl Default for GenerateOptions {
             cancel: None,
             cache_prompt: true,
             ignore_eog: false,
+            n_logprobs: 0,
+            constraint: None,
         }
     }
 }
@@ -271,6 +304,13 @@ impl GenerateOptions {
             return Err(Error::invalid_argument(format!(
                 "repeat_penalty = {} must be a finite number > 0",
                 s.repeat_penalty
+            )));
+        }
+        if self.n_logprobs > crate::logprobs::MAX_LOGPROBS {
+            return Err(Error::invalid_argument(format!(
+                "n_logprobs = {} is more than {}",
+                self.n_logprobs,
+                crate::logprobs::MAX_LOGPROBS
             )));
         }
         if self.stop.len() > MAX_STOP_STRINGS {
@@ -329,6 +369,7 @@ mod tests {
                 "repeat_penalty",
             ),
             (Box::new(|o| o.max_tokens = 0), "max_tokens"),
+            (Box::new(|o| o.n_logprobs = 21), "n_logprobs"),
             (Box::new(|o| o.stop = vec![String::new()]), "stop[0]"),
             (Box::new(|o| o.stop = vec!["x".into(); 65]), "n_stop"),
         ];

@@ -47,53 +47,25 @@ impl Sampler {
     /// far (the penalty looks at its last `repeat_last_n`).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.apply_repeat_penalty(logits, history);
+        self.choose(logits)
+    }
+
+    /// The repeat penalty alone (the first half of `sample`).
+    pub fn penalize(&self, logits: &mut [f32], history: &[u32]) {
+        self.apply_repeat_penalty(logits, history);
+    }
+
+    /// The choice from already penalized logits (the second half of
+    /// `sample`); `logits` are only read.
+    pub fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.opts.temperature <= 0.0 {
             return argmax(logits);
         }
         let c = &mut self.candidates;
-        c.clear();
-        c.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as u32, l)),
-        );
+        candidates(logits, &self.opts, c);
         if c.is_empty() {
             return 0;
         }
-        let by_logit_desc =
-            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        let k = self.opts.top_k;
-        if k > 0 && k < c.len() {
-            c.select_nth_unstable_by(k - 1, by_logit_desc);
-            c.truncate(k);
-        }
-        c.sort_unstable_by(by_logit_desc);
-
-        // Probabilities at temperature 1 for the truncation steps.
-        let probs = softmax(c, 1.0);
-        if self.opts.top_p < 1.0 {
-            let mut cum = 0.0;
-            let mut keep = c.len();
-            for (i, p) in probs.iter().enumerate() {
-                cum += p;
-                if cum >= self.opts.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            c.truncate(keep.max(1));
-        }
-        if self.opts.min_p > 0.0 {
-            let threshold = probs[0] * self.opts.min_p as f64;
-            let keep = probs[..c.len()]
-                .iter()
-                .take_while(|&&p| p >= threshold)
-                .count();
-            c.truncate(keep.max(1));
-        }
-
         let probs = softmax(c, self.opts.temperature);
         let mut r = self.rng.next_f64();
         for (i, p) in probs.iter().enumerate() {
@@ -119,6 +91,53 @@ impl Sampler {
                 *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
             }
         }
+    }
+}
+
+/// The tokens a draw at temperature > 0 chooses from: every non-NaN logit,
+/// cut by top-k, top-p and min-p (at temperature 1, llama.cpp's order),
+/// best first (ties by id).  Empty only when every logit is NaN.
+pub fn candidates(logits: &[f32], opts: &SamplingOptions, c: &mut Vec<(u32, f32)>) {
+    c.clear();
+    c.extend(
+        logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(i, &l)| (i as u32, l)),
+    );
+    if c.is_empty() {
+        return;
+    }
+    let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let k = opts.top_k;
+    if k > 0 && k < c.len() {
+        c.select_nth_unstable_by(k - 1, by_logit_desc);
+        c.truncate(k);
+    }
+    c.sort_unstable_by(by_logit_desc);
+
+    // Probabilities at temperature 1 for the truncation steps.
+    let probs = softmax(c, 1.0);
+    if opts.top_p < 1.0 {
+        let mut cum = 0.0;
+        let mut keep = c.len();
+        for (i, p) in probs.iter().enumerate() {
+            cum += p;
+            if cum >= opts.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        c.truncate(keep.max(1));
+    }
+    if opts.min_p > 0.0 {
+        let threshold = probs[0] * opts.min_p as f64;
+        let keep = probs[..c.len()]
+            .iter()
+            .take_while(|&&p| p >= threshold)
+            .count();
+        c.truncate(keep.max(1));
     }
 }
 

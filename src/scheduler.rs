@@ -23,6 +23,8 @@ use crossbeam_channel::{select, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
 use crate::cancel::CancelToken;
+use crate::constraint::Constraint;
+use crate::embed::{embed, Pooling};
 use crate::error::{panic_message, Error, ErrorKind, Result};
 use crate::generate::{Completion, Sequence, PROMPT_CHUNK};
 use crate::model::{Batch, SeqInput, Weights};
@@ -120,6 +122,9 @@ pub enum Output {
     /// Pieces as they come, then the end, to a stream.  Bounded: when its
     /// reader stops reading, that sequence pauses (the others go on).
     Stream(Sender<StreamEvent>),
+    /// An embedding (no sampling: the tokens' hidden states, pooled), to a
+    /// caller blocked on it.  Capacity 1, as `Reply`.
+    Embed(Pooling, Sender<Result<Vec<f32>>>),
 }
 
 pub enum StreamEvent {
@@ -137,6 +142,8 @@ pub struct Job {
     /// shutdown, a stream cancelled or freed).
     pub cancel: Arc<CancelToken>,
     pub output: Output,
+    /// The request's compiled structured-output constraint.
+    pub constraint: Option<Constraint>,
 }
 
 impl Job {
@@ -174,6 +181,12 @@ impl Job {
         match &self.output {
             Output::Reply(tx) => {
                 let _ = tx.try_send(result);
+                None
+            }
+            Output::Embed(_, tx) => {
+                // Only a failure comes here (an embedding sends its own
+                // answer).
+                let _ = tx.try_send(result.map(|_| Vec::new()));
                 None
             }
             Output::Stream(tx) => match tx.try_send(StreamEvent::Done(result)) {
@@ -337,7 +350,7 @@ impl Worker {
 
     /// Puts `job` into a slot, or into `waiting` when the KV memory it
     /// needs is not free, or finishes it when it cannot run.
-    fn admit(&mut self, job: Job) {
+    fn admit(&mut self, mut job: Job) {
         if let Err(e) = job.interrupted(&self.shared.shutting_down) {
             self.finish(job, Err(e));
             return;
@@ -415,9 +428,19 @@ impl Worker {
         } else {
             0
         };
+        if let Output::Embed(pooling, tx) = &job.output {
+            // An embedding runs at once, in this slot, from position 0.
+            let result = self.embed_now(slot, &job, *pooling);
+            let _ = tx.try_send(result);
+            self.evict(slot);
+            self.slots[slot].last_used = self.step;
+            self.publish();
+            return;
+        }
         keep = self.batch.truncate(slot, keep);
         s.tokens.clear();
-        let seq = Sequence::new(job.tokens.clone(), keep, &job.options, job.seed);
+        let constraint = job.constraint.take();
+        let seq = Sequence::new(job.tokens.clone(), keep, &job.options, job.seed, constraint);
         self.admitted += 1;
         s.active = Some(Active {
             queue_time: job.enqueued.elapsed(),
@@ -457,6 +480,34 @@ impl Worker {
             }
         }
         free().min_by_key(|&i| self.slots[i].last_used)
+    }
+
+    /// The embedding of `job`'s tokens, computed in `slot` (emptied first),
+    /// with panics caught.
+    fn embed_now(&mut self, slot: usize, job: &Job, pooling: Pooling) -> Result<Vec<f32>> {
+        self.batch.release(slot);
+        let n_embd = self.shared.weights.info().embedding_length;
+        let interrupt = || job.interrupted(&self.shared.shutting_down);
+        let batch = &mut self.batch;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            embed(
+                &mut |chunk| batch.hidden_states(slot, chunk),
+                &job.tokens,
+                n_embd,
+                pooling,
+                &interrupt,
+            )
+        }));
+        outcome.unwrap_or_else(|payload| {
+            self.batch = self.shared.weights.new_batch(self.slots.len());
+            for s in &mut self.slots {
+                s.tokens.clear();
+            }
+            Err(Error::new(
+                ErrorKind::Panic,
+                format!("embedding panicked: {}", panic_message(payload.as_ref())),
+            ))
+        })
     }
 
     /// Drops an idle slot's cache and its charge.
@@ -768,6 +819,7 @@ mod tests {
             deadline: now + deadline_in,
             cancel: Arc::new(CancelToken::new()),
             output: Output::Reply(crossbeam_channel::bounded(1).0),
+            constraint: None,
         }
     }
 

@@ -189,3 +189,41 @@ fn gemma3_beyond_the_sliding_window() {
     let again = t.forward(&seq[690..], 690).unwrap();
     assert_eq!(again, whole, "after a short truncate");
 }
+
+/// The hidden states embeddings are made of: every position's, from both
+/// decoders, close row by row (cosine ≥ 0.99); the runtime's the same
+/// however the sequence is split into passes.
+fn hidden_states_agree(model: &str) {
+    let cpu = weights(model, Backend::Cpu { threads: 2 });
+    let reference = weights(model, Backend::Reference);
+    let n = cpu.info().embedding_length;
+    let seq = &sequences(model)[0];
+    let a = cpu.new_session().hidden_states(seq, 0).unwrap();
+    let b = reference.new_session().hidden_states(seq, 0).unwrap();
+    assert_eq!(a.len(), seq.len() * n);
+    assert_eq!(b.len(), seq.len() * n);
+    let mut split = cpu.new_session();
+    let mut c = split.hidden_states(&seq[..3], 0).unwrap();
+    c.extend(split.hidden_states(&seq[3..], 3).unwrap());
+    assert_eq!(
+        a, c,
+        "{model}: hidden states depend on the split into passes"
+    );
+    for (t, (x, y)) in a.chunks(n).zip(b.chunks(n)).enumerate() {
+        let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+        let nx: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+        let ny: f64 = y.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (nx * ny);
+        assert!(cos >= 0.99, "{model}: position {t}: cosine {cos}");
+    }
+}
+
+#[test]
+fn smollm2_hidden_states_agree_with_the_reference() {
+    hidden_states_agree("smollm2");
+}
+
+#[test]
+fn gemma3_hidden_states_agree_with_the_reference() {
+    hidden_states_agree("gemma3");
+}

@@ -103,6 +103,9 @@ func (e *Engine) stream(ctx context.Context, opts *GenerateOptions,
 			if status == C.ZEPH_STATUS_TIMEOUT {
 				u := C.zeph_usage{struct_size: C.uint32_t(unsafe.Sizeof(C.zeph_usage{}))}
 				C.zeph_stream_usage(cs, &u)
+				if u.logprobs != nil {
+					C.zeph_logprobs_free(u.logprobs) // read again below
+				}
 				if u.finish_reason == C.ZEPH_FINISH_NONE {
 					select {
 					case <-s.cancel:

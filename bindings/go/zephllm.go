@@ -42,6 +42,7 @@ const (
 	StatusShutdown        Status = C.ZEPH_STATUS_SHUTDOWN
 	StatusInference       Status = C.ZEPH_STATUS_INFERENCE
 	StatusPanic           Status = C.ZEPH_STATUS_PANIC
+	StatusGrammar         Status = C.ZEPH_STATUS_GRAMMAR
 )
 
 func (s Status) String() string {
@@ -64,6 +65,7 @@ var (
 	ErrShutdown        = errors.New("zephllm: engine shut down")
 	ErrInference       = errors.New("zephllm: inference error")
 	ErrPanic           = errors.New("zephllm: internal error")
+	ErrGrammar         = errors.New("zephllm: structured-output constraint error")
 )
 
 var sentinels = map[Status]error{
@@ -72,7 +74,7 @@ var sentinels = map[Status]error{
 	StatusTokenizer: ErrTokenizer, StatusTemplate: ErrTemplate,
 	StatusContextOverflow: ErrContextOverflow, StatusQueueFull: ErrQueueFull,
 	StatusTimeout: ErrTimeout, StatusCancelled: ErrCancelled, StatusShutdown: ErrShutdown,
-	StatusInference: ErrInference, StatusPanic: ErrPanic,
+	StatusInference: ErrInference, StatusPanic: ErrPanic, StatusGrammar: ErrGrammar,
 }
 
 // Error is a failed call: its status and the library's message.  It
@@ -116,13 +118,16 @@ type Engine struct {
 	ptr       *C.zeph_engine
 	closed    chan struct{} // closed by Close: streams stop delivering
 	closeOnce sync.Once
+	logger    unsafe.Pointer // the log callback's handle, freed by Close
 }
 
 // Option configures Open.
-type Option func(*C.zeph_engine_options)
+type Option func(*C.zeph_engine_options, *handles)
 
 // WithWorkers sets the number of worker threads (default 1).
-func WithWorkers(n int) Option { return func(o *C.zeph_engine_options) { o.n_workers = C.uint32_t(n) } }
+func WithWorkers(n int) Option {
+	return func(o *C.zeph_engine_options, _ *handles) { o.n_workers = C.uint32_t(n) }
+}
 
 // WithParallel sets how many sequences each worker runs together, each with
 // its own KV cache (continuous batching; default 4).
@@ -138,36 +143,67 @@ func WithKVMemoryMiB(n int) Option {
 
 // WithQueueCapacity sets how many requests may wait for a worker (default 16).
 func WithQueueCapacity(n int) Option {
-	return func(o *C.zeph_engine_options) { o.queue_capacity = C.uint32_t(n) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.queue_capacity = C.uint32_t(n) }
 }
 
 // WithContextLength caps the context length (default: the model's own).
 func WithContextLength(n int) Option {
-	return func(o *C.zeph_engine_options) { o.context_length = C.uint32_t(n) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.context_length = C.uint32_t(n) }
 }
 
 // WithDefaultTimeout sets the deadline of requests that set none (default 120 s).
 func WithDefaultTimeout(d time.Duration) Option {
-	return func(o *C.zeph_engine_options) { o.default_timeout_ms = C.uint64_t(d.Milliseconds()) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.default_timeout_ms = C.uint64_t(d.Milliseconds()) }
 }
 
 // Open loads the GGUF model at path.
 func Open(path string, opts ...Option) (*Engine, error) {
-	o := C.zeph_engine_options_default()
-	for _, opt := range opts {
-		opt(&o)
-	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
+	return open(opts, func(o *C.zeph_engine_options, ptr **C.zeph_engine) C.zeph_status {
+		return C.zeph_status(C.zeph_engine_new(cpath, o, ptr))
+	})
+}
+
+// OpenBytes loads a GGUF model from memory (a model embedded in the
+// program, downloaded or decrypted).  The bytes are copied during the
+// call: data may be reused as soon as OpenBytes returns.
+func OpenBytes(data []byte, opts ...Option) (*Engine, error) {
+	if len(data) == 0 {
+		return nil, &Error{Status: StatusModel, Message: "<memory>: no bytes"}
+	}
+	return open(opts, func(o *C.zeph_engine_options, ptr **C.zeph_engine) C.zeph_status {
+		// The library copies the bytes during the call and keeps no pointer.
+		return C.zeph_status(C.zeph_engine_new_from_memory(unsafe.Pointer(&data[0]), C.size_t(len(data)), o, ptr))
+	})
+}
+
+func open(opts []Option, load func(*C.zeph_engine_options, **C.zeph_engine) C.zeph_status) (*Engine, error) {
+	// In C memory: it holds the callbacks' user_data pointers.
+	o := (*C.zeph_engine_options)(C.malloc(C.size_t(unsafe.Sizeof(C.zeph_engine_options{}))))
+	defer C.free(unsafe.Pointer(o))
+	*o = C.zeph_engine_options_default()
+	var h handles
+	for _, opt := range opts {
+		opt(o, &h)
+	}
+	defer deleteHandle(h.progress) // called during the load only
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var ptr *C.zeph_engine
-	if err := lastError(C.zeph_status(C.zeph_engine_new(cpath, &o, &ptr))); err != nil {
+	if err := lastError(load(o, &ptr)); err != nil {
+		deleteHandle(h.log)
 		return nil, err
 	}
+	e := newEngine(ptr)
+	e.logger = h.log
+	return e, nil
+}
+
+func newEngine(ptr *C.zeph_engine) *Engine {
 	e := &Engine{ptr: ptr, closed: make(chan struct{})}
 	runtime.SetFinalizer(e, (*Engine).Close)
-	return e, nil
+	return e
 }
 
 // Close shuts the engine down (calls in progress return ErrShutdown) and
@@ -184,6 +220,8 @@ func (e *Engine) Close() error {
 	if e.ptr != nil {
 		C.zeph_engine_free(e.ptr)
 		e.ptr = nil
+		deleteHandle(e.logger)
+		e.logger = nil
 		runtime.SetFinalizer(e, nil)
 	}
 	return nil
@@ -217,6 +255,34 @@ type GenerateOptions struct {
 	Timeout       time.Duration // 0 = the engine's default
 	Stop          []string
 	NoCachePrompt bool // evaluate the whole prompt even if a worker has it cached
+	// Structured output: at most one of JSONSchema (a JSON Schema), Regex
+	// (the whole answer matches it) and Grammar (llguidance's Lark-like
+	// syntax).  An answer that ends by itself satisfies it.
+	JSONSchema, Regex, Grammar string
+	// Logprobs asks for the log-probabilities of every generated token
+	// and its Logprobs most likely alternatives (0..20; 0 = none): they
+	// come in Usage.Logprobs.
+	Logprobs int
+}
+
+// WithJSONSchema returns o constraining the answer to one JSON value valid
+// under schema: opts := zephllm.DefaultGenerateOptions().WithJSONSchema(s).
+func (o GenerateOptions) WithJSONSchema(schema string) GenerateOptions {
+	o.JSONSchema = schema
+	return o
+}
+
+// WithRegex returns o constraining the whole answer to match re.
+func (o GenerateOptions) WithRegex(re string) GenerateOptions {
+	o.Regex = re
+	return o
+}
+
+// WithGrammar returns o constraining the answer to grammar (llguidance's
+// Lark-like syntax).
+func (o GenerateOptions) WithGrammar(grammar string) GenerateOptions {
+	o.Grammar = grammar
+	return o
 }
 
 // SeedRandom asks for a different seed on every request.
@@ -252,15 +318,61 @@ type Usage struct {
 	PromptTokens, CompletionTokens, CachedTokens int
 	FinishReason                                 FinishReason
 	QueueTime, PromptTime, GenerationTime        time.Duration
+	// One per generated token when the request set Logprobs > 0.
+	Logprobs []TokenLogprob
 }
 
+// Choice is a token with its natural log-probability (under the
+// distribution the sampler drew from) and its bytes (not necessarily whole
+// UTF-8 characters).
+type Choice struct {
+	ID      uint32
+	Logprob float32
+	Bytes   []byte
+}
+
+// TokenLogprob is a generated token and its most likely alternatives, best
+// first.
+type TokenLogprob struct {
+	Token Choice
+	Top   []Choice
+}
+
+// usageFrom reads u, and frees the log-probabilities it may hold.
 func usageFrom(u *C.zeph_usage) Usage {
 	ms := func(v C.double) time.Duration { return time.Duration(float64(v) * float64(time.Millisecond)) }
-	return Usage{
+	usage := Usage{
 		PromptTokens: int(u.prompt_tokens), CompletionTokens: int(u.completion_tokens),
 		CachedTokens: int(u.cached_tokens), FinishReason: FinishReason(u.finish_reason),
 		QueueTime: ms(u.queue_ms), PromptTime: ms(u.prompt_ms), GenerationTime: ms(u.generation_ms),
 	}
+	if u.logprobs != nil {
+		usage.Logprobs = logprobsFrom(u.logprobs)
+		C.zeph_logprobs_free(u.logprobs)
+		u.logprobs = nil
+	}
+	return usage
+}
+
+func logprobsFrom(lp *C.zeph_logprobs) []TokenLogprob {
+	choice := func(i, rank C.size_t) Choice {
+		var id C.uint32_t
+		var l C.float
+		var b *C.char
+		var n C.size_t
+		C.zeph_logprobs_get(lp, i, rank, &id, &l, &b, &n)
+		return Choice{ID: uint32(id), Logprob: float32(l), Bytes: C.GoBytes(unsafe.Pointer(b), C.int(n))}
+	}
+	count := C.zeph_logprobs_count(lp)
+	out := make([]TokenLogprob, count)
+	for i := C.size_t(0); i < count; i++ {
+		out[i].Token = choice(i, 0)
+		nTop := C.zeph_logprobs_n_top(lp, i)
+		for r := C.size_t(1); r <= nTop; r++ {
+			out[i].Top = append(out[i].Top, choice(i, r))
+		}
+	}
+	return out
 }
 
 // request holds the C side of one call: options, strings and the cancel
@@ -271,6 +383,7 @@ type request struct {
 	opts    *C.zeph_generate_options
 	stop    **C.char
 	nStop   int
+	strs    []*C.char // the constraint's strings
 	token   *C.zeph_cancel_token
 	done    chan struct{}
 	ctx     context.Context
@@ -315,6 +428,18 @@ func newRequest(ctx context.Context, o *GenerateOptions) (*request, error) {
 	if o.NoCachePrompt {
 		c.cache_prompt = 0
 	}
+	c.n_logprobs = C.uint32_t(o.Logprobs)
+	cstr := func(v string) *C.char {
+		if v == "" {
+			return nil
+		}
+		p := C.CString(v)
+		r.strs = append(r.strs, p)
+		return p
+	}
+	c.json_schema = cstr(o.JSONSchema)
+	c.regex = cstr(o.Regex)
+	c.grammar = cstr(o.Grammar)
 	if len(o.Stop) > 0 {
 		size := C.size_t(len(o.Stop)) * C.size_t(unsafe.Sizeof((*C.char)(nil)))
 		r.stop = (**C.char)(C.malloc(size))
@@ -365,6 +490,9 @@ func (r *request) free() {
 	r.watcher.Wait()
 	if r.token != nil {
 		C.zeph_cancel_token_free(r.token)
+	}
+	for _, p := range r.strs {
+		C.free(unsafe.Pointer(p))
 	}
 	if r.stop != nil {
 		for _, s := range unsafe.Slice(r.stop, r.nStop) {
@@ -440,4 +568,47 @@ func (e *Engine) Chat(ctx context.Context, messages []Message, opts *GenerateOpt
 	return e.generate(ctx, opts, func(p *C.zeph_engine, o *C.zeph_generate_options, t **C.char, u *C.zeph_usage) C.zeph_status {
 		return C.zeph_status(C.zeph_engine_chat(p, cm, C.size_t(n), o, t, u))
 	})
+}
+
+// Pooling says how Embed turns a text's token states into one vector.
+type Pooling int
+
+// The poolings, numbered as in zeph_llm.h.
+const (
+	PoolingMean Pooling = C.ZEPH_POOLING_MEAN // the average over the tokens
+	PoolingLast Pooling = C.ZEPH_POOLING_LAST // the last token's
+)
+
+// Embed returns the L2-normalized embedding of text (the model's final
+// hidden states, pooled).  It runs on the engine's workers, through its
+// queue, under its default timeout; ctx is checked before the call only.
+func (e *Engine) Embed(ctx context.Context, text string, pooling Pooling) ([]float32, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &Error{Status: StatusCancelled, Message: "the context has ended", ctxErr: err}
+	}
+	ctext := C.CString(text)
+	defer C.free(unsafe.Pointer(ctext))
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.ptr == nil {
+		return nil, &Error{Status: StatusShutdown, Message: "the engine is closed"}
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var n C.size_t
+	// A first call with no room asks for the length.
+	s := C.zeph_engine_embed(e.ptr, ctext, C.zeph_pooling(pooling), nil, 0, &n)
+	if s != C.ZEPH_STATUS_INVALID_ARGUMENT || n == 0 {
+		return nil, lastError(C.zeph_status(s))
+	}
+	buf := (*C.float)(C.malloc(n * C.size_t(unsafe.Sizeof(C.float(0)))))
+	defer C.free(unsafe.Pointer(buf))
+	if err := lastError(C.zeph_status(C.zeph_engine_embed(e.ptr, ctext, C.zeph_pooling(pooling), buf, n, &n))); err != nil {
+		return nil, err
+	}
+	out := make([]float32, n)
+	for i, v := range unsafe.Slice(buf, n) {
+		out[i] = float32(v)
+	}
+	return out, nil
 }

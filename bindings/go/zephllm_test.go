@@ -2,7 +2,9 @@ package zephllm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -252,4 +254,157 @@ func TestCloseIsIdempotentAndLaterCallsFail(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 	runtime.GC()
+}
+
+func TestJSONSchemaConstrainsTheAnswer(t *testing.T) {
+	e := engine(t)
+	schema := `{"type":"object","properties":{"name":{"type":"string","maxLength":20},` +
+		`"age":{"type":"integer","minimum":0,"maximum":150}},"required":["name","age"],"additionalProperties":false}`
+	o := greedy(96).WithJSONSchema(schema)
+	text, u, err := e.Chat(context.Background(), []Message{{"user", "Describe a person as JSON."}}, &o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.FinishReason != FinishStopToken {
+		t.Fatalf("finish reason %v: %q", u.FinishReason, text)
+	}
+	var person struct {
+		Name *string `json:"name"`
+		Age  *int    `json:"age"`
+	}
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&person); err != nil || person.Name == nil || person.Age == nil ||
+		len(*person.Name) > 20 || *person.Age < 0 || *person.Age > 150 {
+		t.Fatalf("%q does not satisfy the schema (%v)", text, err)
+	}
+	// A stream under the same constraint gives the same text.
+	s, err := e.StreamChat(context.Background(), []Message{{"user", "Describe a person as JSON."}}, &o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var joined strings.Builder
+	for p := range s.Pieces() {
+		joined.WriteString(p)
+	}
+	if s.Err() != nil || joined.String() != text {
+		t.Fatalf("stream: %v, %q", s.Err(), joined.String())
+	}
+
+	bad := greedy(8).WithJSONSchema("{ not json")
+	if _, _, err := e.Complete(context.Background(), "x", &bad); !errors.Is(err, ErrGrammar) {
+		t.Fatalf("a schema that is not JSON: %v", err)
+	}
+	two := greedy(8).WithRegex("a").WithGrammar(`start: "a"`)
+	if _, _, err := e.Complete(context.Background(), "x", &two); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("two constraints: %v", err)
+	}
+	re := greedy(16).WithRegex("[0-9]{4}")
+	text, _, err = e.Chat(context.Background(), []Message{{"user", "In which year did Apollo 11 land?"}}, &re)
+	if err != nil || len(text) != 4 || strings.Trim(text, "0123456789") != "" {
+		t.Fatalf("regex: %q, %v", text, err)
+	}
+}
+
+func TestLogprobsComeWithTheUsage(t *testing.T) {
+	e := engine(t)
+	o := *greedy(6)
+	o.Logprobs = 3
+	text, u, err := e.Complete(context.Background(), "The capital of France is", &o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(u.Logprobs) != u.CompletionTokens || u.CompletionTokens != 6 {
+		t.Fatalf("%d logprobs for %d tokens", len(u.Logprobs), u.CompletionTokens)
+	}
+	var joined []byte
+	for _, lp := range u.Logprobs {
+		joined = append(joined, lp.Token.Bytes...)
+		if lp.Token.Logprob > 0 || len(lp.Top) != 3 || lp.Top[0].ID != lp.Token.ID {
+			t.Fatalf("greedy token %+v", lp)
+		}
+		if lp.Top[1].Logprob > lp.Top[0].Logprob || lp.Top[2].Logprob > lp.Top[1].Logprob {
+			t.Fatalf("alternatives not best first: %+v", lp.Top)
+		}
+	}
+	if string(joined) != text {
+		t.Fatalf("tokens' bytes %q, text %q", joined, text)
+	}
+	s, err := e.StreamComplete(context.Background(), "The capital of France is", &o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range s.Pieces() {
+	}
+	if got := s.Usage().Logprobs; len(got) != 6 || got[0].Token.ID != u.Logprobs[0].Token.ID {
+		t.Fatalf("stream logprobs %+v", got)
+	}
+}
+
+func TestEmbedAndOpenBytes(t *testing.T) {
+	data, err := os.ReadFile(modelPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := OpenBytes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	data = nil
+	mean, err := e.Embed(context.Background(), "A cat sat on the mat.", PoolingMean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := e.Embed(context.Background(), "A cat sat on the mat.", PoolingLast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm, dot := 0.0, 0.0
+	for i := range mean {
+		norm += float64(mean[i]) * float64(mean[i])
+		dot += float64(mean[i]) * float64(last[i])
+	}
+	if len(mean) != 576 || math.Abs(norm-1) > 1e-4 || dot > 0.999 {
+		t.Fatalf("len %d, norm %v, mean·last %v", len(mean), norm, dot)
+	}
+	if _, err := e.Embed(context.Background(), "x", Pooling(9)); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("unknown pooling: %v", err)
+	}
+	if _, err := OpenBytes([]byte("not a model at all, just some bytes")); !errors.Is(err, ErrModel) {
+		t.Fatalf("bytes that are no model: %v", err)
+	}
+}
+
+func TestProgressCanCancelAndLoggerHearsTheLoad(t *testing.T) {
+	var seen []float32
+	e, err := Open(modelPath(t), WithProgress(func(p float32) bool {
+		seen = append(seen, p)
+		return true
+	}), WithLogger(func(level LogLevel, message string) {
+		if level == LogInfo && strings.Contains(message, "loaded") {
+			seen = append(seen, -1)
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	if len(seen) < 3 || seen[0] != 0 || !containsFloat(seen, 1) || !containsFloat(seen, -1) {
+		t.Fatalf("progress and log: %v", seen)
+	}
+	calls := 0
+	_, err = Open(modelPath(t), WithProgress(func(float32) bool { calls++; return calls < 2 }))
+	if !errors.Is(err, ErrCancelled) || calls != 2 {
+		t.Fatalf("cancelled load: %v after %d calls", err, calls)
+	}
+}
+
+func containsFloat(v []float32, x float32) bool {
+	for _, y := range v {
+		if y == x {
+			return true
+		}
+	}
+	return false
 }

@@ -1,13 +1,15 @@
 //! `zeph_engine_*`: creating an engine, generating text, shutting down.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::path::Path;
 
 use super::options::{engine_options, generate_options, out_struct_size};
 use super::string::into_c_string;
 use super::{boundary, null_argument, str_arg, write_out, zeph_status};
 use crate::chat::Message;
+use crate::embed::Pooling;
 use crate::engine::Engine;
+use crate::error::Error;
 use crate::error::Result;
 use crate::generate::{Completion, FinishReason};
 
@@ -89,6 +91,12 @@ pub struct zeph_usage {
     pub status: zeph_status,
     /// Reserved; 0.
     pub reserved: u32,
+    /// The log-probabilities of the generated tokens when the request's
+    /// `n_logprobs` > 0 (then `struct_size` must include this field), else
+    /// NULL.  A new object for each call that fills this struct, owned by
+    /// the caller, freed with `zeph_logprobs_free`.  A stream's is NULL
+    /// until it has ended.
+    pub logprobs: *mut super::zeph_logprobs,
 }
 
 impl From<FinishReason> for zeph_finish_reason {
@@ -111,9 +119,12 @@ impl From<FinishReason> for zeph_finish_reason {
 /// left untouched and `zeph_last_error()` says why (`ZEPH_STATUS_IO`: the
 /// file cannot be read; `ZEPH_STATUS_MODEL`: not a GGUF, truncated, or an
 /// unsupported architecture; `ZEPH_STATUS_TOKENIZER`, `ZEPH_STATUS_TEMPLATE`,
-/// `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range).
+/// `ZEPH_STATUS_INVALID_ARGUMENT` for options out of range;
+/// `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
+/// everything loaded so far was freed).
 ///
-/// Threads: any thread.
+/// Threads: any thread; the `progress` and `log` callbacks of `options`
+/// run on it during the call.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new(
     model_path: *const c_char,
@@ -140,6 +151,49 @@ pub unsafe extern "C" fn zeph_engine_new(
     })
 }
 
+/// Loads a GGUF model from the `len` bytes at `data` (a model shipped
+/// inside an application bundle, downloaded, or decrypted in memory) and
+/// starts its workers; otherwise as `zeph_engine_new`.
+///
+/// Ownership: the bytes are COPIED during the call (into an anonymous
+/// in-memory file that the engine maps as it maps a model file, freed with
+/// the engine): the caller may free or reuse `data` as soon as the call
+/// returns.  The engine's memory therefore includes a copy of the model
+/// file; loading from a path (`zeph_engine_new`) needs no copy.
+///
+/// Failures: `ZEPH_STATUS_NULL_ARGUMENT` for NULL `data` or `engine_out`;
+/// `ZEPH_STATUS_MODEL` when the bytes are not a whole GGUF model (messages
+/// name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
+/// made; the rest as `zeph_engine_new`.
+///
+/// Threads: any thread; the `progress` and `log` callbacks of `options`
+/// run on it during the call.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_new_from_memory(
+    data: *const c_void,
+    len: usize,
+    options: *const super::zeph_engine_options,
+    engine_out: *mut *mut zeph_engine,
+) -> zeph_status {
+    boundary(|| {
+        if data.is_null() {
+            return Err(null_argument("data"));
+        }
+        if engine_out.is_null() {
+            return Err(null_argument("engine_out"));
+        }
+        let options = engine_options(options)?;
+        let bytes = std::slice::from_raw_parts(data as *const u8, len);
+        let engine = Engine::from_memory(bytes, options)?;
+        let info = super::model::InfoStrings::new(&engine);
+        write_out(
+            engine_out,
+            Box::into_raw(Box::new(zeph_engine { engine, info })),
+        );
+        Ok(())
+    })
+}
+
 /// # Safety
 /// `engine` is NULL or a live engine from `zeph_engine_new`.
 pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a Engine> {
@@ -157,7 +211,33 @@ pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a En
 /// `struct_size` bytes.
 pub(crate) unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
     if !usage_out.is_null() {
-        out_struct_size(usage_out, std::mem::size_of::<zeph_usage>(), "zeph_usage")?;
+        // The first version ended before `logprobs`.
+        let first = std::mem::offset_of!(zeph_usage, logprobs);
+        out_struct_size(usage_out, first, "zeph_usage")?;
+    }
+    Ok(())
+}
+
+/// Whether `usage_out` has room for the `logprobs` field.
+///
+/// # Safety
+/// `usage_out` is NULL or passed `check_usage`.
+pub(crate) unsafe fn usage_has_logprobs(usage_out: *const zeph_usage) -> bool {
+    !usage_out.is_null() && (*usage_out).struct_size as usize >= std::mem::size_of::<zeph_usage>()
+}
+
+/// A request with `n_logprobs` needs a usage struct to receive them.
+///
+/// # Safety
+/// As for `usage_has_logprobs`.
+pub(crate) unsafe fn check_logprobs(
+    options: &crate::options::GenerateOptions,
+    usage_out: *const zeph_usage,
+) -> Result<()> {
+    if options.n_logprobs > 0 && !usage_has_logprobs(usage_out) {
+        return Err(Error::invalid_argument(
+            "n_logprobs > 0 needs usage_out, with a struct_size that includes zeph_usage.logprobs",
+        ));
     }
     Ok(())
 }
@@ -175,6 +255,7 @@ fn empty_usage() -> zeph_usage {
         generation_ms: 0.0,
         status: zeph_status::ZEPH_STATUS_OK,
         reserved: 0,
+        logprobs: std::ptr::null_mut(),
     }
 }
 
@@ -199,6 +280,7 @@ pub(crate) fn usage_to_c(u: Option<&crate::generate::Usage>) -> zeph_usage {
             generation_ms: ms(u.generation_time),
             status: zeph_status::ZEPH_STATUS_OK,
             reserved: 0,
+            logprobs: std::ptr::null_mut(),
         },
     }
 }
@@ -239,14 +321,30 @@ pub(crate) unsafe fn write_usage(usage_out: *mut zeph_usage, usage: zeph_usage) 
     );
 }
 
+/// A new `zeph_logprobs` for the caller.
+pub(crate) fn logprobs_out(
+    logprobs: Vec<crate::logprobs::TokenLogprob>,
+) -> *mut super::zeph_logprobs {
+    Box::into_raw(Box::new(super::zeph_logprobs::new(logprobs)))
+}
+
 /// Writes the text and usage of a finished request.
 ///
 /// # Safety
 /// `text_out` is valid for a write; `usage_out` is NULL or passed
 /// `check_usage`.
-unsafe fn deliver(c: Completion, text_out: *mut *mut c_char, usage_out: *mut zeph_usage) {
+unsafe fn deliver(
+    asked: bool,
+    c: Completion,
+    text_out: *mut *mut c_char,
+    usage_out: *mut zeph_usage,
+) {
     if !usage_out.is_null() {
-        write_usage(usage_out, usage_to_c(Some(&c.usage)));
+        let mut usage = usage_to_c(Some(&c.usage));
+        if asked {
+            usage.logprobs = logprobs_out(c.logprobs);
+        }
+        write_usage(usage_out, usage);
     }
     write_out(text_out, into_c_string(&c.text));
 }
@@ -286,8 +384,9 @@ pub unsafe extern "C" fn zeph_engine_complete(
         }
         check_usage(usage_out)?;
         let options = generate_options(options)?;
+        check_logprobs(&options, usage_out)?;
         let completion = engine.complete(prompt, &options)?;
-        deliver(completion, text_out, usage_out);
+        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
         Ok(())
     })
 }
@@ -354,8 +453,9 @@ pub unsafe extern "C" fn zeph_engine_chat(
         }
         check_usage(usage_out)?;
         let options = generate_options(options)?;
+        check_logprobs(&options, usage_out)?;
         let completion = engine.chat(&messages, &options)?;
-        deliver(completion, text_out, usage_out);
+        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
         Ok(())
     })
 }
@@ -426,4 +526,83 @@ pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
     if !engine.is_null() {
         super::boundary_or((), || drop(Box::from_raw(engine)));
     }
+}
+
+/// How `zeph_engine_embed` turns the hidden states of a text's tokens into
+/// one vector.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum zeph_pooling {
+    /// The average of every token's final hidden state (BOS included when
+    /// the model adds one).
+    ZEPH_POOLING_MEAN = 0,
+    /// The last token's final hidden state.
+    ZEPH_POOLING_LAST = 1,
+}
+
+/// A `zeph_pooling` as C passes it: any int.  The header spells it
+/// `zeph_pooling` (see cbindgen.toml), so that an out-of-range value is an
+/// `INVALID_ARGUMENT`, not undefined behaviour.
+#[repr(transparent)]
+pub struct zeph_pooling_raw(pub std::ffi::c_int);
+
+/// Computes the embedding of `text` (UTF-8): the final hidden states of its
+/// tokens (after the model's output norm), pooled as `pooling` says, and
+/// L2-normalized (unit length).  The text is tokenized as llama.cpp's
+/// `llama-embedding` does: BOS added when the model asks for it, nothing
+/// appended, special tokens written in the text parsed.
+///
+/// `*n_out` receives the embedding's length (the model's
+/// `embedding_length`, the same for every text).  When `capacity` is
+/// smaller than that, nothing is computed or written to `out`, the call
+/// returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
+/// length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
+/// the buffer.  `out` is owned by the caller.  Other failures:
+/// `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
+/// no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
+/// context length, and the statuses of `zeph_engine_complete` (the work
+/// runs on the engine's workers, through its queue, under its
+/// `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
+/// `ZEPH_STATUS_SHUTDOWN`, ...).
+///
+/// Threads: any thread; calls from several threads run on the engine's
+/// workers in parallel with each other and with generation requests.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_embed(
+    engine: *mut zeph_engine,
+    text: *const c_char,
+    pooling: zeph_pooling_raw,
+    out: *mut f32,
+    capacity: usize,
+    n_out: *mut usize,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let text = str_arg(text, "text")?;
+        if n_out.is_null() {
+            return Err(null_argument("n_out"));
+        }
+        if out.is_null() && capacity > 0 {
+            return Err(null_argument("out (with capacity > 0)"));
+        }
+        let pooling = match pooling.0 {
+            0 => Pooling::Mean,
+            1 => Pooling::Last,
+            other => {
+                return Err(Error::invalid_argument(format!(
+                    "pooling = {other} is not a zeph_pooling value"
+                )))
+            }
+        };
+        let n = engine.info().embedding_length;
+        write_out(n_out, n);
+        if capacity < n {
+            return Err(Error::invalid_argument(format!(
+                "capacity {capacity} is too small: the embedding has {n} values"
+            )));
+        }
+        let v = engine.embed(text, pooling)?;
+        std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len().min(capacity));
+        Ok(())
+    })
 }

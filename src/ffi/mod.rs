@@ -10,6 +10,7 @@
 
 mod cancel;
 mod engine;
+mod logprobs;
 mod model;
 mod options;
 mod status;
@@ -18,6 +19,7 @@ mod string;
 
 pub use cancel::*;
 pub use engine::*;
+pub use logprobs::*;
 pub use model::*;
 pub use options::*;
 pub use status::*;

@@ -8,12 +8,15 @@
 //! are zero, so a request is never silently half-understood.  New fields
 //! are only ever added at the end; the structs have no padding.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{null_argument, opt_str_arg};
+use crate::constraint::ConstraintKind;
 use crate::error::{Error, Result};
+use crate::log::{LogLevel, Logger};
 use crate::options::{EngineOptions, GenerateOptions, SamplingOptions};
 
 /// `seed` value that asks for a different seed on every request.
@@ -119,6 +122,47 @@ pub struct zeph_engine_options {
     /// that must wait for other requests to free memory waits within its
     /// deadline (idle caches kept for reuse are dropped first).
     pub kv_memory_mib: u32,
+    /// Called while the model loads, on the thread that called
+    /// `zeph_engine_new` (or `zeph_engine_new_from_memory`) and before that
+    /// call returns, with `progress_user_data` and the fraction done, from
+    /// 0 to 1 (non-decreasing; at least at 0 and at 1, and between the
+    /// loading stages).  Returning false stops loading: the call frees
+    /// everything it made and returns `ZEPH_STATUS_CANCELLED`.  NULL
+    /// (default) = no callback.
+    pub progress: zeph_progress_fn,
+    /// Passed as is to `progress`; never read by the library.
+    pub progress_user_data: *mut c_void,
+    /// Receives every message the library has for the user (a warning
+    /// about the model's vocabulary, a summary when the model is loaded,
+    /// ...), with `log_user_data` and a level; the message is valid during
+    /// the call only.  With a callback, nothing is written to standard
+    /// error; NULL (default) = warnings and errors go to standard error.
+    /// Threads: called on the loading thread, and may be called on the
+    /// engine's worker threads until `zeph_engine_free` returns: it must be
+    /// safe to call from any thread, and must not call back into the engine.
+    pub log: zeph_log_fn,
+    /// Passed as is to `log`; never read by the library.
+    pub log_user_data: *mut c_void,
+}
+
+/// The load-progress callback of `zeph_engine_options`: `user_data`, then
+/// the fraction loaded (0 to 1); returns whether to go on.
+pub type zeph_progress_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, progress: f32) -> bool>;
+
+/// The log callback of `zeph_engine_options`.
+pub type zeph_log_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, level: zeph_log_level, message: *const c_char),
+>;
+
+/// How much a log message matters.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum zeph_log_level {
+    ZEPH_LOG_ERROR = 0,
+    ZEPH_LOG_WARN = 1,
+    ZEPH_LOG_INFO = 2,
+    ZEPH_LOG_DEBUG = 3,
 }
 
 /// Options of one generation request.  Get the defaults from
@@ -178,6 +222,41 @@ pub struct zeph_generate_options {
     /// Non-zero: do not stop at end-of-generation tokens (for benchmarks);
     /// default 0.
     pub ignore_eog: u32,
+    /// A JSON Schema (text) the answer must satisfy: the answer is one JSON
+    /// value valid under it, written on one line with `", "` and `": "`
+    /// between items (unless the schema's top level sets llguidance's
+    /// `"x-guidance"` JSON options, e.g. `{"whitespace_flexible": true}`).
+    /// Drafts 4 to 2020-12 as llguidance supports them.  NULL (default) =
+    /// no constraint.  At most one
+    /// of `json_schema`, `regex` and `grammar` may be set.  Copied during
+    /// the call.  See "Structured output" at `grammar`.
+    pub json_schema: *const c_char,
+    /// A regular expression the whole answer must match (Rust `regex`
+    /// syntax, implicitly anchored at both ends).  NULL (default) = none.
+    pub regex: *const c_char,
+    /// A context-free grammar the whole answer must match, in llguidance's
+    /// Lark-like syntax (https://github.com/guidance-ai/llguidance, "Lark
+    /// syntax"; rules `name: ...`, terminals `NAME: ...`, `start` is the
+    /// start rule; `%json {...}` embeds a JSON Schema).  NULL (default) =
+    /// none.
+    ///
+    /// Structured output: the constraint masks every token that cannot
+    /// continue a valid answer before sampling (greedy or not), and the
+    /// model's end-of-generation token is allowed only where the answer is
+    /// complete; so an answer that ends by itself (`ZEPH_FINISH_STOP_TOKEN`)
+    /// always satisfies it.  An answer cut by `max_tokens`
+    /// (`ZEPH_FINISH_LENGTH`) or by a stop string may be incomplete.  A
+    /// schema, regex or grammar that does not compile returns
+    /// `ZEPH_STATUS_GRAMMAR` with the compiler's message, before any work.
+    pub grammar: *const c_char,
+    /// Log-probabilities: how many most likely alternatives to report per
+    /// generated token (0..=20); 0 (default) = no log-probabilities.  With
+    /// n_logprobs > 0 a blocking call needs a `zeph_usage` (whose `logprobs`
+    /// field receives them) and a stream gives them by `zeph_stream_usage`
+    /// once it has ended.  See `zeph_logprobs`.
+    pub n_logprobs: u32,
+    /// Reserved for a later option; must be 0.
+    pub reserved: u32,
 }
 
 /// The default engine options (see each field).
@@ -198,6 +277,10 @@ pub extern "C" fn zeph_engine_options_default() -> zeph_engine_options {
         reserved: 0,
         n_parallel: 0,
         kv_memory_mib: 0,
+        progress: None,
+        progress_user_data: std::ptr::null_mut(),
+        log: None,
+        log_user_data: std::ptr::null_mut(),
     }
 }
 
@@ -223,6 +306,11 @@ pub extern "C" fn zeph_generate_options_default() -> zeph_generate_options {
         cancel: std::ptr::null(),
         cache_prompt: 1,
         ignore_eog: 0,
+        json_schema: std::ptr::null(),
+        regex: std::ptr::null(),
+        grammar: std::ptr::null(),
+        n_logprobs: 0,
+        reserved: 0,
     }
 }
 
@@ -292,7 +380,8 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
     let o = read_versioned(
         ptr,
         zeph_engine_options_default(),
-        std::mem::size_of::<zeph_engine_options>(),
+        // The first version ended before the callbacks.
+        std::mem::offset_of!(zeph_engine_options, progress),
         "zeph_engine_options",
     )?;
     let options = EngineOptions {
@@ -318,6 +407,30 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
             n => n as usize,
         },
         kv_memory: (o.kv_memory_mib as usize) << 20,
+        progress: o.progress.map(|f| {
+            let user = UserData(o.progress_user_data);
+            Arc::new(move |done: f32| {
+                let user = &user;
+                // SAFETY: the caller's callback, with its own pointer.
+                unsafe { f(user.0, done) }
+            }) as crate::log::ProgressFn
+        }),
+        logger: Logger(o.log.map(|f| {
+            let user = UserData(o.log_user_data);
+            Arc::new(move |level: LogLevel, message: &str| {
+                let user = &user;
+                let level = match level {
+                    LogLevel::Error => zeph_log_level::ZEPH_LOG_ERROR,
+                    LogLevel::Warn => zeph_log_level::ZEPH_LOG_WARN,
+                    LogLevel::Info => zeph_log_level::ZEPH_LOG_INFO,
+                    LogLevel::Debug => zeph_log_level::ZEPH_LOG_DEBUG,
+                };
+                let message = super::to_c_string(message);
+                // SAFETY: the caller's callback, with its own pointer and a
+                // string valid during the call.
+                unsafe { f(user.0, level, message.as_ptr()) }
+            }) as crate::log::LogFn
+        })),
     };
     if o.reserved != 0 {
         return Err(Error::invalid_argument(
@@ -340,7 +453,8 @@ pub(crate) unsafe fn generate_options(
     let o = read_versioned(
         ptr,
         zeph_generate_options_default(),
-        std::mem::size_of::<zeph_generate_options>(),
+        // The first version ended before the structured-output fields.
+        std::mem::offset_of!(zeph_generate_options, json_schema),
         "zeph_generate_options",
     )?;
     if o.n_stop > crate::options::MAX_STOP_STRINGS {
@@ -381,7 +495,41 @@ pub(crate) unsafe fn generate_options(
         cancel: o.cancel.as_ref().map(|t| t.token.clone()),
         cache_prompt: o.cache_prompt != 0,
         ignore_eog: o.ignore_eog != 0,
+        n_logprobs: o.n_logprobs as usize,
+        constraint: constraint_kind(&o)?,
     };
+    if o.reserved != 0 {
+        return Err(Error::invalid_argument(
+            "zeph_generate_options.reserved must be 0",
+        ));
+    }
     options.validate()?;
     Ok(options)
+}
+
+/// A caller's `user_data`: the library never reads it, only hands it back
+/// to the caller's callback, on the threads the header promises.
+struct UserData(*mut c_void);
+// SAFETY: the pointer is opaque to the library; the header tells callers
+// which threads their callbacks run on.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}
+
+/// The one structured-output constraint of `o`, if any.
+///
+/// # Safety
+/// As for `generate_options`.
+unsafe fn constraint_kind(o: &zeph_generate_options) -> Result<Option<ConstraintKind>> {
+    let json_schema = opt_str_arg(o.json_schema, "options->json_schema")?;
+    let regex = opt_str_arg(o.regex, "options->regex")?;
+    let grammar = opt_str_arg(o.grammar, "options->grammar")?;
+    match (json_schema, regex, grammar) {
+        (None, None, None) => Ok(None),
+        (Some(s), None, None) => Ok(Some(ConstraintKind::JsonSchema(s.to_string()))),
+        (None, Some(r), None) => Ok(Some(ConstraintKind::Regex(r.to_string()))),
+        (None, None, Some(g)) => Ok(Some(ConstraintKind::Grammar(g.to_string()))),
+        _ => Err(Error::invalid_argument(
+            "more than one of json_schema, regex and grammar is set; set at most one",
+        )),
+    }
 }

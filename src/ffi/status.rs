@@ -42,6 +42,10 @@ pub enum zeph_status {
     /// An internal error (a Rust panic) was caught at the boundary; the
     /// engine stays usable.
     ZEPH_STATUS_PANIC = 14,
+    /// A structured-output constraint (`json_schema`, `regex` or `grammar`
+    /// of `zeph_generate_options`) does not compile; the message is the
+    /// compiler's.  Also a constraint that fails while generating.
+    ZEPH_STATUS_GRAMMAR = 15,
 }
 
 impl From<ErrorKind> for zeph_status {
@@ -62,6 +66,7 @@ impl From<ErrorKind> for zeph_status {
             ErrorKind::Shutdown => ZEPH_STATUS_SHUTDOWN,
             ErrorKind::Inference => ZEPH_STATUS_INFERENCE,
             ErrorKind::Panic => ZEPH_STATUS_PANIC,
+            ErrorKind::Grammar => ZEPH_STATUS_GRAMMAR,
         }
     }
 }
@@ -72,7 +77,7 @@ impl From<ErrorKind> for zeph_status {
 #[repr(transparent)]
 pub struct zeph_status_raw(pub c_int);
 
-const NAMES: [&str; 15] = [
+const NAMES: [&str; 16] = [
     "ZEPH_STATUS_OK\0",
     "ZEPH_STATUS_NULL_ARGUMENT\0",
     "ZEPH_STATUS_INVALID_ARGUMENT\0",
@@ -88,6 +93,7 @@ const NAMES: [&str; 15] = [
     "ZEPH_STATUS_SHUTDOWN\0",
     "ZEPH_STATUS_INFERENCE\0",
     "ZEPH_STATUS_PANIC\0",
+    "ZEPH_STATUS_GRAMMAR\0",
 ];
 
 /// The name of a status code, e.g. `"ZEPH_STATUS_TIMEOUT"`, or
@@ -138,7 +144,8 @@ mod tests {
         assert_eq!(name(1).to_str().unwrap(), "ZEPH_STATUS_NULL_ARGUMENT");
         assert_eq!(name(10).to_str().unwrap(), "ZEPH_STATUS_TIMEOUT");
         assert_eq!(name(14).to_str().unwrap(), "ZEPH_STATUS_PANIC");
-        assert_eq!(name(15).to_str().unwrap(), "ZEPH_STATUS_UNKNOWN");
+        assert_eq!(name(15).to_str().unwrap(), "ZEPH_STATUS_GRAMMAR");
+        assert_eq!(name(16).to_str().unwrap(), "ZEPH_STATUS_UNKNOWN");
         assert_eq!(name(-3).to_str().unwrap(), "ZEPH_STATUS_UNKNOWN");
         assert_eq!(zeph_status::from(ErrorKind::Timeout) as c_int, 10);
     }

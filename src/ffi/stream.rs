@@ -4,7 +4,10 @@ use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::engine::{check_usage, engine_ref, messages_arg, stream_usage_to_c, write_usage};
+use super::engine::{
+    check_usage, engine_ref, logprobs_out, messages_arg, stream_usage_to_c, usage_has_logprobs,
+    write_usage,
+};
 use super::options::generate_options;
 use super::string::into_c_string;
 use super::{boundary, boundary_or, null_argument, str_arg, write_out, zeph_status};
@@ -240,6 +243,10 @@ impl Drop for Busy<'_> {
 /// for shutdown, an inference error or a panic), with `prompt_tokens`
 /// exact, `completion_tokens` the pieces delivered (each is the text of at
 /// least one generated token, so a lower bound), and the times 0.
+/// When the request asked for `n_logprobs` and has ended (whatever the
+/// reason; an interrupted stream's is empty), `usage_out->logprobs`
+/// receives a new `zeph_logprobs` (struct_size permitting), which the
+/// caller frees with `zeph_logprobs_free`, at every such call.
 ///
 /// Threads: any thread.
 #[no_mangle]
@@ -254,13 +261,16 @@ pub unsafe extern "C" fn zeph_stream_usage(
         }
         check_usage(usage_out)?;
         let outcome = stream.outcome();
-        write_usage(
-            usage_out,
-            stream_usage_to_c(
-                outcome.as_ref().map(|(u, _)| u),
-                outcome.as_ref().and_then(|(_, e)| e.as_ref()),
-            ),
+        let mut usage = stream_usage_to_c(
+            outcome.as_ref().map(|(u, _)| u),
+            outcome.as_ref().and_then(|(_, e)| e.as_ref()),
         );
+        if let Some(lp) = stream.logprobs().filter(|_| stream.logprobs_asked()) {
+            if usage_has_logprobs(usage_out) {
+                usage.logprobs = logprobs_out(lp);
+            }
+        }
+        write_usage(usage_out, usage);
         Ok(())
     })
 }

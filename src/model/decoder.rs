@@ -421,6 +421,9 @@ pub struct DecoderBatch {
     /// Per input of the last forward that asked for logits, its row in
     /// `buf.logits`.
     logit_rows: Vec<usize>,
+    /// When set, every pass appends its rows' final hidden states (after
+    /// the output norm) here.
+    hidden: Option<Vec<f32>>,
 }
 
 /// A one-sequence [`DecoderBatch`], for callers of the [`Session`]
@@ -492,6 +495,7 @@ impl DecoderBatch {
             freqs,
             layer_base,
             logit_rows: Vec::new(),
+            hidden: None,
             model,
         }
     }
@@ -747,6 +751,14 @@ impl DecoderBatch {
             }
             self.buf.o = o;
             self.residual(n, e, layer.post_ffn_norm.as_deref());
+        }
+
+        if let Some(out) = self.hidden.as_mut() {
+            let at = out.len();
+            out.resize(at + n * e, 0.0);
+            for (x, h) in self.buf.x[..n * e].chunks(e).zip(out[at..].chunks_mut(e)) {
+                ops::rms_norm(x, &m.out_norm, c.rms_eps as f32, h);
+            }
         }
 
         // The caches now hold the pass's positions.
@@ -1122,6 +1134,17 @@ impl Batch for DecoderBatch {
         Ok(())
     }
 
+    fn hidden_states(&mut self, slot: usize, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.hidden = Some(Vec::with_capacity(tokens.len() * self.model.cfg.n_embd));
+        let ran = self.forward(&[SeqInput {
+            slot,
+            tokens,
+            logits: false,
+        }]);
+        let hidden = self.hidden.take().unwrap_or_default();
+        ran.map(|()| hidden)
+    }
+
     fn logits(&mut self, k: usize) -> &mut [f32] {
         let vocab = self.model.output.rows;
         match self.logit_rows.get(k) {
@@ -1145,6 +1168,16 @@ impl Session for DecoderSession {
             logits: true,
         }])?;
         Ok(self.0.logits(0).to_vec())
+    }
+
+    fn hidden_states(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        if pos != self.0.seqs[0].len {
+            return Err(Error::inference(format!(
+                "forward at position {pos}, but the cache holds {}",
+                self.0.seqs[0].len
+            )));
+        }
+        self.0.hidden_states(0, tokens)
     }
 
     fn reset(&mut self) {

@@ -43,6 +43,9 @@ pub struct ModelInfo {
     /// engine option when that is set.
     pub context_length: usize,
     pub vocab_size: usize,
+    /// Values per hidden state (`<arch>.embedding_length`): the length of
+    /// an embedding.
+    pub embedding_length: usize,
     pub parameter_count: u64,
     /// The most common tensor type of the weights ("Q4_1", "Q4_K", ...).
     pub quantization: String,
@@ -95,6 +98,10 @@ pub trait Batch: Send {
     /// The logits of the `k`-th input of the last forward that asked for
     /// them (empty when there is no such input).
     fn logits(&mut self, k: usize) -> &mut [f32];
+    /// Runs `tokens` at the end of the slot's cache, as [`Batch::forward`]
+    /// does for one input, and returns their final hidden states (see
+    /// [`Session::hidden_states`]).  For embeddings.
+    fn hidden_states(&mut self, slot: usize, tokens: &[u32]) -> Result<Vec<f32>>;
 }
 
 /// A [`Batch`] made of independent sessions run one after the other (the
@@ -173,6 +180,22 @@ impl Batch for SessionBatch {
     fn logits(&mut self, k: usize) -> &mut [f32] {
         self.logits.get_mut(k).map_or(&mut [], |l| l.as_mut_slice())
     }
+    fn hidden_states(&mut self, slot: usize, tokens: &[u32]) -> Result<Vec<f32>> {
+        let Some((s, len)) = self.sessions.get_mut(slot) else {
+            return Err(Error::inference(format!("no slot {slot}")));
+        };
+        match s.hidden_states(tokens, *len) {
+            Ok(h) => {
+                *len += tokens.len();
+                Ok(h)
+            }
+            Err(e) => {
+                s.reset();
+                *len = 0;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// One sequence being evaluated: the weights plus its own KV cache.
@@ -181,6 +204,10 @@ pub trait Session: Send {
     /// sequence (the cache must hold exactly `pos` tokens), and returns the
     /// logits for the last of them.
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>>;
+    /// As `forward`, but returns the final hidden states (after the output
+    /// norm, before the output matrix) of every one of `tokens`: row `t`
+    /// is `out[t * n_embd..(t + 1) * n_embd]`.  For embeddings.
+    fn hidden_states(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>>;
     /// Empties the cache.
     fn reset(&mut self);
     /// Keeps at most the first `len` positions of the cache, drops the
@@ -308,6 +335,7 @@ pub fn load_with(
         hp.trained_context
     };
     let trained_context = hp.trained_context;
+    let embedding_length = hp.n_embd;
     let cfg: Config = match arch.as_str() {
         "llama" => llama::config(gguf, hp, context_length),
         "gemma3" => gemma3::config(gguf, hp, context_length),
@@ -320,6 +348,7 @@ pub fn load_with(
         trained_context_length: trained_context,
         context_length,
         vocab_size: 0,
+        embedding_length,
         parameter_count: gguf.parameter_count(),
         quantization: gguf.file_type(),
     };

@@ -322,6 +322,7 @@ impl Model {
         cache: &mut [Option<(Tensor, Tensor)>],
         tokens: &[u32],
         pos: usize,
+        all_hidden: bool,
     ) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let seq = tokens.len();
@@ -428,6 +429,14 @@ impl Model {
             }
             x = (x + y)?;
         }
+        if all_hidden {
+            // Every position's hidden state after the output norm.
+            return self
+                .out_norm
+                .forward(&x)?
+                .flatten_all()?
+                .to_dtype(DType::F32);
+        }
         let x = self.out_norm.forward(&x.i((.., seq - 1, ..))?)?;
         let mut logits = self.output.forward(&x)?.squeeze(0)?;
         if let Some(cap) = c.final_softcap {
@@ -467,8 +476,8 @@ struct TransformerSession {
     len: usize,
 }
 
-impl Session for TransformerSession {
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+impl TransformerSession {
+    fn run(&mut self, tokens: &[u32], pos: usize, all_hidden: bool) -> Result<Vec<f32>> {
         let limit = self.model.cfg.context_length;
         if tokens.is_empty() || pos + tokens.len() > limit || pos != self.len {
             return Err(Error::inference(format!(
@@ -488,7 +497,7 @@ impl Session for TransformerSession {
         }
         let logits = self
             .model
-            .forward(&mut self.cache, tokens, pos)
+            .forward(&mut self.cache, tokens, pos, all_hidden)
             .and_then(|l| l.to_vec1::<f32>());
         match logits {
             Ok(l) => {
@@ -501,6 +510,16 @@ impl Session for TransformerSession {
                 Err(candle_error(e))
             }
         }
+    }
+}
+
+impl Session for TransformerSession {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        self.run(tokens, pos, false)
+    }
+
+    fn hidden_states(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        self.run(tokens, pos, true)
     }
 
     fn reset(&mut self) {

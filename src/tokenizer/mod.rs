@@ -277,6 +277,11 @@ impl Tokenizer {
         &self.eog
     }
 
+    /// The kind of token `id` is; `None` outside the vocabulary.
+    pub fn token_type(&self, id: u32) -> Option<TokenType> {
+        self.types.get(id as usize).copied()
+    }
+
     fn is_control(&self, id: u32) -> bool {
         matches!(
             self.types.get(id as usize),

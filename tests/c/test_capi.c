@@ -181,9 +181,10 @@ static void test_basics(void) {
                            "ZEPH_STATUS_INVALID_UTF8", "ZEPH_STATUS_IO", "ZEPH_STATUS_MODEL",
                            "ZEPH_STATUS_TOKENIZER", "ZEPH_STATUS_TEMPLATE", "ZEPH_STATUS_CONTEXT_OVERFLOW",
                            "ZEPH_STATUS_QUEUE_FULL", "ZEPH_STATUS_TIMEOUT", "ZEPH_STATUS_CANCELLED",
-                           "ZEPH_STATUS_SHUTDOWN", "ZEPH_STATUS_INFERENCE", "ZEPH_STATUS_PANIC"};
+                           "ZEPH_STATUS_SHUTDOWN", "ZEPH_STATUS_INFERENCE", "ZEPH_STATUS_PANIC",
+                           "ZEPH_STATUS_GRAMMAR"};
     bool all = true;
-    for (int i = 0; i <= ZEPH_STATUS_PANIC; i++) all = all && strcmp(zeph_status_name((zeph_status)i), names[i]) == 0;
+    for (int i = 0; i <= ZEPH_STATUS_GRAMMAR; i++) all = all && strcmp(zeph_status_name((zeph_status)i), names[i]) == 0;
     check(all, "zeph_status_name names every status", NULL);
     check(strcmp(zeph_status_name((zeph_status)99), "ZEPH_STATUS_UNKNOWN") == 0 &&
               strcmp(zeph_status_name((zeph_status)-1), "ZEPH_STATUS_UNKNOWN") == 0,
@@ -274,6 +275,112 @@ static void test_loading(void) {
     eo.chat_template = "{% for %}";
     expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_TEMPLATE, "a chat template with a syntax error",
            "chat template");
+}
+
+static void *read_whole(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc((size_t)n);
+    *len = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    return buf;
+}
+
+struct progress_log {
+    float seen[64];
+    int n;
+    int stop_at; /* return false at this call (1-based); 0 = never */
+};
+
+static bool on_progress(void *user_data, float progress) {
+    struct progress_log *p = user_data;
+    if (p->n < 64) p->seen[p->n] = progress;
+    p->n++;
+    return p->stop_at == 0 || p->n < p->stop_at;
+}
+
+struct log_lines {
+    int n_info;
+    int n_other;
+    char last[512];
+};
+
+static void on_log(void *user_data, zeph_log_level level, const char *message) {
+    struct log_lines *l = user_data;
+    if (level == ZEPH_LOG_INFO) l->n_info++;
+    else l->n_other++;
+    snprintf(l->last, sizeof l->last, "%s", message);
+}
+
+static void test_loading_from_memory_and_callbacks(void) {
+    zeph_engine *sentinel = (zeph_engine *)&passed, *e = sentinel;
+    size_t len = 0;
+    void *bytes = read_whole(tiny_path, &len);
+    check(bytes != NULL && len > 0, "read the tiny fixture", NULL);
+    expect(zeph_engine_new_from_memory(NULL, len, NULL, &e), ZEPH_STATUS_NULL_ARGUMENT, "from memory: NULL data",
+           "data");
+    expect(zeph_engine_new_from_memory(bytes, len, NULL, NULL), ZEPH_STATUS_NULL_ARGUMENT,
+           "from memory: NULL engine_out", "engine_out");
+    expect(zeph_engine_new_from_memory(bytes, 0, NULL, &e), ZEPH_STATUS_MODEL, "from memory: no bytes", "<memory>");
+    expect(zeph_engine_new_from_memory(bytes, len / 2, NULL, &e), ZEPH_STATUS_MODEL, "from memory: half a model",
+           "<memory>");
+    check(e == sentinel, "engine_out untouched on failure (memory)", NULL);
+    e = NULL;
+    expect(zeph_engine_new_from_memory(bytes, len, NULL, &e), ZEPH_STATUS_OK, "from memory", NULL);
+    memset(bytes, 0, len); /* copied: the buffer is the caller's again */
+    free(bytes);
+    zeph_engine *f = open_engine(tiny_path, 1, 4);
+    zeph_generate_options o = greedy(12);
+    char *a = NULL, *b = NULL;
+    expect(zeph_engine_complete(e, "hello", &o, &a, NULL), ZEPH_STATUS_OK, "generate from a memory-loaded model",
+           NULL);
+    expect(zeph_engine_complete(f, "hello", &o, &b, NULL), ZEPH_STATUS_OK, "generate from the same file", NULL);
+    check(a && b && strcmp(a, b) == 0, "memory and file give the same text", NULL);
+    zeph_string_free(a);
+    zeph_string_free(b);
+    zeph_engine_free(e);
+    zeph_engine_free(f);
+
+    struct progress_log p = {.n = 0, .stop_at = 0};
+    zeph_engine_options eo = zeph_engine_options_default();
+    eo.progress = on_progress;
+    eo.progress_user_data = &p;
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK, "load with a progress callback", NULL);
+    zeph_engine_free(e);
+    bool monotone = p.n >= 2 && p.seen[0] == 0.0f && p.seen[p.n - 1] == 1.0f;
+    for (int i = 1; i < p.n && i < 64; i++) monotone = monotone && p.seen[i] >= p.seen[i - 1];
+    check(monotone, "progress goes from 0 to 1, never back", NULL);
+    int calls = p.n;
+    for (int stop = 1; stop <= calls; stop++) {
+        struct progress_log q = {.n = 0, .stop_at = stop};
+        eo.progress_user_data = &q;
+        e = sentinel;
+        zeph_status s = zeph_engine_new(tiny_path, &eo, &e);
+        char name[96];
+        snprintf(name, sizeof name, "progress returning false at call %d cancels the load", stop);
+        expect(s, ZEPH_STATUS_CANCELLED, name, "progress callback");
+        check(e == sentinel && q.n == stop, "a cancelled load writes no engine and stops calling", NULL);
+    }
+
+    struct log_lines l = {0, 0, ""};
+    eo = zeph_engine_options_default();
+    eo.log = on_log;
+    eo.log_user_data = &l;
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK, "load with a log callback", NULL);
+    zeph_engine_free(e);
+    check(l.n_info >= 1 && strstr(l.last, "loaded") != NULL, "the log callback hears the load summary", l.last);
+
+    /* A caller compiled against the header before the callbacks. */
+    eo = zeph_engine_options_default();
+    eo.struct_size = (uint32_t)offsetof(zeph_engine_options, progress);
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK, "engine options of the first version", NULL);
+    zeph_engine_free(e);
 }
 
 static void test_real_model(void) {
@@ -966,6 +1073,182 @@ static void test_limits(void) {
     zeph_engine_free(e);
 }
 
+static double dot(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+static void test_logprobs(void) {
+    /* The real model: the tiny fixture's tokens are not whole characters. */
+    zeph_engine *e = open_engine(model_path, 1, 4);
+    zeph_generate_options o = greedy(6);
+    o.n_logprobs = 3;
+    zeph_usage u = {.struct_size = sizeof u};
+    char *text = NULL;
+    expect(zeph_engine_complete(e, "hello", &o, &text, NULL), ZEPH_STATUS_INVALID_ARGUMENT,
+           "n_logprobs without usage_out", "usage_out");
+    zeph_usage old = {.struct_size = (uint32_t)offsetof(zeph_usage, logprobs)};
+    expect(zeph_engine_complete(e, "hello", &o, &text, &old), ZEPH_STATUS_INVALID_ARGUMENT,
+           "n_logprobs with a first-version usage", "logprobs");
+    o.n_logprobs = 21;
+    expect(zeph_engine_complete(e, "hello", &o, &text, &u), ZEPH_STATUS_INVALID_ARGUMENT, "n_logprobs 21",
+           "n_logprobs");
+    o.n_logprobs = 3;
+    expect(zeph_engine_complete(e, "hello", &o, &text, &u), ZEPH_STATUS_OK, "complete with logprobs", NULL);
+    zeph_logprobs *lp = u.logprobs;
+    check(lp != NULL && zeph_logprobs_count(lp) == u.completion_tokens && u.completion_tokens == 6,
+          "one logprob entry per generated token", NULL);
+    bool ok = true;
+    size_t text_len = 0;
+    for (size_t i = 0; i < zeph_logprobs_count(lp); i++) {
+        uint32_t id = 0, top_id = 0;
+        float l = 1.0f, top_l = 1.0f, prev = 0.0f;
+        const char *bytes = NULL;
+        size_t n_bytes = 0;
+        ok = ok && zeph_logprobs_get(lp, i, 0, &id, &l, &bytes, &n_bytes) == ZEPH_STATUS_OK;
+        ok = ok && l <= 0.0f && bytes != NULL && memcmp(text + text_len, bytes, n_bytes) == 0;
+        text_len += n_bytes;
+        ok = ok && zeph_logprobs_n_top(lp, i) == 3;
+        for (size_t r = 1; r <= zeph_logprobs_n_top(lp, i); r++) {
+            ok = ok && zeph_logprobs_get(lp, i, r, &top_id, &top_l, NULL, NULL) == ZEPH_STATUS_OK;
+            ok = ok && (r == 1 || top_l <= prev);
+            /* Greedy: the best alternative is the generated token. */
+            ok = ok && (r != 1 || (top_id == id && top_l == l));
+            prev = top_l;
+        }
+    }
+    check(ok, "logprobs: ids, bytes adding up to the text, alternatives best first", NULL);
+    check(text_len == strlen(text), "the tokens' bytes are the whole text", NULL);
+    expect(zeph_logprobs_get(lp, 6, 0, NULL, NULL, NULL, NULL), ZEPH_STATUS_INVALID_ARGUMENT,
+           "logprobs index out of range", "index");
+    expect(zeph_logprobs_get(lp, 0, 4, NULL, NULL, NULL, NULL), ZEPH_STATUS_INVALID_ARGUMENT,
+           "logprobs rank out of range", "rank");
+    expect(zeph_logprobs_get(NULL, 0, 0, NULL, NULL, NULL, NULL), ZEPH_STATUS_NULL_ARGUMENT, "logprobs NULL",
+           "logprobs");
+    check(zeph_logprobs_count(NULL) == 0 && zeph_logprobs_n_top(lp, 99) == 0, "logprobs counts of nothing", NULL);
+    zeph_logprobs_free(lp);
+    zeph_logprobs_free(NULL);
+    zeph_string_free(text);
+
+    /* Without n_logprobs the field is NULL. */
+    o.n_logprobs = 0;
+    u.logprobs = (zeph_logprobs *)&passed;
+    expect(zeph_engine_complete(e, "hello", &o, &text, &u), ZEPH_STATUS_OK, "complete without logprobs", NULL);
+    check(u.logprobs == NULL, "no logprobs asked, none given", NULL);
+    zeph_string_free(text);
+
+    /* A stream: NULL while it runs, then the same as the blocking call. */
+    o.n_logprobs = 2;
+    zeph_stream *s = NULL;
+    expect(zeph_engine_stream_complete(e, "hello", &o, &s), ZEPH_STATUS_OK, "stream with logprobs", NULL);
+    char *piece = NULL;
+    for (;;) {
+        if (zeph_stream_next(s, 60000, &piece) != ZEPH_STATUS_OK || !piece) break;
+        zeph_string_free(piece);
+    }
+    zeph_usage su = {.struct_size = sizeof su};
+    expect(zeph_stream_usage(s, &su), ZEPH_STATUS_OK, "stream usage with logprobs", NULL);
+    check(su.logprobs != NULL && zeph_logprobs_count(su.logprobs) == 6, "a stream's logprobs after its end", NULL);
+    zeph_logprobs_free(su.logprobs);
+    zeph_stream_free(s);
+    zeph_engine_free(e);
+}
+
+static void test_structured_output(void) {
+    zeph_engine *e = open_engine(model_path, 1, 4);
+    zeph_message m[] = {{"user", "Describe a person as JSON."}};
+    zeph_generate_options o = greedy(96);
+    zeph_usage u = {.struct_size = sizeof u};
+    char *text = NULL;
+    o.json_schema = "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":20},"
+                    "\"age\":{\"type\":\"integer\"}},\"required\":[\"name\",\"age\"],\"additionalProperties\":false}";
+    expect(zeph_engine_chat(e, m, 1, &o, &text, &u), ZEPH_STATUS_OK, "chat with a JSON schema", NULL);
+    size_t n = text ? strlen(text) : 0;
+    check(n > 2 && text[0] == '{' && text[n - 1] == '}' && strstr(text, "\"name\": \"") && strstr(text, "\"age\": "),
+          "the answer is a JSON object with the schema's keys", text);
+    check(u.finish_reason == ZEPH_FINISH_STOP_TOKEN, "a constrained answer ends by itself", NULL);
+    zeph_string_free(text);
+
+    o = greedy(32);
+    o.regex = "[0-9]{4}-[0-9]{2}-[0-9]{2}";
+    zeph_message q[] = {{"user", "When did the first person walk on the moon?"}};
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_OK, "chat with a regex", NULL);
+    bool date = text && strlen(text) == 10;
+    for (int i = 0; date && i < 10; i++) date = (i == 4 || i == 7) ? text[i] == '-' : (text[i] >= '0' && text[i] <= '9');
+    check(date, "the answer matches the regex", text);
+    zeph_string_free(text);
+
+    o = greedy(32);
+    o.grammar = "start: \"yes\" | \"no\"";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_OK, "chat with a grammar", NULL);
+    check(text && (strcmp(text, "yes") == 0 || strcmp(text, "no") == 0), "the answer matches the grammar", text);
+    zeph_string_free(text);
+
+    o = greedy(8);
+    o.json_schema = "{ not json";
+    text = (char *)&passed;
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_GRAMMAR, "a schema that is not JSON",
+           "json_schema");
+    o.json_schema = NULL;
+    o.regex = "(unclosed";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_GRAMMAR, "a regex that does not compile", "regex");
+    o.regex = NULL;
+    o.grammar = "start: missing_rule";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_GRAMMAR, "a grammar that does not compile",
+           "grammar");
+    o.regex = "a";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_INVALID_ARGUMENT, "two constraints at once",
+           "more than one");
+    check(text == (char *)&passed, "text_out untouched on a grammar error", NULL);
+    o.grammar = NULL;
+    o.regex = "\xff";
+    expect(zeph_engine_chat(e, q, 1, &o, &text, &u), ZEPH_STATUS_INVALID_UTF8, "a regex not UTF-8", "regex");
+    zeph_engine_free(e);
+}
+
+static void test_embeddings(void) {
+    zeph_engine *e = open_engine(model_path, 1, 4);
+    size_t n = 0;
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, NULL, 0, &n),
+           ZEPH_STATUS_INVALID_ARGUMENT, "embed with capacity 0 sizes the buffer", "576");
+    check(n == 576, "embed reports SmolLM2's embedding length", NULL);
+    float *mean = calloc(n, sizeof *mean), *last = calloc(n, sizeof *last), *again = calloc(n, sizeof *again);
+    size_t got = 0;
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, mean, n - 1, &got),
+           ZEPH_STATUS_INVALID_ARGUMENT, "embed with capacity one too small", "capacity");
+    check(got == n && mean[0] == 0.0f, "a too-small buffer is left untouched", NULL);
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_OK,
+           "embed, mean pooling", NULL);
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_LAST, last, n, &got), ZEPH_STATUS_OK,
+           "embed, last pooling", NULL);
+    expect(zeph_engine_embed(e, "A cat sat on the mat.", ZEPH_POOLING_MEAN, again, n, &got), ZEPH_STATUS_OK,
+           "embed again", NULL);
+    check(fabs(dot(mean, mean, n) - 1.0) < 1e-4 && fabs(dot(last, last, n) - 1.0) < 1e-4,
+          "embeddings are L2-normalized", NULL);
+    check(dot(mean, last, n) < 0.999, "mean and last pooling differ", NULL);
+    check(memcmp(mean, again, n * sizeof *mean) == 0, "the same text gives the same embedding", NULL);
+    expect(zeph_engine_embed(e, "A cat", (zeph_pooling)7, mean, n, &got), ZEPH_STATUS_INVALID_ARGUMENT,
+           "embed with an unknown pooling", "pooling");
+    expect(zeph_engine_embed(e, "", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_INVALID_ARGUMENT,
+           "embed an empty text (no BOS)", "empty");
+    expect(zeph_engine_embed(e, NULL, ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL text", "text");
+    expect(zeph_engine_embed(e, "x", ZEPH_POOLING_MEAN, NULL, n, &got), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL out", "out");
+    expect(zeph_engine_embed(e, "x", ZEPH_POOLING_MEAN, mean, n, NULL), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL n_out", "n_out");
+    expect(zeph_engine_embed(NULL, "x", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_NULL_ARGUMENT,
+           "embed NULL engine", "engine");
+    zeph_engine_shutdown(e);
+    expect(zeph_engine_embed(e, "x", ZEPH_POOLING_MEAN, mean, n, &got), ZEPH_STATUS_SHUTDOWN,
+           "embed after shutdown", "shut down");
+    zeph_engine_free(e);
+    free(mean);
+    free(last);
+    free(again);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s <smollm2.gguf> <fixtures-dir>\n", argv[0]);
@@ -983,6 +1266,7 @@ int main(int argc, char **argv) {
 
     test_basics();
     test_loading();
+    test_loading_from_memory_and_callbacks();
     test_real_model();
     test_requests();
     test_cancellation();
@@ -995,6 +1279,9 @@ int main(int argc, char **argv) {
     test_stream_endings();
     test_conversation();
     test_limits();
+    test_embeddings();
+    test_logprobs();
+    test_structured_output();
 
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -91,6 +91,78 @@ int main(int argc, char **argv) {
               ZEPH_STATUS_TIMEOUT,
           "a deadline throws TIMEOUT");
 
+    // Structured output.
+    std::string json = engine.chat(
+        {{"user", "Describe a person as JSON."}},
+        greedy(96).json_schema(R"({"type":"object","properties":{"name":{"type":"string","maxLength":20},)"
+                               R"("age":{"type":"integer"}},"required":["name","age"],)"
+                               R"("additionalProperties":false})"),
+        &usage);
+    check(usage.finish_reason == ZEPH_FINISH_STOP_TOKEN && json.front() == '{' && json.back() == '}' &&
+              json.find("\"name\": \"") != std::string::npos && json.find("\"age\": ") != std::string::npos,
+          "a JSON schema shapes the answer", json);
+    std::string yes_no = engine.chat({{"user", "Is the sky blue?"}}, greedy(8).grammar(R"(start: "yes" | "no")"));
+    check(yes_no == "yes" || yes_no == "no", "a grammar shapes the answer", yes_no);
+    check(status_of([&] { engine.complete("x", greedy(8).regex("(unclosed")); }) == ZEPH_STATUS_GRAMMAR,
+          "a regex that does not compile throws GRAMMAR");
+
+    // Log-probabilities.
+    std::string lp_text = engine.complete("The capital of France is", greedy(8).logprobs(2), &usage);
+    std::string lp_bytes;
+    bool lp_ok = usage.logprobs.size() == 8;
+    for (const auto &t : usage.logprobs) {
+        lp_bytes += t.token.bytes;
+        lp_ok = lp_ok && t.token.logprob <= 0 && t.top.size() == 2 && t.top[0].id == t.token.id;
+    }
+    check(lp_ok && lp_bytes == lp_text, "log-probabilities per token, bytes adding up to the text");
+
+    // Embeddings.
+    std::vector<float> mean = engine.embed("A cat sat on the mat.");
+    std::vector<float> last = engine.embed("A cat sat on the mat.", ZEPH_POOLING_LAST);
+    double norm = 0, dot = 0;
+    for (size_t i = 0; i < mean.size(); i++) {
+        norm += double(mean[i]) * mean[i];
+        dot += double(mean[i]) * last[i];
+    }
+    check(mean.size() == 576 && last.size() == 576 && norm > 0.9999 && norm < 1.0001 && dot < 0.999,
+          "embeddings: unit length, mean and last differ");
+
+    // From memory.
+    {
+        std::FILE *f = std::fopen(argv[1], "rb");
+        std::vector<char> bytes;
+        if (f) {
+            std::fseek(f, 0, SEEK_END);
+            bytes.resize(size_t(std::ftell(f)));
+            std::fseek(f, 0, SEEK_SET);
+            bytes.resize(std::fread(bytes.data(), 1, bytes.size(), f));
+            std::fclose(f);
+        }
+        zeph::Engine from_memory = zeph::Engine::from_memory(bytes.data(), bytes.size());
+        bytes.clear();
+        bytes.shrink_to_fit();
+        check(from_memory.complete("The capital of France is", greedy(8)) == kReference,
+              "a model loaded from memory answers as from its file");
+        check(status_of([] { zeph::Engine::from_memory("GGUF", 4); }) == ZEPH_STATUS_MODEL,
+              "bytes that are no model throw MODEL");
+    }
+
+    // Load progress (which can cancel) and the log callback.
+    {
+        std::vector<float> seen;
+        std::string heard;
+        zeph::EngineOptions eo;
+        eo.on_progress = [&](float p) { seen.push_back(p); return true; };
+        eo.on_log = [&](zeph_log_level, std::string_view m) { heard += std::string(m) + "\n"; };
+        zeph::Engine logged(argv[1], eo);
+        check(seen.size() >= 3 && seen.front() == 0.0f && seen.back() == 1.0f, "progress from 0 to 1");
+        check(heard.find("loaded") != std::string::npos, "the log callback hears the load", heard);
+        eo.on_progress = [](float p) { return p < 0.5f; };
+        eo.on_log = nullptr;
+        check(status_of([&] { zeph::Engine cancelled(argv[1], eo); }) == ZEPH_STATUS_CANCELLED,
+              "progress returning false cancels the load");
+    }
+
     zeph::Engine moved = std::move(engine);
     check(moved.context_length() >= 2048, "a moved engine works");
     moved.shutdown();

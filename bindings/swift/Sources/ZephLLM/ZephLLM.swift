@@ -20,6 +20,7 @@ public enum ZephError: Error, Equatable, CustomStringConvertible {
     case shutdown(String)
     case inference(String)
     case panic(String)
+    case grammar(String)
     case unknown(Int32, String)
 
     init(status: zeph_status, message: String) {
@@ -38,6 +39,7 @@ public enum ZephError: Error, Equatable, CustomStringConvertible {
         case ZEPH_STATUS_SHUTDOWN: self = .shutdown(message)
         case ZEPH_STATUS_INFERENCE: self = .inference(message)
         case ZEPH_STATUS_PANIC: self = .panic(message)
+        case ZEPH_STATUS_GRAMMAR: self = .grammar(message)
         default: self = .unknown(Int32(status.rawValue), message)
         }
     }
@@ -47,7 +49,7 @@ public enum ZephError: Error, Equatable, CustomStringConvertible {
         case let .nullArgument(m), let .invalidArgument(m), let .invalidUTF8(m), let .io(m),
              let .model(m), let .tokenizer(m), let .template(m), let .contextOverflow(m),
              let .queueFull(m), let .timeout(m), let .cancelled(m), let .shutdown(m),
-             let .inference(m), let .panic(m), let .unknown(_, m):
+             let .inference(m), let .panic(m), let .grammar(m), let .unknown(_, m):
             return m
         }
     }
@@ -77,6 +79,15 @@ public struct GenerateOptions: Sendable {
     public var seed: UInt64
     public var timeout: Duration?
     public var stop: [String] = []
+    /// Structured output, at most one: the answer is one JSON value valid
+    /// under `jsonSchema`, matches `regex` whole, or matches `grammar`
+    /// (llguidance's Lark-like syntax).
+    public var jsonSchema: String?
+    public var regex: String?
+    public var grammar: String?
+    /// Log-probabilities with this many alternatives per token (0...20;
+    /// 0 = none), in `Completion.logprobs`.
+    public var logprobs: UInt32 = 0
 
     public init() {
         let d = zeph_generate_options_default()
@@ -100,6 +111,7 @@ final class Request: @unchecked Sendable {
     let token: OpaquePointer
     private var stops: [UnsafeMutablePointer<CChar>]
     private let stopArray: UnsafeMutablePointer<UnsafePointer<CChar>?>
+    private var strings: [UnsafeMutablePointer<CChar>] = []
 
     init(_ o: GenerateOptions) throws {
         var token: OpaquePointer?
@@ -118,6 +130,17 @@ final class Request: @unchecked Sendable {
         options.stop = UnsafePointer(stopArray)
         options.n_stop = stops.count
         options.cancel = self.token
+        options.n_logprobs = o.logprobs
+        options.json_schema = own(o.jsonSchema)
+        options.regex = own(o.regex)
+        options.grammar = own(o.grammar)
+    }
+
+    private func own(_ s: String?) -> UnsafePointer<CChar>? {
+        guard let s else { return nil }
+        let p = strdup(s)!
+        strings.append(p)
+        return UnsafePointer(p)
     }
 
     func cancel() { zeph_cancel_token_cancel(token) }
@@ -125,7 +148,56 @@ final class Request: @unchecked Sendable {
     deinit {
         zeph_cancel_token_free(token)
         stops.forEach { free($0) }
+        strings.forEach { free($0) }
         stopArray.deallocate()
+    }
+}
+
+/// A token with its natural log-probability (under the distribution the
+/// sampler drew from) and its bytes (not necessarily whole characters).
+public struct Choice: Sendable, Equatable {
+    public var id: UInt32
+    public var logprob: Float
+    public var bytes: [UInt8]
+}
+
+/// A generated token and its most likely alternatives, best first.
+public struct TokenLogprob: Sendable, Equatable {
+    public var token: Choice
+    public var top: [Choice]
+}
+
+/// A finished request: its text, why it ended, and the log-probabilities
+/// when they were asked for.
+public struct Completion: Sendable {
+    public var text: String
+    public var finishReason: zeph_finish_reason
+    public var completionTokens: UInt32
+    public var logprobs: [TokenLogprob]
+}
+
+/// How `embed` pools a text's token states.
+public enum Pooling: Sendable {
+    case mean, last
+    var c: zeph_pooling { self == .mean ? ZEPH_POOLING_MEAN : ZEPH_POOLING_LAST }
+}
+
+/// Reads and frees the log-probabilities a usage holds.
+func takeLogprobs(_ usage: inout zeph_usage) -> [TokenLogprob] {
+    guard let lp = usage.logprobs else { return [] }
+    usage.logprobs = nil
+    defer { zeph_logprobs_free(lp) }
+    func choice(_ i: Int, _ rank: Int) -> Choice {
+        var id: UInt32 = 0
+        var l: Float = 0
+        var b: UnsafePointer<CChar>?
+        var n = 0
+        zeph_logprobs_get(lp, i, rank, &id, &l, &b, &n)
+        let bytes = b.map { p in p.withMemoryRebound(to: UInt8.self, capacity: n) { Array(UnsafeBufferPointer(start: $0, count: n)) } } ?? []
+        return Choice(id: id, logprob: l, bytes: bytes)
+    }
+    return (0..<zeph_logprobs_count(lp)).map { i in
+        TokenLogprob(token: choice(i, 0), top: (0..<zeph_logprobs_n_top(lp, i)).map { choice(i, $0 + 1) })
     }
 }
 
@@ -158,6 +230,18 @@ public final class Engine: @unchecked Sendable {
         options.n_parallel = parallel
         var engine: OpaquePointer?
         try check(zeph_engine_new(modelPath, &options, &engine))
+        ptr = engine!
+    }
+
+    /// Loads a model from memory (an app bundle's resource, a download);
+    /// the bytes are copied during the call.
+    public init(modelData: Data, workers: UInt32 = 1) throws {
+        var options = zeph_engine_options_default()
+        options.n_workers = workers
+        var engine: OpaquePointer?
+        try modelData.withUnsafeBytes { raw in
+            try check(zeph_engine_new_from_memory(raw.baseAddress, raw.count, &options, &engine))
+        }
         ptr = engine!
     }
 
@@ -207,6 +291,42 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Continues `prompt`, with why it ended and, when
+    /// `options.logprobs` > 0, the log-probabilities.
+    public func completion(_ prompt: String, options: GenerateOptions = GenerateOptions()) async throws -> Completion {
+        let request = try Request(options)
+        let engine = self
+        return try await withTaskCancellationHandler {
+            try await offload {
+                var text: UnsafeMutablePointer<CChar>?
+                var usage = zeph_usage()
+                usage.struct_size = UInt32(MemoryLayout<zeph_usage>.size)
+                try check(zeph_engine_complete(engine.ptr, prompt, &request.options, &text, &usage))
+                defer { zeph_string_free(text) }
+                return Completion(text: String(cString: text!), finishReason: usage.finish_reason,
+                                  completionTokens: usage.completion_tokens, logprobs: takeLogprobs(&usage))
+            }
+        } onCancel: {
+            request.cancel()
+        }
+    }
+
+    /// The L2-normalized embedding of `text` (the model's final hidden
+    /// states, pooled), computed on the engine's workers.
+    public func embed(_ text: String, pooling: Pooling = .mean) async throws -> [Float] {
+        let engine = self
+        return try await offload {
+            var n = 0
+            let status = zeph_engine_embed(engine.ptr, text, pooling.c, nil, 0, &n)
+            if status != ZEPH_STATUS_INVALID_ARGUMENT || n == 0 { try check(status) }
+            var v = [Float](repeating: 0, count: n)
+            try v.withUnsafeMutableBufferPointer { buf in
+                try check(zeph_engine_embed(engine.ptr, text, pooling.c, buf.baseAddress, buf.count, &n))
+            }
+            return v
+        }
+    }
+
     /// The text of `prompt`'s continuation as it is generated.  Ending the
     /// iteration early, or cancelling the consuming Task, cancels the work.
     public func stream(_ prompt: String, options: GenerateOptions = GenerateOptions()) -> AsyncThrowingStream<String, Error> {
@@ -235,6 +355,7 @@ public final class Engine: @unchecked Sendable {
                         var usage = zeph_usage()
                         usage.struct_size = UInt32(MemoryLayout<zeph_usage>.size)
                         zeph_stream_usage(s.ptr, &usage)
+                        if let lp = usage.logprobs { zeph_logprobs_free(lp) }
                         if usage.finish_reason == ZEPH_FINISH_NONE { continue }
                     }
                     if status != ZEPH_STATUS_OK {

@@ -82,4 +82,46 @@ final class ZephLLMTests: XCTestCase {
             XCTAssertTrue(message.contains("temperature"))
         }
     }
+
+    func testJSONSchemaShapesTheAnswer() async throws {
+        let engine = try Engine(modelPath: try modelPath())
+        var options = GenerateOptions.greedy(maxTokens: 96)
+        options.jsonSchema = #"{"type":"object","properties":{"name":{"type":"string","maxLength":20},"age":{"type":"integer"}},"required":["name","age"],"additionalProperties":false}"#
+        let text = try await engine.chat([Message(role: "user", content: "Describe a person as JSON.")], options: options)
+        let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        XCTAssertNotNil(object?["name"] as? String, text)
+        XCTAssertNotNil(object?["age"] as? Int, text)
+        XCTAssertEqual(Set(object?.keys.map { $0 } ?? []).subtracting(["name", "age"]), [])
+        var bad = GenerateOptions.greedy(maxTokens: 8)
+        bad.regex = "(unclosed"
+        do {
+            _ = try await engine.complete("x", options: bad)
+            XCTFail("accepted a regex that does not compile")
+        } catch let error as ZephError {
+            guard case .grammar = error else { return XCTFail("\(error)") }
+        }
+    }
+
+    func testLogprobsEmbeddingsAndLoadingFromMemory() async throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: try modelPath()))
+        let engine = try Engine(modelData: data)
+        var options = GenerateOptions.greedy(maxTokens: 8)
+        options.logprobs = 2
+        let c = try await engine.completion("The capital of France is", options: options)
+        XCTAssertEqual(c.text, reference)
+        XCTAssertEqual(c.logprobs.count, 8)
+        XCTAssertEqual(String(decoding: c.logprobs.flatMap { $0.token.bytes }, as: UTF8.self), c.text)
+        for t in c.logprobs {
+            XCTAssertLessThanOrEqual(t.token.logprob, 0)
+            XCTAssertEqual(t.top.count, 2)
+            XCTAssertEqual(t.top.first?.id, t.token.id)
+        }
+        let mean = try await engine.embed("A cat sat on the mat.")
+        let last = try await engine.embed("A cat sat on the mat.", pooling: .last)
+        XCTAssertEqual(mean.count, 576)
+        let norm = mean.reduce(0) { $0 + Double($1) * Double($1) }
+        XCTAssertEqual(norm, 1, accuracy: 1e-4)
+        let dot = zip(mean, last).reduce(0) { $0 + Double($1.0) * Double($1.1) }
+        XCTAssertLessThan(dot, 0.999)
+    }
 }
