@@ -262,7 +262,7 @@ mod tests {
     use crate::runtime::simd;
 
     // The random data of legacy.rs's tests, shared.
-    use crate::runtime::quant::legacy::tests::{f16_bits, random_scale, Rng, TYPES};
+    use crate::runtime::quant::legacy::tests::{exact_product, f16_bits, random_scale, Rng, TYPES};
 
     /// A row of `nb` random blocks, with all-zero blocks, blocks of maximal
     /// and of minimal codes mixed in.
@@ -369,12 +369,8 @@ mod tests {
                         unsafe { gemm(&cs.packed, &rows, &mut out) };
                         for (c, col) in rows.iter().enumerate() {
                             for (i, wrow) in wf.iter().enumerate() {
-                                let (mut exact, mut mag) = (0f64, 0f64);
-                                for (j, &wv) in wrow.iter().enumerate() {
-                                    let p = wv as f64 * (col.d[j / 32] as f64 * col.qs[j] as f64);
-                                    exact += p;
-                                    mag += p.abs();
-                                }
+                                let raw = &cs.src[i * rb..(i + 1) * rb];
+                                let (exact, mag) = exact_product(ty, raw, wrow, col);
                                 let got = out[c * PACK_ROWS + i];
                                 let err = (got as f64 - exact).abs();
                                 if mag > 0.0 {
