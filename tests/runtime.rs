@@ -82,10 +82,10 @@ fn against_reference(model: &str) {
     // Issue 8 asks for 99% of all positions; measured 97.3-98.5% (AVX-512
     // and AVX2) once both decoders quantize activations and cache K/V as
     // llama.cpp does (they then agree to ~1e-7 after layer 0).  Every
-    // remaining difference is a near-tie: the two choices within 0.15 of
-    // each other in both decoders' logits, while float-order differences
-    // grown through the layers leave the logits ~0.2-0.3 apart (RMS over the
-    // vocabulary).  Clear choices must all agree; overall agreement must not
+    // remaining difference is a near-tie: the runtime's choice is within
+    // 0.31 of the reference's top logit (0.15 at AVX-512), while float-order
+    // differences grown through the layers leave the logits ~0.2-0.3 apart
+    // (RMS over the vocabulary).  Clear choices must all agree; overall agreement must not
     // fall below 90%.
     assert_eq!(decisive_same, decisive, "{model}: a clear choice differs");
     assert!(pct >= 90.0, "{model}: top-1 agreement {pct:.1}% < 90%");
