@@ -79,9 +79,14 @@ fn against_reference(model: &str) {
          largest logit difference {:.2}% of the largest logit",
         100.0 * worst
     );
-    // Issue 8 asks for 99% of all positions; measured 95-96%, the rest being
-    // near-ties of the reference (see the closing note).  Clear choices must
-    // all agree; overall agreement must not fall below 90%.
+    // Issue 8 asks for 99% of all positions; measured 97.3-98.5% (AVX-512
+    // and AVX2) once both decoders quantize activations and cache K/V as
+    // llama.cpp does (they then agree to ~1e-7 after layer 0).  Every
+    // remaining difference is a near-tie: the runtime's choice is within
+    // 0.31 of the reference's top logit (0.15 at AVX-512), while float-order
+    // differences grown through the layers leave the logits ~0.2-0.3 apart
+    // (RMS over the vocabulary).  Clear choices must all agree; overall agreement must not
+    // fall below 90%.
     assert_eq!(decisive_same, decisive, "{model}: a clear choice differs");
     assert!(pct >= 90.0, "{model}: top-1 agreement {pct:.1}% < 90%");
     assert!(

@@ -23,7 +23,7 @@ use crate::runtime::matmul::{matmul_rows, Input, Matrix, Out};
 use crate::runtime::mmap::{AnonBuf, Mmap};
 use crate::runtime::ops;
 use crate::runtime::pool::{share, Pool};
-use crate::runtime::quant::{dequantize_row, ActRows, WType};
+use crate::runtime::quant::{act, dequantize_row, ActRows, WType};
 use crate::runtime::simd::{self, SimdLevel};
 
 /// Below this many token rows, the small per-row steps run on the calling
@@ -685,7 +685,7 @@ impl DecoderBatch {
 
         for (li, layer) in m.layers.iter().enumerate() {
             // Attention.
-            self.norm_quantize(n, e, &layer.attn_norm);
+            self.norm_quantize(n, e, &layer.attn_norm, &layer.qkv);
             let mut qkv = std::mem::take(&mut self.buf.qkv);
             {
                 let input = Input {
@@ -696,7 +696,7 @@ impl DecoderBatch {
             }
             self.buf.qkv = qkv;
             self.attention(li, layer, &rows, total);
-            self.quantize_h(n, q_dim);
+            self.quantize_h(n, q_dim, std::slice::from_ref(&layer.wo));
             let mut o = std::mem::take(&mut self.buf.o);
             {
                 let input = Input {
@@ -709,7 +709,7 @@ impl DecoderBatch {
             self.residual(n, e, layer.post_attn_norm.as_deref());
 
             // Feed-forward.
-            self.norm_quantize(n, e, &layer.ffn_norm);
+            self.norm_quantize(n, e, &layer.ffn_norm, &layer.gate_up);
             let mut gu = std::mem::take(&mut self.buf.gu);
             {
                 let input = Input {
@@ -740,7 +740,7 @@ impl DecoderBatch {
                     }
                 });
             }
-            self.quantize_h(n, ff);
+            self.quantize_h(n, ff, std::slice::from_ref(&layer.down));
             let mut o = std::mem::take(&mut self.buf.o);
             {
                 let input = Input {
@@ -793,7 +793,7 @@ impl DecoderBatch {
         let Some(first) = first_dest else {
             return;
         };
-        self.quantize_h(last_rows, e);
+        self.quantize_h(last_rows, e, std::slice::from_ref(&m.output));
         let mut logits = std::mem::take(&mut self.buf.logits);
         {
             let input = Input {
@@ -817,8 +817,8 @@ impl DecoderBatch {
         self.buf.logits = logits;
     }
 
-    /// h = norm(x) · w, quantized into `act` when a consumer needs it.
-    fn norm_quantize(&mut self, n: usize, e: usize, w: &[f32]) {
+    /// h = norm(x) · w, quantized into `act` for the products `ws`.
+    fn norm_quantize(&mut self, n: usize, e: usize, w: &[f32], ws: &[Matrix]) {
         let eps = self.model.cfg.rms_eps as f32;
         let x = &self.buf.x;
         let h = Shared::new(&mut self.buf.h);
@@ -829,15 +829,23 @@ impl DecoderBatch {
                 ops::rms_norm(&x[t * e..(t + 1) * e], w, eps, out);
             }
         });
-        self.quantize_h(n, e);
+        self.quantize_h(n, e, ws);
     }
 
-    /// Quantizes `n` rows of `k` values of `h` into `act` (for products
-    /// with quantized weights; float weights read `h` itself).
-    fn quantize_h(&mut self, n: usize, k: usize) {
+    /// Quantizes `n` rows of `k` values of `h` into `act` for the products
+    /// `ws` (float weights read `h` itself): as llama.cpp does, in blocks of
+    /// 256 (Q8_K) when every one of them has K-quant weights, in blocks of 32
+    /// (Q8_0 / Q8_1) otherwise.
+    fn quantize_h(&mut self, n: usize, k: usize, ws: &[Matrix]) {
         if !k.is_multiple_of(32) {
             return;
         }
+        let q8k = k.is_multiple_of(256) && ws.iter().all(|w| w.ty.is_k_quant());
+        let quantize = if q8k {
+            act::quantize_row_q8k
+        } else {
+            ops::quantize_row_q8
+        };
         let mut act = std::mem::take(&mut self.buf.act);
         act.resize(n, k);
         {
@@ -847,7 +855,7 @@ impl DecoderBatch {
                 for t in r {
                     // SAFETY: row t of `act` belongs to this thread.
                     let (qs, d, dsum, s16) = unsafe { w.row_mut(t) };
-                    ops::quantize_row_q8(&h[t * k..(t + 1) * k], qs, d, dsum, s16);
+                    quantize(&h[t * k..(t + 1) * k], qs, d, dsum, s16);
                 }
             });
         }

@@ -2,6 +2,8 @@
 //! runtime's logits are tested against it, and it keeps a GPU backend
 //! (candle's CUDA or Metal) one feature away.  Weights stay quantized
 //! (candle's `QMatMul`); the KV cache, masks and rotary tables are ours.
+//! K and V are rounded to f16 on their way into the cache, as llama.cpp's
+//! default cache stores them.
 
 use std::sync::Arc;
 
@@ -387,7 +389,11 @@ impl Model {
                 RopeStyle::Halves => candle_nn::rotary_emb::rope(t, cos, sin),
             };
             let q = rope(&q)?;
-            let k = rope(&k)?;
+            // The cache holds f16 values, as llama.cpp's (and the runtime's)
+            // default KV cache does.
+            let f16_round = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+            let k = f16_round(rope(&k)?)?;
+            let v = f16_round(v)?;
             let (k, v) = match cache[i].take() {
                 Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
                 None => (k, v),

@@ -250,6 +250,7 @@ const EXP_P: [f32; 6] = [
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::quant::act::stored_scales;
     use super::{f16, q8_scale, EXP_HI, EXP_LO, EXP_P, GELU_A, GELU_C, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
 
@@ -694,8 +695,7 @@ mod x86 {
             let w = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
             let w = _mm256_permutevar8x32_epi32(w, perm);
             _mm256_storeu_si256(qs.as_mut_ptr().add(b * 32) as *mut __m256i, w);
-            d[b] = scale;
-            dsum[b] = scale * (s0 + s1) as f32;
+            (d[b], dsum[b]) = stored_scales(scale, s0 + s1);
             s16[2 * b] = s0 as i16;
             s16[2 * b + 1] = s1 as i16;
         }
@@ -1098,8 +1098,7 @@ mod x86 {
             let o = qs.as_mut_ptr().add(b * 32) as *mut __m128i;
             _mm_storeu_si128(o, _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128(o.add(1), _mm512_cvtepi32_epi8(q1));
-            d[b] = scale;
-            dsum[b] = scale * (s0 + s1) as f32;
+            (d[b], dsum[b]) = stored_scales(scale, s0 + s1);
             s16[2 * b] = s0 as i16;
             s16[2 * b + 1] = s1 as i16;
         }

@@ -163,13 +163,51 @@ impl Spm {
                 return vec![b];
             }
         }
-        text.replace('\u{2581}', " ").into_bytes()
+        // '▁' is E2 96 81 in UTF-8 (0xE2 only ever starts a character):
+        // replaced byte by byte into one allocation of the right size, which
+        // for Gemma 3's 262k entries takes a fraction of `str::replace`'s
+        // time (a searcher and a growing String per entry).
+        let b = text.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == 0xE2 && b.get(i + 1) == Some(&0x96) && b.get(i + 2) == Some(&0x81) {
+                out.push(b' ');
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_bytes_turn_the_space_mark_into_spaces() {
+        for t in [
+            "",
+            "▁",
+            "▁▁a▁",
+            "abc",
+            "é▁ü",
+            "\u{2580}\u{2582}",
+            "<0x41>",
+            "▁<0xZZ>",
+        ] {
+            assert_eq!(
+                Spm::token_bytes(t, false),
+                t.replace('\u{2581}', " ").into_bytes(),
+                "{t:?}"
+            );
+        }
+        assert_eq!(Spm::token_bytes("<0x41>", true), b"A");
+        assert_eq!(Spm::token_bytes("<0xZZ>", true), b"<0xZZ>");
+    }
 
     fn vocab(entries: &[(&str, f32)]) -> (TokenMap, Vec<f32>) {
         let map = entries

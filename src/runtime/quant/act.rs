@@ -34,8 +34,9 @@ impl ActRows {
         Self::default()
     }
 
-    /// Quantizes `n` rows of `k` values each, stored consecutively in `x`
-    /// (portable code; the runtime quantizes through [`RowWriter`]).
+    /// Quantizes `n` rows of `k` values each, stored consecutively in `x`,
+    /// in blocks of 32 (portable code; the runtime quantizes through
+    /// [`RowWriter`]).
     pub fn quantize(&mut self, x: &[f32], n: usize, k: usize) {
         assert!(x.len() >= n * k);
         self.resize(n, k);
@@ -107,9 +108,80 @@ pub fn quantize_block(
         *q = r;
         sums[i / 16] += r as i32;
     }
-    *d = scale;
-    *dsum = scale * (sums[0] + sums[1]) as f32;
+    (*d, *dsum) = stored_scales(scale, sums[0] + sums[1]);
     *s16 = [sums[0] as i16, sums[1] as i16];
+}
+
+/// What a block keeps of its scale `scale` and integer sum `sum`: `d` and
+/// `dsum = d · sum`, each rounded to f16 as ggml stores them in its Q8_0 and
+/// Q8_1 activation blocks (the quants themselves come from the unrounded
+/// scale, as in ggml), so that products with legacy weights agree with
+/// llama.cpp's.  A value outside f16's normal range is kept in f32 (ggml
+/// would store infinity or lose it).
+#[inline(always)]
+pub fn stored_scales(scale: f32, sum: i32) -> (f32, f32) {
+    (to_f16_range(scale), to_f16_range(scale * sum as f32))
+}
+
+#[inline(always)]
+fn to_f16_range(v: f32) -> f32 {
+    let h = half::f16::from_f32(v);
+    if h.is_finite() && (h.is_normal() || v == 0.0) {
+        h.to_f32()
+    } else {
+        v
+    }
+}
+
+/// Quantizes a row of `k = x.len()` values (`k` a multiple of 256) as
+/// llama.cpp quantizes activations for K-quant weights (its Q8_K blocks):
+/// one f32 scale per 256 values, set by the value of largest magnitude
+/// (which becomes ∓127), rounded half to even.  The scale is repeated in
+/// the 8 entries of `d` of its 256 values (the kernels read one per 32);
+/// `dsum` and `s16` hold the sums as for [`quantize_block`].  Portable code,
+/// the same at every SIMD level.
+pub fn quantize_row_q8k(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    dsum: &mut [f32],
+    s16: &mut [i16],
+) {
+    let k = x.len();
+    assert!(
+        k.is_multiple_of(256)
+            && qs.len() >= k
+            && d.len() >= k / 32
+            && dsum.len() >= k / 32
+            && s16.len() >= k / 16,
+        "quantize_row_q8k: bad lengths"
+    );
+    for b in 0..k / 256 {
+        let xb = &x[b * 256..b * 256 + 256];
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let iscale = if amax > 0.0 { -127.0 / max } else { 0.0 };
+        let q = &mut qs[b * 256..b * 256 + 256];
+        for (q, &v) in q.iter_mut().zip(xb) {
+            // NaN becomes 0 (`as` saturates and maps NaN to 0).
+            *q = (iscale * v).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        let scale = if amax > 0.0 { 1.0 / iscale } else { 0.0 };
+        for j in 0..16 {
+            let s: i32 = q[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum();
+            s16[b * 16 + j] = s as i16;
+        }
+        for j in 0..8 {
+            let sum = s16[b * 16 + 2 * j] as i32 + s16[b * 16 + 2 * j + 1] as i32;
+            d[b * 8 + j] = scale;
+            dsum[b * 8 + j] = scale * sum as f32;
+        }
+    }
 }
 
 fn fit<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
@@ -151,5 +223,76 @@ impl RowWriter {
             std::slice::from_raw_parts_mut(self.dsum.add(t * k / 32), k / 32),
             std::slice::from_raw_parts_mut(self.s16.add(t * k / 16), k / 16),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_scales_are_stored_as_ggml_stores_them() {
+        // 1/3 is not an f16: the stored scale is its f16 rounding, and the
+        // sum is multiplied by the unrounded scale before its own rounding.
+        let third = 1.0f32 / 3.0;
+        let h = |v: f32| half::f16::from_f32(v).to_f32();
+        assert_eq!(stored_scales(third, 0), (h(third), 0.0));
+        assert_eq!(stored_scales(third, 3001), (h(third), h(third * 3001.0)));
+        assert_ne!(h(third) * 3001.0, h(third * 3001.0));
+        // Beyond f16's normal range the f32 value is kept.
+        assert_eq!(stored_scales(1e6, 1), (1e6, 1e6));
+        assert_eq!(stored_scales(1e-6, -1), (1e-6, -1e-6));
+        assert_eq!(stored_scales(0.0, 0), (0.0, 0.0));
+
+        let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.0) / 3.0).collect();
+        let (mut qs, mut d, mut dsum, mut s16) = ([0i8; 32], 0f32, 0f32, [0i16; 2]);
+        quantize_block(&x, &mut qs, &mut d, &mut dsum, &mut s16);
+        let scale = (16.0f32 / 3.0) / 127.0;
+        assert_eq!(qs[31], 127);
+        assert_eq!(qs[15], 0);
+        let sum = s16[0] as i32 + s16[1] as i32;
+        assert_eq!(sum, qs.iter().map(|&q| q as i32).sum::<i32>());
+        assert_eq!((d, dsum), stored_scales(scale, sum));
+    }
+
+    #[test]
+    fn q8k_rows_by_hand() {
+        // Block 0: the largest magnitude is -2 (at 7): scale -2 / -127, so
+        // -2 ↦ 127 with a negative scale; ties round to even.  Block 1: zero.
+        let mut x = vec![0f32; 512];
+        for (i, v) in x[..256].iter_mut().enumerate() {
+            *v = ((i % 9) as f32 - 4.0) / 4.0;
+        }
+        x[7] = -2.0;
+        // -127/-2 · v = 63.5 · v: v = 1/127 gives 0.5 → 0; 3/127 → 1.5 → 2.
+        x[20] = 1.0 / 127.0;
+        x[21] = 3.0 / 127.0;
+        let (mut qs, mut d, mut dsum, mut s16) = (
+            vec![9i8; 512],
+            vec![9f32; 16],
+            vec![9f32; 16],
+            vec![9i16; 32],
+        );
+        quantize_row_q8k(&x, &mut qs, &mut d, &mut dsum, &mut s16);
+        let scale = 1.0 / (-127.0f32 / -2.0);
+        assert!(d[..8].iter().all(|&v| v == scale));
+        assert_eq!(qs[7], -127);
+        assert_eq!((qs[20], qs[21]), (0, 2));
+        for (i, &q) in qs[..256].iter().enumerate() {
+            if i != 20 && i != 21 {
+                assert_eq!(q, (x[i] / scale).round() as i8, "value {i}");
+            }
+        }
+        for j in 0..16 {
+            let s: i32 = qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+            assert_eq!(s16[j] as i32, s);
+        }
+        for j in 0..8 {
+            let s = s16[2 * j] as i32 + s16[2 * j + 1] as i32;
+            assert_eq!(dsum[j], scale * s as f32);
+        }
+        assert!(qs[256..].iter().all(|&q| q == 0));
+        assert!(d[8..].iter().chain(&dsum[8..]).all(|&v| v == 0.0));
+        assert!(s16[16..].iter().all(|&v| v == 0));
     }
 }

@@ -319,6 +319,7 @@ scalar_entry!(scalar_q6k, WType::Q6K);
 /// `acc += d_a · (d·I − Σ_g mn_g·s16_g)`.
 fn scalar_dot<const C: usize>(ty: WType, w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
     let bb = block_bytes(ty);
+    let mins32 = matches!(ty, WType::Q4K | WType::Q5K);
     let mut dec = Decoded::new();
     let mut acc = [0f32; C];
     for (b, blk) in w.chunks_exact(bb).enumerate() {
@@ -339,7 +340,13 @@ fn scalar_dot<const C: usize>(ty: WType, w: &[u8], a: &[ActRow<'_>], out: &mut [
                     isum += dec.sc[g] * (dot - dec.off * s);
                     msum += dec.mn[g] * s as f32;
                 }
-                acc[c] += ar.d[b * 8 + j] * (dec.d * isum as f32 - msum);
+                acc[c] += if mins32 {
+                    // One minimum per 32 (Q4_K, Q5_K): times the stored
+                    // `dsum`, as the SIMD kernels take it.
+                    ar.d[b * 8 + j] * (dec.d * isum as f32) - dec.mn[2 * j] * ar.dsum[b * 8 + j]
+                } else {
+                    ar.d[b * 8 + j] * (dec.d * isum as f32 - msum)
+                };
             }
         }
     }
@@ -1040,13 +1047,24 @@ pub(crate) mod tests {
         let bb = block_bytes(ty);
         let mut dec = Decoded::new();
         let (mut sum, mut mag) = (0f64, 0f64);
+        // Q4_K and Q5_K have one minimum per 32 values, which the kernels
+        // multiply by the activations' stored `dsum` (ggml's f16-rounded
+        // `d · Σq` for blocks of 32, `d · Σq` for Q8_K rows).
+        let mins32 = matches!(ty, WType::Q4K | WType::Q5K);
         for b in 0..k / QK {
             decode(ty, &w[b * bb..(b + 1) * bb], &mut dec);
             for i in 0..QK {
                 let x = b * QK + i;
                 let av = a.d[x / 32] as f64 * a.qs[x] as f64;
-                sum += deq[x] as f64 * av;
                 let g = i / 16;
+                if mins32 {
+                    sum += (deq[x] as f64 + dec.mn[g] as f64) * av;
+                    if i % 32 == 0 {
+                        sum -= dec.mn[g] as f64 * a.dsum[x / 32] as f64;
+                    }
+                } else {
+                    sum += deq[x] as f64 * av;
+                }
                 let ds = (dec.d as f64 * dec.sc[g] as f64).abs();
                 mag += (ds * (dec.codes[i] as f64 + dec.off as f64) + (dec.mn[g] as f64).abs())
                     * av.abs();

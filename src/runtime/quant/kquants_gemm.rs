@@ -32,6 +32,9 @@
 //! (m_i & 15) << 4`, then 32 bytes holding the top 2 bits of sc_i (bits 0-1),
 //! sc_{i+32} (2-3), m_i (4-5), m_{i+32} (6-7) for `i < 32`.
 //!
+//! The AVX2 kernels use the same layout, each zmm taken as two ymm (rows
+//! 0..4 and 4..8), and give the AVX-512 kernels' results bit for bit.
+//!
 //! Every column has its own accumulators and goes through the same
 //! operations in the same order whatever the number of columns, so its 8
 //! results are bit-identical however it is batched.
@@ -63,6 +66,14 @@ pub fn gemm(ty: WType, level: SimdLevel) -> Option<(PackFn, GemmFn)> {
                 WType::Q4K => return Some((pack_q4k, x86::q4k_entry)),
                 WType::Q5K => return Some((pack_q5k, x86::q5k_entry)),
                 WType::Q6K => return Some((pack_q6k, x86::q6k_entry)),
+                _ => {}
+            }
+        }
+        if level >= SimdLevel::Avx2 {
+            match ty {
+                WType::Q4K => return Some((pack_q4k, x86::q4k_avx2_entry)),
+                WType::Q5K => return Some((pack_q5k, x86::q5k_avx2_entry)),
+                WType::Q6K => return Some((pack_q6k, x86::q6k_avx2_entry)),
                 _ => {}
             }
         }
@@ -238,6 +249,9 @@ mod x86 {
     entry!(q4k_entry, q45k_avx512, false);
     entry!(q5k_entry, q45k_avx512, true);
     entry!(q6k_entry, q6k_avx512);
+    entry!(q4k_avx2_entry, q45k_avx2, false);
+    entry!(q5k_avx2_entry, q45k_avx2, true);
+    entry!(q6k_avx2_entry, q6k_avx2);
 
     /// Pairs 4-byte groups of the two 32-byte halves: dword `2t` ← `t`,
     /// `2t + 1` ← `8 + t` (Q4_K / Q5_K: sub-blocks `2p` and `2p + 1`).
@@ -463,6 +477,259 @@ mod x86 {
             store_rows(acc[c], &mut out[c * R..(c + 1) * R]);
         }
     }
+
+    // ------------------------------------------------------------ AVX2
+    //
+    // The same packed layout and the same arithmetic on 256 bits: each zmm
+    // of the AVX-512 kernels is two ymm, rows 0..4 (its first 32 bytes) and
+    // rows 4..8.  `vpmaddubsw` + `vpmaddwd` (u8 × i8 pairs to i16, then to
+    // i32) replace `vpdpbusd`; codes are at most 63 and |q| at most 127, so
+    // no i16 pair saturates and every lane's integer sum is the AVX-512
+    // kernel's.  The float steps are the same operations in the same order:
+    // the results are the AVX-512 kernels', bit for bit.
+
+    /// 4 f16 at `p` as 8 f32, each twice (lanes `2r`, `2r + 1` = value `r`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16x4_dup(p: *const u8) -> __m256 {
+        let x = _mm_loadl_epi64(p.cast());
+        _mm256_cvtph_ps(_mm_unpacklo_epi16(x, x))
+    }
+
+    #[inline(always)]
+    unsafe fn bcast8_256(p: *const u8) -> __m256i {
+        _mm256_set1_epi64x(p.cast::<i64>().read_unaligned())
+    }
+
+    #[inline(always)]
+    unsafe fn bcast2f_256(p: *const f32) -> __m256 {
+        _mm256_castsi256_ps(_mm256_set1_epi64x(p.cast::<i64>().read_unaligned()))
+    }
+
+    /// The u8 × i8 products of `w` and `x` summed over each 4-byte group,
+    /// added to `acc` (what `vpdpbusd` computes, for codes ≤ 63).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot4(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+        _mm256_add_epi32(acc, p)
+    }
+
+    /// 8 bytes (as 8 f32 lanes) at `p`, unsigned or signed.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn u8x8_ps(p: *const u8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn i8x8_ps(p: *const u8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
+    }
+
+    /// Lane pairs → rows: `out[r] = v[2r] + v[2r + 1]` for the 4 rows of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store_rows4(v: __m256, out: &mut [f32]) {
+        let mut t = [0f32; 8];
+        _mm256_storeu_ps(t.as_mut_ptr(), v);
+        for r in 0..4 {
+            out[r] = t[2 * r] + t[2 * r + 1];
+        }
+    }
+
+    /// `PAIR32` on the 256 activations of block `b` of column `ar`, into
+    /// `buf`: per 64 bytes, dword `2t` ← `t`, `2t + 1` ← `8 + t`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pair32_acts(ar: &ActRow<'_>, b: usize, buf: &mut [u8; QK]) {
+        let q = ar.qs.as_ptr().add(b * QK);
+        let lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        let hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+        for i in 0..4 {
+            let v0 = _mm256_loadu_si256(q.add(64 * i).cast());
+            let v1 = _mm256_loadu_si256(q.add(64 * i + 32).cast());
+            let a = _mm256_blend_epi32::<0xAA>(
+                _mm256_permutevar8x32_epi32(v0, lo),
+                _mm256_permutevar8x32_epi32(v1, lo),
+            );
+            let c = _mm256_blend_epi32::<0xAA>(
+                _mm256_permutevar8x32_epi32(v0, hi),
+                _mm256_permutevar8x32_epi32(v1, hi),
+            );
+            _mm256_storeu_si256(buf.as_mut_ptr().add(64 * i).cast(), a);
+            _mm256_storeu_si256(buf.as_mut_ptr().add(64 * i + 32).cast(), c);
+        }
+    }
+
+    /// `PAIR16`: per 32 bytes, dword `2t` ← `t`, `2t + 1` ← `4 + t`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pair16_acts(ar: &ActRow<'_>, b: usize, buf: &mut [u8; QK]) {
+        let q = ar.qs.as_ptr().add(b * QK);
+        let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for i in 0..8 {
+            let v = _mm256_loadu_si256(q.add(32 * i).cast());
+            _mm256_storeu_si256(
+                buf.as_mut_ptr().add(32 * i).cast(),
+                _mm256_permutevar8x32_epi32(v, perm),
+            );
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q45k_avx2<const C: usize, const FIVE: bool>(
+        w: &[u8],
+        a: &[ActRow<'_>],
+        out: &mut [f32],
+    ) {
+        let gb = R * if FIVE { Q5K_BYTES } else { Q4K_BYTES };
+        let qs_at = if FIVE { 384 } else { 128 };
+        let nb = w.len() / gb;
+        let m0f = _mm256_set1_epi8(0x0f);
+        let m30 = _mm256_set1_epi8(0x30);
+        let m10 = _mm256_set1_epi8(0x10);
+        // [c][half]: rows 0..4, rows 4..8.
+        let mut acc = [[_mm256_setzero_ps(); 2]; C];
+        let mut accm = [[_mm256_setzero_ps(); 2]; C];
+        let mut abuf = [[0u8; QK]; C];
+        let mut scb = [0u8; 64];
+        let mut mnb = [0u8; 64];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * gb);
+            let dd = [f16x4_dup(p), f16x4_dup(p.add(8))];
+            let dm = [f16x4_dup(p.add(16)), f16x4_dup(p.add(24))];
+            // 6-bit scales and minimums (see the AVX-512 kernel).
+            let hb0 = _mm256_loadu_si256(p.add(96).cast());
+            let hb1 = _mm256_srli_epi16(hb0, 2);
+            for (i, hb) in [hb0, hb1].into_iter().enumerate() {
+                let l = _mm256_loadu_si256(p.add(32 + 32 * i).cast());
+                let sc = _mm256_or_si256(
+                    _mm256_and_si256(l, m0f),
+                    _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30),
+                );
+                let mn = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(l, 4), m0f),
+                    _mm256_and_si256(hb, m30),
+                );
+                _mm256_storeu_si256(scb.as_mut_ptr().add(32 * i).cast(), sc);
+                _mm256_storeu_si256(mnb.as_mut_ptr().add(32 * i).cast(), mn);
+            }
+            for c in 0..C {
+                pair32_acts(a.get_unchecked(c), b, &mut abuf[c]);
+            }
+            for pi in 0..4 {
+                for half in 0..2 {
+                    let at = 16 * pi + 8 * half;
+                    let fsc = _mm256_mul_ps(u8x8_ps(scb.as_ptr().add(at)), dd[half]);
+                    let fmn = _mm256_mul_ps(u8x8_ps(mnb.as_ptr().add(at)), dm[half]);
+                    let mut wv = [_mm256_setzero_si256(); 8];
+                    for u in 0..4 {
+                        let x =
+                            _mm256_loadu_si256(p.add(qs_at + (4 * pi + u) * 64 + 32 * half).cast());
+                        wv[u] = _mm256_and_si256(x, m0f);
+                        wv[u + 4] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m0f);
+                    }
+                    if FIVE {
+                        let qh = _mm256_loadu_si256(p.add(128 + 64 * pi + 32 * half).cast());
+                        for t in 0..8 {
+                            let bit = _mm256_set1_epi8(1 << t);
+                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                            wv[t] = _mm256_or_si256(wv[t], _mm256_and_si256(set, m10));
+                        }
+                    }
+                    for c in 0..C {
+                        let ar = a.get_unchecked(c);
+                        let ab = abuf[c].as_ptr().add(64 * pi);
+                        let mut i0 = _mm256_setzero_si256();
+                        for t in 0..8 {
+                            i0 = dot4(i0, wv[t], bcast8_256(ab.add(8 * t)));
+                        }
+                        let dp = _mm256_cvtepi32_ps(i0);
+                        let da = bcast2f_256(ar.d.as_ptr().add(b * 8 + 2 * pi));
+                        acc[c][half] = _mm256_fmadd_ps(dp, _mm256_mul_ps(fsc, da), acc[c][half]);
+                        let ds = bcast2f_256(ar.dsum.as_ptr().add(b * 8 + 2 * pi));
+                        accm[c][half] = _mm256_fmadd_ps(fmn, ds, accm[c][half]);
+                    }
+                }
+            }
+        }
+        for c in 0..C {
+            for half in 0..2 {
+                let o = c * R + 4 * half;
+                store_rows4(
+                    _mm256_sub_ps(acc[c][half], accm[c][half]),
+                    &mut out[o..o + 4],
+                );
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6k_avx2<const C: usize>(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
+        const GB: usize = R * Q6K_BYTES;
+        let nb = w.len() / GB;
+        let m0f = _mm256_set1_epi8(0x0f);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut acc = [[_mm256_setzero_ps(); 2]; C];
+        let mut abuf = [[0u8; QK]; C];
+        // −32 · Σq per group of 16
+        let mut obuf = [[0i32; 16]; C];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * GB);
+            let dd = [f16x4_dup(p), f16x4_dup(p.add(8))];
+            for c in 0..C {
+                let ar = a.get_unchecked(c);
+                pair16_acts(ar, b, &mut abuf[c]);
+                for i in 0..2 {
+                    let s = _mm256_cvtepi16_epi32(_mm_loadu_si128(
+                        ar.s16.as_ptr().add(b * 16 + 8 * i).cast(),
+                    ));
+                    let s = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s, 5));
+                    _mm256_storeu_si256(obuf[c].as_mut_ptr().add(8 * i).cast(), s);
+                }
+            }
+            for j in 0..8 {
+                for half in 0..2 {
+                    let fsc = _mm256_mul_ps(i8x8_ps(p.add(16 + 16 * j + 8 * half)), dd[half]);
+                    let o = 32 * half;
+                    let x0 = _mm256_loadu_si256(p.add(144 + 128 * j + o).cast());
+                    let x1 = _mm256_loadu_si256(p.add(144 + 128 * j + 64 + o).cast());
+                    let qh = _mm256_loadu_si256(p.add(1168 + 64 * j + o).cast());
+                    let top = |v: __m256i| _mm256_and_si256(v, m30);
+                    let wv = [
+                        _mm256_or_si256(_mm256_and_si256(x0, m0f), top(_mm256_slli_epi16(qh, 4))),
+                        _mm256_or_si256(_mm256_and_si256(x1, m0f), top(_mm256_slli_epi16(qh, 2))),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x0, 4), m0f), top(qh)),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(x1, 4), m0f),
+                            top(_mm256_srli_epi16(qh, 2)),
+                        ),
+                    ];
+                    for c in 0..C {
+                        let ar = a.get_unchecked(c);
+                        let ab = abuf[c].as_ptr().add(32 * j);
+                        // starts from −32·Σq of the two groups
+                        let mut i0 = _mm256_set1_epi64x(
+                            obuf[c].as_ptr().add(2 * j).cast::<i64>().read_unaligned(),
+                        );
+                        for t in 0..4 {
+                            i0 = dot4(i0, wv[t], bcast8_256(ab.add(8 * t)));
+                        }
+                        let dp = _mm256_cvtepi32_ps(i0);
+                        let da = _mm256_set1_ps(*ar.d.get_unchecked(b * 8 + j));
+                        acc[c][half] = _mm256_fmadd_ps(dp, _mm256_mul_ps(fsc, da), acc[c][half]);
+                    }
+                }
+            }
+        }
+        for c in 0..C {
+            for half in 0..2 {
+                let o = c * R + 4 * half;
+                store_rows4(acc[c][half], &mut out[o..o + 4]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -622,6 +889,36 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 kernels give the AVX-512 kernels' results bit for bit.
+    #[test]
+    fn avx2_and_avx512_kernels_give_the_same_bits() {
+        if !simd::available().contains(&SimdLevel::Avx512) {
+            return;
+        }
+        let mut rng = Rng(0x5eed);
+        for &ty in &TYPES {
+            for &k in &[256usize, 1024, 2048] {
+                let w = random_rows(ty, k / QK, &mut rng);
+                let x = random_acts(MAX_COLS, k, &mut rng);
+                let mut acts = ActRows::new();
+                acts.quantize(&x, MAX_COLS, k);
+                let (pack, g2) = gemm(ty, SimdLevel::Avx2).unwrap();
+                let (_, g5) = gemm(ty, SimdLevel::Avx512).unwrap();
+                let p = packed(pack, &w, k);
+                for n in 1..=MAX_COLS {
+                    let cols: Vec<_> = (0..n).map(|i| acts.row(i)).collect();
+                    let (mut o2, mut o5) = (vec![0f32; n * R], vec![1f32; n * R]);
+                    unsafe {
+                        g2(&p, &cols, &mut o2);
+                        g5(&p, &cols, &mut o5);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&o2), bits(&o5), "{} k={k} n={n}", ty.name());
                 }
             }
         }

@@ -618,6 +618,32 @@ pub(crate) mod tests {
         }
     }
 
+    /// The product of a dequantized row `wf` (raw blocks `w`) with a
+    /// quantized activation row, in f64, as the kernels define it: the
+    /// minimum of Q4_1 / Q5_1 blocks multiplies the stored `dsum` (ggml's
+    /// f16-rounded `d · Σq`), the rest `d · q`.  Returns (product, Σ|terms|).
+    pub(crate) fn exact_product(ty: WType, w: &[u8], wf: &[f32], a: &ActRow) -> (f64, f64) {
+        let bb = ty.block_bytes();
+        let (mut exact, mut mag) = (0f64, 0f64);
+        for (b, blk) in wf.chunks_exact(32).enumerate() {
+            let m = if matches!(ty, WType::Q4_1 | WType::Q5_1) {
+                f16_at(w, b * bb + 2)
+            } else {
+                0.0
+            };
+            for (j, &wv) in blk.iter().enumerate() {
+                let x = b * 32 + j;
+                let p = (wv - m) as f64 * (a.d[b] as f64 * a.qs[x] as f64);
+                exact += p;
+                mag += p.abs();
+            }
+            let p = m as f64 * a.dsum[b] as f64;
+            exact += p;
+            mag += p.abs();
+        }
+        (exact, mag)
+    }
+
     pub(crate) fn f16_bits(x: f32) -> [u8; 2] {
         half::f16::from_f32(x).to_bits().to_le_bytes()
     }
@@ -709,12 +735,7 @@ pub(crate) mod tests {
                         let mut out = [0f32; 4];
                         unsafe { f(&w, &rows, &mut out) };
                         for (c, row) in rows.iter().enumerate() {
-                            let (mut exact, mut mag) = (0f64, 0f64);
-                            for (i, &wv) in wf.iter().enumerate() {
-                                let p = wv as f64 * (row.d[i / 32] as f64 * row.qs[i] as f64);
-                                exact += p;
-                                mag += p.abs();
-                            }
+                            let (exact, mag) = exact_product(ty, &w, &wf, row);
                             let err = (out[c] as f64 - exact).abs();
                             if mag > 0.0 {
                                 worst = worst.max(err / mag);

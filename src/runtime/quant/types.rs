@@ -125,6 +125,14 @@ impl WType {
         }
     }
 
+    /// Q2_K .. Q6_K: super-blocks of 256 values.
+    pub fn is_k_quant(self) -> bool {
+        matches!(
+            self,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K
+        )
+    }
+
     pub fn is_float(self) -> bool {
         matches!(self, Self::F32 | Self::F16 | Self::BF16)
     }
