@@ -17,7 +17,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-cpp test-go test-swift test-install bench bench-forward bench-tokenize bench-reference install clean
+.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-c-asan stress test-stress test-cpp test-go test-swift test-install bench bench-forward bench-tokenize bench-reference install clean
 
 all: lib
 
@@ -43,7 +43,7 @@ demo: models $(BUILD)/demo
 
 # ---- tests ------------------------------------------------------------------
 
-test: check-header lint test-rust test-c test-cpp test-go test-swift test-install
+test: check-header lint test-rust test-c test-c-asan test-stress test-cpp test-go test-swift test-install
 	@echo "make test: all suites passed"
 
 # The committed header must be what the build generates, and must compile on
@@ -71,6 +71,41 @@ $(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h lib | $(BUILD)
 test-c: models fixtures $(BUILD)/test_capi
 	$(VALGRIND) --quiet --leak-check=full --suppressions=tests/c/valgrind.supp \
 	  --error-exitcode=1 $(BUILD)/test_capi "$(MODEL)" $(BUILD)/fixtures
+
+# The same C tests built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (the test program is instrumented, the Rust library is not; LeakSanitizer
+# still sees every allocation in the process, the library's included).
+SANITIZE := -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+$(BUILD)/test_capi_asan: tests/c/test_capi.c include/zeph_llm.h lib | $(BUILD)
+	$(CC) $(CSTRICT) $(SANITIZE) -Iinclude $< $(LINK) -o $@
+
+test-c-asan: models fixtures $(BUILD)/test_capi_asan
+	$(SANENV) $(BUILD)/test_capi_asan "$(MODEL)" $(BUILD)/fixtures
+
+# ---- stress -----------------------------------------------------------------
+
+# 16 threads of mixed calls on the real model through the C API (see
+# tests/c/stress.c).  `make stress`: 1000 calls per thread, each within its
+# deadline + 100 ms, resident memory within 5% of after warm-up;
+# `make test-stress` (part of make test): 20 calls per thread under the
+# sanitizers (leaks, undefined behaviour), whose slower program is allowed
+# 500 ms past a deadline.
+STRESS_THREADS ?= 16
+STRESS_CALLS   ?= 1000
+
+$(BUILD)/stress: tests/c/stress.c include/zeph_llm.h lib | $(BUILD)
+	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -o $@
+
+$(BUILD)/stress_asan: tests/c/stress.c include/zeph_llm.h lib | $(BUILD)
+	$(CC) $(CSTRICT) -O1 $(SANITIZE) -Iinclude $< $(LINK) -o $@
+
+stress: models $(BUILD)/stress
+	$(BUILD)/stress "$(MODEL)" $(STRESS_THREADS) $(STRESS_CALLS) 1
+
+test-stress: models $(BUILD)/stress_asan
+	$(SANENV) $(BUILD)/stress_asan "$(MODEL)" $(STRESS_THREADS) 20 0 500
 
 $(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h lib | $(BUILD)
 	$(CXX) $(CXXSTRICT) -Iinclude $< $(LINK) -o $@

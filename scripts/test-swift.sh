@@ -14,7 +14,9 @@ mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 log() { echo "test-swift: $*" >&2; }
 
-if [ ! -x "$root/usr/bin/swift" ]; then
+# /usr/bin/swift is an absolute symlink: test it inside the root (on the
+# host it dangles, and the root would be made again on every run).
+if ! { [ -d "$root/usr/bin" ] && chroot "$root" test -x /usr/bin/swift; } 2>/dev/null; then
   log "making a Debian trixie root with swiftlang in $root (once; a few minutes)"
   command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
   rm -rf "$root.partial"
