@@ -17,7 +17,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: all lib demo test models fixtures check-header lint test-rust test-c test-c-asan stress test-stress test-cpp test-go test-swift test-install bench bench-forward bench-tokenize bench-reference install clean
+.PHONY: nightly-tools fuzz-corpus test-fuzz fuzz miri all lib demo test models fixtures check-header lint test-rust test-c test-c-asan stress test-stress test-cpp test-go test-swift test-install bench bench-forward bench-tokenize bench-reference install clean
 
 all: lib
 
@@ -101,8 +101,12 @@ $(BUILD)/stress: tests/c/stress.c include/zeph_llm.h lib | $(BUILD)
 $(BUILD)/stress_asan: tests/c/stress.c include/zeph_llm.h lib | $(BUILD)
 	$(CC) $(CSTRICT) -O1 $(SANITIZE) -Iinclude $< $(LINK) -o $@
 
+# A fixed mmap threshold: glibc otherwise raises it after the first large
+# block is freed, and keeps later large blocks in its heap after they are
+# freed (measured: +14% memory not backed by a file over 16 x 200 calls
+# without it, +4% with it; LeakSanitizer finds no leak either way).
 stress: models $(BUILD)/stress
-	$(BUILD)/stress "$(MODEL)" $(STRESS_THREADS) $(STRESS_CALLS) 1
+	MALLOC_MMAP_THRESHOLD_=131072 $(BUILD)/stress "$(MODEL)" $(STRESS_THREADS) $(STRESS_CALLS) 1
 
 test-stress: models $(BUILD)/stress_asan
 	$(SANENV) $(BUILD)/stress_asan "$(MODEL)" $(STRESS_THREADS) 20 0 500
@@ -116,6 +120,56 @@ $(BUILD)/test_cpp: tests/cpp/test_cpp.cpp include/zeph_llm.hpp include/zeph_llm.
 test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
 	$(BUILD)/example_cpp "$(MODEL)"
 	$(BUILD)/test_cpp "$(MODEL)"
+
+# ---- fuzzing and miri (nightly) -------------------------------------------------
+
+# cargo-fuzz targets (fuzz/fuzz_targets): the GGUF reader, the model loader,
+# both tokenizers (text -> ids -> text, any ids -> text), chat templates,
+# and the C API's option structs.  `make test-fuzz` (part of make test) runs
+# each for FUZZ_SHORT seconds; `make fuzz` for FUZZ_TIME seconds.  The
+# corpus grows in build/fuzz/<target> from the committed seeds
+# (fuzz/seeds/<target>, and the fixture models for the loader); a crash
+# leaves its input in build/fuzz/artifacts/<target>/ and fails the target.
+FUZZ_TARGETS := gguf load tokenize detokenize template options
+FUZZ_SHORT   ?= 5
+FUZZ_TIME    ?= 600
+FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3="$$($(FETCH) --path gemma3)" \
+                ZEPH_FUZZ_TINY="$(CURDIR)/$(BUILD)/fixtures/tiny-llama.gguf"
+
+# The nightly toolchain with miri, and cargo-fuzz (from crates.io, a few
+# minutes the first time); nothing when they are there.
+nightly-tools:
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	rustup component list --toolchain nightly --installed | grep -q '^miri' || \
+	  rustup component add --toolchain nightly miri rust-src
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+fuzz-corpus: fixtures
+	for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/$$t $(BUILD)/fuzz/artifacts/$$t; done
+	cp $(BUILD)/fixtures/*.gguf $(BUILD)/fuzz/load/
+
+define fuzz-run
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(1) s"; \
+	  $(FUZZ_ENV) $(CARGO) +nightly fuzz run $$t ../$(BUILD)/fuzz/$$t seeds/$$t -- \
+	    -max_total_time=$(1) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
+	    -artifact_prefix=../$(BUILD)/fuzz/artifacts/$$t/ 2>&1 | \
+	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)|panicked|deadly' ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+endef
+
+test-fuzz: SHELL := /bin/bash
+test-fuzz: nightly-tools models fuzz-corpus
+	$(call fuzz-run,$(FUZZ_SHORT))
+
+fuzz: SHELL := /bin/bash
+fuzz: nightly-tools models fuzz-corpus
+	$(call fuzz-run,$(FUZZ_TIME))
+
+# The ffi layer's boundary helpers under miri (src/ffi/tests.rs).
+miri: nightly-tools
+	$(CARGO) +nightly miri test --lib ffi::tests
 
 # ---- Go -----------------------------------------------------------------------
 
