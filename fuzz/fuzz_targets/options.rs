@@ -47,11 +47,12 @@ fuzz_target!(|data: &[u8]| {
         .take(70)
         .map(|s| CString::new(s).unwrap())
         .collect();
-    let string = |i: usize| -> *const c_char {
-        strings.get(i).map_or(ptr::null(), |s| s.as_ptr())
-    };
+    let string = |i: usize| -> *const c_char { strings.get(i).map_or(ptr::null(), |s| s.as_ptr()) };
     let mut stops: Vec<*const c_char> = (0..64).map(|i| string(i + 2)).collect();
-    stops.iter_mut().filter(|p| p.is_null()).for_each(|p| *p = c"x".as_ptr());
+    stops
+        .iter_mut()
+        .filter(|p| p.is_null())
+        .for_each(|p| *p = c"x".as_ptr());
 
     let mut token = ptr::null_mut();
     unsafe { zeph_cancel_token_new(&mut token) };
@@ -78,8 +79,16 @@ fuzz_target!(|data: &[u8]| {
         (*go).struct_size = (*go).struct_size.min(256);
         // Past 64 stop strings the count is refused before the array is
         // read; up to 64 the array has them all.
-        (*go).stop = if (*go).n_stop == 0 { ptr::null() } else { stops.as_ptr() };
-        (*go).cancel = if (*go).seed & 1 == 0 { ptr::null() } else { token };
+        (*go).stop = if (*go).n_stop == 0 {
+            ptr::null()
+        } else {
+            stops.as_ptr()
+        };
+        (*go).cancel = if (*go).seed & 1 == 0 {
+            ptr::null()
+        } else {
+            token
+        };
         (*go).timeout_ms = (*go).timeout_ms.min(2000);
         let mut s = ptr::null_mut();
         let st = zeph_engine_stream_complete(engine(), c"a".as_ptr(), go, &mut s);

@@ -30,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
     let tok = &tokenizers()[(flags & 1) as usize];
     let parse_special = flags & 2 != 0;
     let text = String::from_utf8_lossy(rest);
-    let ids = tok.encode(&text, false, parse_special).expect("tokenizing never fails");
+    let ids = tok
+        .encode(&text, false, parse_special)
+        .expect("tokenizing never fails");
     let back = tok.decode_bytes(&ids, false);
     assert_eq!(
         String::from_utf8_lossy(&back),
