@@ -203,6 +203,10 @@ pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a En
         .ok_or_else(|| null_argument("engine"))
 }
 
+/// `sizeof(zeph_usage)` before `status` was added: callers built with that
+/// header keep working (they get the fields they know of).
+pub(crate) const USAGE_V1_SIZE: usize = std::mem::offset_of!(zeph_usage, status);
+
 /// Validates `usage_out` before any work is done, so a bad struct_size
 /// fails fast rather than after generation.
 ///
@@ -211,9 +215,7 @@ pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a En
 /// `struct_size` bytes.
 pub(crate) unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
     if !usage_out.is_null() {
-        // The first version ended before `logprobs`.
-        let first = std::mem::offset_of!(zeph_usage, logprobs);
-        out_struct_size(usage_out, first, "zeph_usage")?;
+        out_struct_size(usage_out, USAGE_V1_SIZE, "zeph_usage")?;
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ mod options;
 mod status;
 mod stream;
 mod string;
+#[cfg(test)]
+mod tests;
 
 pub use cancel::*;
 pub use engine::*;

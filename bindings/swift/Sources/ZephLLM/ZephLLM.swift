@@ -327,49 +327,66 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    /// The text of `prompt`'s continuation as it is generated.  Ending the
-    /// iteration early, or cancelling the consuming Task, cancels the work.
+    /// The text of `prompt`'s continuation as it is generated, pulled on
+    /// demand: a piece is taken from the library only when the consumer asks
+    /// for the next one, so a slow consumer holds the generation back (the C
+    /// stream's bounded buffer) instead of piling pieces up in memory.
+    /// Ending the iteration early, or cancelling the consuming Task, cancels
+    /// the work.
     public func stream(_ prompt: String, options: GenerateOptions = GenerateOptions()) -> AsyncThrowingStream<String, Error> {
-        AsyncThrowingStream { continuation in
-            let request: Request
+        let source: PullStream
+        do {
+            let request = try Request(options)
             var stream: OpaquePointer?
-            do {
-                request = try Request(options)
-                try check(zeph_engine_stream_complete(ptr, prompt, &request.options, &stream))
-            } catch {
-                continuation.finish(throwing: error)
-                return
+            try check(zeph_engine_stream_complete(ptr, prompt, &request.options, &stream))
+            source = PullStream(stream!, request: request, engine: self)
+        } catch {
+            return AsyncThrowingStream { $0.finish(throwing: error) }
+        }
+        return AsyncThrowingStream(unfolding: {
+            try await withTaskCancellationHandler {
+                try await source.next()
+            } onCancel: {
+                source.request.cancel()
             }
-            let s = StreamHandle(stream!)
-            continuation.onTermination = { _ in request.cancel() }
-            let engine = self
-            Thread.detachNewThread {
-                defer {
-                    zeph_stream_free(s.ptr)
-                    _ = engine  // the engine outlives its stream
+        })
+    }
+}
+
+/// The C stream behind `Engine.stream`, freed (and its work cancelled) when
+/// the Swift stream that pulls from it goes away.
+final class PullStream: @unchecked Sendable {
+    let handle: StreamHandle
+    let request: Request
+    let engine: Engine  // the engine outlives its stream
+
+    init(_ ptr: OpaquePointer, request: Request, engine: Engine) {
+        handle = StreamHandle(ptr)
+        self.request = request
+        self.engine = engine
+    }
+
+    /// The next piece, nil at the end; waits on a thread of its own.
+    func next() async throws -> String? {
+        let s = handle
+        return try await offload {
+            while true {
+                var piece: UnsafeMutablePointer<CChar>?
+                let status = zeph_stream_next(s.ptr, 100, &piece)
+                if status == ZEPH_STATUS_TIMEOUT {
+                    var usage = zeph_usage()
+                    usage.struct_size = UInt32(MemoryLayout<zeph_usage>.size)
+                    zeph_stream_usage(s.ptr, &usage)
+                    if let lp = usage.logprobs { zeph_logprobs_free(lp) }
+                    if usage.finish_reason == ZEPH_FINISH_NONE { continue }
                 }
-                while true {
-                    var piece: UnsafeMutablePointer<CChar>?
-                    let status = zeph_stream_next(s.ptr, 100, &piece)
-                    if status == ZEPH_STATUS_TIMEOUT {
-                        var usage = zeph_usage()
-                        usage.struct_size = UInt32(MemoryLayout<zeph_usage>.size)
-                        zeph_stream_usage(s.ptr, &usage)
-                        if let lp = usage.logprobs { zeph_logprobs_free(lp) }
-                        if usage.finish_reason == ZEPH_FINISH_NONE { continue }
-                    }
-                    if status != ZEPH_STATUS_OK {
-                        continuation.finish(throwing: ZephError(status: status, message: String(cString: zeph_last_error())))
-                        return
-                    }
-                    guard let p = piece else {
-                        continuation.finish()
-                        return
-                    }
-                    continuation.yield(String(cString: p))
-                    zeph_string_free(p)
-                }
+                try check(status)
+                guard let p = piece else { return nil }
+                defer { zeph_string_free(p) }
+                return String(cString: p)
             }
         }
     }
+
+    deinit { zeph_stream_free(handle.ptr) }
 }

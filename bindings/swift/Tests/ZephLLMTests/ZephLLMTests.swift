@@ -48,6 +48,32 @@ final class ZephLLMTests: XCTestCase {
         XCTAssertEqual(pieces.joined(), reference)
     }
 
+    /// A consumer that stops reading holds the generation back: pieces are
+    /// pulled on demand, not buffered without bound.  With one worker, a
+    /// stream read once and then left alone keeps the worker (its C buffer
+    /// full), so a second request waits and times out; were the pieces
+    /// buffered in Swift, the stream's 60 tokens would end in a few seconds
+    /// and the second request would be answered.
+    func testAStreamThatIsNotReadHoldsTheGenerationBack() async throws {
+        let engine = try Engine(modelPath: try modelPath())
+        let stream = engine.stream("Once upon a time", options: .greedy(maxTokens: 60))
+        var iterator = stream.makeAsyncIterator()
+        let first = try await iterator.next()
+        XCTAssertNotNil(first)
+        var other = GenerateOptions.greedy(maxTokens: 2)
+        other.timeout = .seconds(10)
+        do {
+            _ = try await engine.complete("Hi", options: other)
+            XCTFail("the second request ran: the unread stream did not hold its worker")
+        } catch let error as ZephError {
+            guard case .timeout = error else { return XCTFail("\(error)") }
+        }
+        // Reading on, the stream ends normally.
+        var n = 1
+        while try await iterator.next() != nil { n += 1 }
+        XCTAssertGreaterThan(n, 1)
+    }
+
     func testCancellingTheTaskCancelsTheWork() async throws {
         let engine = try Engine(modelPath: try modelPath())
         let task = Task { try await engine.complete("Once upon a time", options: .greedy(maxTokens: 2000)) }

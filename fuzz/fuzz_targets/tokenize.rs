@@ -1,0 +1,44 @@
+//! Any text through both tokenizers (SmolLM2's byte-level BPE, Gemma 3's
+//! SentencePiece): bytes -> ids -> text gives the text back, byte for byte,
+//! and never panics.  The first byte picks the model and the flags.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use zeph_llm::gguf::Gguf;
+use zeph_llm::tokenizer::Tokenizer;
+
+#[path = "common.rs"]
+mod common;
+
+fn tokenizers() -> &'static [Tokenizer; 2] {
+    static T: OnceLock<[Tokenizer; 2]> = OnceLock::new();
+    T.get_or_init(|| {
+        let load = |var: &str| {
+            let g = Gguf::open(&common::model(var)).expect("the model opens");
+            Tokenizer::load(&g, None).expect("its tokenizer loads")
+        };
+        [load("ZEPH_FUZZ_SMOLLM2"), load("ZEPH_FUZZ_GEMMA3")]
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let tok = &tokenizers()[(flags & 1) as usize];
+    let parse_special = flags & 2 != 0;
+    let text = String::from_utf8_lossy(rest);
+    let ids = tok
+        .encode(&text, false, parse_special)
+        .expect("tokenizing never fails");
+    let back = tok.decode_bytes(&ids, false);
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        text,
+        "model {} parse_special {parse_special}: ids {ids:?}",
+        flags & 1
+    );
+    let _ = tok.encode(&text, true, parse_special);
+});
