@@ -17,7 +17,7 @@ use crate::embed::Pooling;
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::{Completion, FinishReason, Usage};
 use crate::gguf::Gguf;
-use crate::log::LogLevel;
+use crate::log::{LogLevel, Logger};
 use crate::logprobs::TokenLogprob;
 use crate::model::{self, ModelInfo, Weights};
 use crate::options::{EngineOptions, GenerateOptions};
@@ -30,6 +30,8 @@ pub struct Shared {
     pub tokenizer: Tokenizer,
     pub shutting_down: AtomicBool,
     pub fault: Option<Fault>,
+    /// Where the workers' messages (and panic reports) go.
+    pub logger: Logger,
 }
 
 /// Faults a test can inject through the `ZEPH_FAULT` environment variable
@@ -136,6 +138,7 @@ impl Engine {
             tokenizer,
             shutting_down: AtomicBool::new(false),
             fault: Fault::from_env(),
+            logger: options.logger.clone(),
         });
         let (queue, queue_rx) = bounded::<Job>(options.queue_capacity);
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);

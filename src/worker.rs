@@ -132,6 +132,7 @@ pub fn run(
     queue: Receiver<Job>,
     shutdown: Receiver<()>,
 ) {
+    crate::log::route_panics_to(&shared.logger);
     let mut cache = Cache::new(shared.weights.new_session());
     loop {
         // A job routed here for its cached prefix goes first.
