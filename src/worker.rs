@@ -75,7 +75,7 @@ impl Job {
         } else if Instant::now() >= self.deadline {
             Err(Error::new(
                 ErrorKind::Timeout,
-                "the request's deadline passed",
+                "the request's deadline (its timeout) passed",
             ))
         } else {
             Ok(())
