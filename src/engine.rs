@@ -118,6 +118,7 @@ impl Engine {
             fault: Fault::from_env(),
             kv: KvBudget::new(options.kv_memory),
             requeued: Mutex::new(Default::default()),
+            logger: options.logger.clone(),
         });
         let (queue, queue_rx) = bounded::<Job>(options.queue_capacity);
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);

@@ -3,8 +3,9 @@
 //! errors only, as before callbacks existed).  Nothing else in the crate
 //! writes to standard error.
 
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -59,4 +60,34 @@ impl fmt::Debug for Logger {
             "Logger(stderr)"
         })
     }
+}
+
+thread_local! {
+    /// Where a panic on this thread is reported, when not standard error.
+    static PANIC_LOGGER: RefCell<Option<LogFn>> = const { RefCell::new(None) };
+}
+
+/// Sends the report of a panic on the calling thread (one of the engine's
+/// own threads) to `logger`'s callback instead of standard error.  The
+/// process's panic hook is wrapped once: threads that did not ask keep the
+/// previous hook.
+pub fn route_panics_to(logger: &Logger) {
+    let Some(f) = logger.0.clone() else { return };
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let routed = PANIC_LOGGER.with(|l| match &*l.borrow() {
+                Some(f) => {
+                    f(LogLevel::Error, &format!("panic: {info}"));
+                    true
+                }
+                None => false,
+            });
+            if !routed {
+                previous(info);
+            }
+        }));
+    });
+    PANIC_LOGGER.with(|l| *l.borrow_mut() = Some(f));
 }

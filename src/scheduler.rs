@@ -42,6 +42,8 @@ pub struct Shared {
     /// Queued requests the engine took out of the full queue (to drop the
     /// abandoned ones) and could not put back; taken before the queue.
     pub requeued: Mutex<VecDeque<Job>>,
+    /// Where the workers' messages (and panic reports) go.
+    pub logger: crate::log::Logger,
 }
 
 /// Faults a test can inject through the `ZEPH_FAULT` environment variable
@@ -168,7 +170,7 @@ impl Job {
         } else if Instant::now() >= self.deadline {
             Err(Error::new(
                 ErrorKind::Timeout,
-                "the request's timeout ran out",
+                "the request's deadline (its timeout) passed",
             ))
         } else {
             Ok(())
@@ -268,6 +270,7 @@ pub fn run(
     queue: Receiver<Job>,
     shutdown: Receiver<()>,
 ) {
+    crate::log::route_panics_to(&shared.logger);
     let n_slots = n_slots.max(1);
     let mut w = Worker {
         index,

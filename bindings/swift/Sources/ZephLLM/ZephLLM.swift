@@ -218,19 +218,55 @@ struct StreamHandle: @unchecked Sendable {
     init(_ ptr: OpaquePointer) { self.ptr = ptr }
 }
 
+/// The log callback, kept alive (and retained by the C side's user_data)
+/// as long as its engine.
+final class LogBox: @unchecked Sendable {
+    let f: @Sendable (zeph_log_level, String) -> Void
+    init(_ f: @escaping @Sendable (zeph_log_level, String) -> Void) { self.f = f }
+}
+
+final class ProgressBox {
+    let f: (Float) -> Bool
+    init(_ f: @escaping (Float) -> Bool) { self.f = f }
+}
+
 /// A loaded model and its workers.
 public final class Engine: @unchecked Sendable {
     let ptr: OpaquePointer
+    private var logBox: LogBox?
 
+    /// Loads the model at `modelPath`.  `progress` runs on the calling
+    /// thread while it loads (0 to 1; returning false cancels: the
+    /// initializer throws `.cancelled`); `log` receives the library's
+    /// messages instead of standard error, from any of the engine's threads.
     /// `parallel`: sequences each worker runs together (0 = the library's
     /// default, 4).
-    public init(modelPath: String, workers: UInt32 = 1, parallel: UInt32 = 0) throws {
+    public init(modelPath: String, workers: UInt32 = 1, parallel: UInt32 = 0,
+                progress: ((Float) -> Bool)? = nil,
+                log: (@Sendable (zeph_log_level, String) -> Void)? = nil) throws {
         var options = zeph_engine_options_default()
         options.n_workers = workers
         options.n_parallel = parallel
+        let progressBox = progress.map(ProgressBox.init)
+        if let box = progressBox {
+            options.progress = { user, p in
+                Unmanaged<ProgressBox>.fromOpaque(user!).takeUnretainedValue().f(p)
+            }
+            options.progress_user_data = Unmanaged.passUnretained(box).toOpaque()
+        }
+        let logBox = log.map(LogBox.init)
+        if let box = logBox {
+            options.log = { user, level, message in
+                Unmanaged<LogBox>.fromOpaque(user!).takeUnretainedValue().f(level, String(cString: message!))
+            }
+            options.log_user_data = Unmanaged.passUnretained(box).toOpaque()
+        }
         var engine: OpaquePointer?
-        try check(zeph_engine_new(modelPath, &options, &engine))
+        try withExtendedLifetime(progressBox) {
+            try check(zeph_engine_new(modelPath, &options, &engine))
+        }
         ptr = engine!
+        self.logBox = logBox
     }
 
     /// Loads a model from memory (an app bundle's resource, a download);

@@ -150,4 +150,18 @@ final class ZephLLMTests: XCTestCase {
         let dot = zip(mean, last).reduce(0) { $0 + Double($1.0) * Double($1.1) }
         XCTAssertLessThan(dot, 0.999)
     }
+
+    func testProgressCanCancelAndLogHearsTheLoad() throws {
+        final class Heard: @unchecked Sendable { var lines: [String] = [] }
+        let heard = Heard()
+        var seen: [Float] = []
+        _ = try Engine(modelPath: try modelPath(), progress: { seen.append($0); return true },
+                       log: { _, message in heard.lines.append(message) })
+        XCTAssertEqual(seen.first, 0)
+        XCTAssertEqual(seen.last, 1)
+        XCTAssertTrue(heard.lines.contains { $0.contains("loaded") }, "\(heard.lines)")
+        XCTAssertThrowsError(try Engine(modelPath: try modelPath(), progress: { $0 < 0.5 })) { error in
+            guard case .cancelled = error as? ZephError else { return XCTFail("\(error)") }
+        }
+    }
 }
