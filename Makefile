@@ -101,7 +101,7 @@ lint:
 # (not its dependencies).
 test-rust: models
 	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release
-	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release --features fault-injection --test faults
+	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release --features fault-injection --test faults --test panic_log
 
 $(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
