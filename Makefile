@@ -186,7 +186,7 @@ test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
 FUZZ_TARGETS := gguf load tokenize detokenize template options
 FUZZ_SHORT   ?= 5
 FUZZ_TIME    ?= 600
-FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3="$$($(FETCH) --path gemma3)" \
+FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(CURDIR)/$(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3="$$($(CURDIR)/$(FETCH) --path gemma3)" \
                 ZEPH_FUZZ_TINY="$(CURDIR)/$(BUILD)/fixtures/tiny-llama.gguf"
 
 # The nightly toolchain with miri, and cargo-fuzz (from crates.io, a few
