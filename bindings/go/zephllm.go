@@ -132,13 +132,13 @@ func WithWorkers(n int) Option {
 // WithParallel sets how many sequences each worker runs together, each with
 // its own KV cache (continuous batching; default 4).
 func WithParallel(n int) Option {
-	return func(o *C.zeph_engine_options) { o.n_parallel = C.uint32_t(n) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.n_parallel = C.uint32_t(n) }
 }
 
 // WithKVMemoryMiB bounds the KV cache memory of all sequences together
 // (default 0: no bound beyond each sequence's context length).
 func WithKVMemoryMiB(n int) Option {
-	return func(o *C.zeph_engine_options) { o.kv_memory_mib = C.uint32_t(n) }
+	return func(o *C.zeph_engine_options, _ *handles) { o.kv_memory_mib = C.uint32_t(n) }
 }
 
 // WithQueueCapacity sets how many requests may wait for a worker (default 16).
