@@ -49,13 +49,14 @@ final class ZephLLMTests: XCTestCase {
     }
 
     /// A consumer that stops reading holds the generation back: pieces are
-    /// pulled on demand, not buffered without bound.  With one worker, a
-    /// stream read once and then left alone keeps the worker (its C buffer
-    /// full), so a second request waits and times out; were the pieces
+    /// pulled on demand, not buffered without bound.  With one worker
+    /// running one sequence at a time, a stream read once and then left
+    /// alone keeps its slot (its C buffer full), so a second request waits
+    /// and times out; were the pieces
     /// buffered in Swift, the stream's 60 tokens would end in a few seconds
     /// and the second request would be answered.
     func testAStreamThatIsNotReadHoldsTheGenerationBack() async throws {
-        let engine = try Engine(modelPath: try modelPath())
+        let engine = try Engine(modelPath: try modelPath(), parallel: 1)
         let stream = engine.stream("Once upon a time", options: .greedy(maxTokens: 60))
         var iterator = stream.makeAsyncIterator()
         let first = try await iterator.next()
