@@ -224,25 +224,31 @@ impl Engine {
     /// Renders `messages` with the chat template, then generates the reply.
     pub fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Completion> {
         let call = self.start_call(options);
-        let text = self.render_for(messages, options, &call)?;
-        let tokens = self.prompt_tokens(
-            chat::without_leading_bos(&text, self.tokenizer()),
-            options,
-            &call,
-        )?;
+        let tokens = self.chat_tokens(messages, options, &call)?;
         self.submit(tokens, options, &call)
     }
 
     /// As `chat`, with the text delivered piece by piece.
     pub fn stream_chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Stream> {
         let call = self.start_call(options);
-        let text = self.render_for(messages, options, &call)?;
-        let tokens = self.prompt_tokens(
+        let tokens = self.chat_tokens(messages, options, &call)?;
+        self.submit_stream(tokens, options, &call)
+    }
+
+    /// A conversation's prompt tokens: rendered, without the template's BOS
+    /// when the tokenizer adds one, within the call's deadline.
+    fn chat_tokens(
+        &self,
+        messages: &[Message],
+        options: &GenerateOptions,
+        call: &Call,
+    ) -> Result<Vec<u32>> {
+        let text = self.render_for(messages, options, call)?;
+        self.prompt_tokens(
             chat::without_leading_bos(&text, self.tokenizer()),
             options,
-            &call,
-        )?;
-        self.submit_stream(tokens, options, &call)
+            call,
+        )
     }
 
     /// The clock of a request starts when the call does: tokenizing and
