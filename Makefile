@@ -297,11 +297,12 @@ $(BUILD)/bench: bench/bench.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) -O2 -Iinclude $< $(LINK) -o $@
 
 bench-forward:
-	$(CARGO_ENV) $(CARGO) build --release --example bench-forward
+	$(CARGO_ENV) $(CARGO) build --release --example bench-forward --example bench-constrained
 
 bench: $(BUILD)/bench bench-forward bench-reference bench-tokenize
 	python3 bench/report.py --threads $(THREADS) --bench $(BUILD)/bench \
 	  --forward target/release/examples/bench-forward --llama-bin $(LLAMA_BIN) \
+	  --constrained target/release/examples/bench-constrained \
 	  --reps $(BENCH_REPS) --extras $(BENCH_EXTRAS) \
 	  --concurrency "$(BENCH_CLIENTS)" --out $(BUILD)/bench.json $(BENCH_MODELS)
 

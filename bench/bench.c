@@ -7,13 +7,13 @@
  *   bench [-t THREADS] <model.gguf> [out.json]
  *       one one-worker engine runs every benchmark; its peak RSS is the
  *       process's, so run one model per process.
- *   bench [-t THREADS] -c 1,2,4,8 <model.gguf> [out.json]
- *       concurrency: N client threads at once (engine with N workers), each
- *       sending a ~128-token prompt and taking 128 tokens, for each N.
+ *   bench [-t THREADS] [-r REPS] -c 1,2,4,8 <model.gguf> [out.json]
+ *       concurrency: N client threads at once (one worker running N
+ *       sequences together), each sending a ~128-token prompt and taking
+ *       128 tokens, for each N.
  *
- * THREADS (0 = the library's choice) is the engine option n_threads, shared
- * between the workers in the concurrency mode.  Each figure
- * is the median of REPS runs.  tg128 is greedy from TG_PROMPT with
+ * THREADS (0 = the library's choice) is the engine option n_threads.  Each
+ * figure is the median of REPS runs.  tg128 is greedy from TG_PROMPT with
  * end-of-generation tokens ignored: bench-forward (bench/forward.rs) runs the
  * same tokens through the bare forward loop, for the C API's overhead.
  */
@@ -237,32 +237,41 @@ static int concurrency(const char *model, const char *list, const char *out_path
         }
         p = *end == ',' ? end + 1 : end;
         zeph_engine *engine = engine_open(model, (uint32_t)n);
-        pthread_barrier_t start;
-        pthread_barrier_init(&start, NULL, (unsigned)n + 1);
-        client_t clients[MAX_CLIENTS];
-        pthread_t threads[MAX_CLIENTS];
-        for (long i = 0; i < n; i++) {
-            /* 128 tokens; every client the same (no prompt cache is used). */
-            clients[i] = (client_t){.engine = engine, .start = &start};
-            clients[i].prompt = prompt_of_tokens(engine, 128);
-            pthread_create(&threads[i], NULL, client, &clients[i]);
+        /* REPS rounds; each figure is the median of its rounds. */
+        double walls[MAX_REPS], tgs[MAX_REPS], alls[MAX_REPS];
+        unsigned long pp = 0, tg = 0;
+        for (int rep = 0; rep < REPS; rep++) {
+            pthread_barrier_t start;
+            pthread_barrier_init(&start, NULL, (unsigned)n + 1);
+            client_t clients[MAX_CLIENTS];
+            pthread_t threads[MAX_CLIENTS];
+            for (long i = 0; i < n; i++) {
+                /* 128 tokens; every client the same (no prompt cache is used). */
+                clients[i] = (client_t){.engine = engine, .start = &start};
+                clients[i].prompt = prompt_of_tokens(engine, 128);
+                pthread_create(&threads[i], NULL, client, &clients[i]);
+            }
+            pthread_barrier_wait(&start);
+            double t0 = now_ms();
+            for (long i = 0; i < n; i++) pthread_join(threads[i], NULL);
+            double last = 0, round_tg = 0;
+            unsigned long tokens = 0;
+            for (long i = 0; i < n; i++) {
+                last = clients[i].done_at > last ? clients[i].done_at : last;
+                tokens += clients[i].usage.prompt_tokens + clients[i].usage.completion_tokens;
+                pp = clients[i].usage.prompt_tokens;
+                tg = clients[i].usage.completion_tokens;
+                round_tg += clients[i].usage.completion_tokens / (clients[i].usage.generation_ms / 1e3);
+                free(clients[i].prompt);
+            }
+            double round_wall = (last - t0) / 1e3, round_all = tokens / round_wall;
+            pthread_barrier_destroy(&start);
+            walls[rep] = round_wall;
+            tgs[rep] = round_tg;
+            alls[rep] = round_all;
         }
-        pthread_barrier_wait(&start);
-        double t0 = now_ms();
-        for (long i = 0; i < n; i++) pthread_join(threads[i], NULL);
-        double last = 0, s_tg = 0;
-        unsigned long tokens = 0, pp = 0, tg = 0;
-        for (long i = 0; i < n; i++) {
-            last = clients[i].done_at > last ? clients[i].done_at : last;
-            tokens += clients[i].usage.prompt_tokens + clients[i].usage.completion_tokens;
-            pp = clients[i].usage.prompt_tokens;
-            tg = clients[i].usage.completion_tokens;
-            s_tg += clients[i].usage.completion_tokens / (clients[i].usage.generation_ms / 1e3);
-            free(clients[i].prompt);
-        }
-        double wall_s = (last - t0) / 1e3, s_all = tokens / wall_s;
-        pthread_barrier_destroy(&start);
         zeph_engine_free(engine);
+        double wall_s = median(walls, REPS), s_tg = median(tgs, REPS), s_all = median(alls, REPS);
         printf("| %7lu | %7lu | %4ld | %9.3f | %9.2f | %9.2f |\n", pp, tg, n, wall_s, s_tg, s_all);
         fflush(stdout);
         if (out)

@@ -12,6 +12,8 @@ RSS is one engine's, and the models do not add up):
   llama.cpp  llama-bench -m MODEL -t T -p 512 -n 128 -r 3 -o json (avg_ts),
              peak RSS of that process; load time from llama-batched-bench's
              perf report (model load to the end of a 16-token warm-up)
+  constrained  bench-constrained (bench/constrained.rs, with --constrained):
+             greedy tg128 with and without a JSON schema, their ratio
   with --concurrency: llama-batched-bench -npp 128 -ntg 128 -npl LIST beside
              build/bench -c LIST (N client threads, N workers)
 
@@ -134,11 +136,22 @@ def llama_batched(args, model):
 
 def zeph_concurrency(args, name, model):
     path = os.path.join(os.path.dirname(args.out) or ".", f"bench-{name}-concurrency.json")
-    _, _, _, secs = run([args.bench, "-t", str(args.threads), "-c", args.concurrency, model, path])
+    _, _, _, secs = run([args.bench, "-t", str(args.threads), "-r", str(args.reps), "-c", args.concurrency,
+                         model, path])
     with open(path) as f:
         r = json.load(f)
     r["seconds"] = round(secs, 1)
     return r
+
+
+def constrained(args, model):
+    """tg128 with and without a JSON schema (bench/constrained.rs)."""
+    out, _, _, secs = run([args.constrained, model])
+    m = re.search(r"without schema ([0-9.]+) t/s .*with JSON schema ([0-9.]+) t/s .*ratio ([0-9.]+)", out)
+    if not m:
+        raise SystemExit(f"bench: bench-constrained printed no figures: {out!r}")
+    return {"tg_free_tps": float(m.group(1)), "tg_schema_tps": float(m.group(2)),
+            "ratio": float(m.group(3)), "seconds": round(secs, 1)}
 
 
 def ratio(a, b):
@@ -156,6 +169,7 @@ def main():
     ap.add_argument("--forward", required=True)
     ap.add_argument("--llama-bin", required=True)
     ap.add_argument("--concurrency", default="")
+    ap.add_argument("--constrained", default="", help="bench-constrained binary (empty: skipped)")
     ap.add_argument("--reps", type=int, default=3, help="zeph_llm repetitions (llama-bench: -r 3)")
     ap.add_argument("--extras", type=int, default=1, help="0: no second-chat-turn figures")
     ap.add_argument("--out", required=True)
@@ -181,6 +195,9 @@ def main():
         log(f"{name}: C-API overhead, alternating runs")
         m["api_overhead"] = api_overhead(args, name, model, z["tg"]["prompt"], z["tg"]["tokens"])
         m["api_overhead_pct"] = m["api_overhead"]["pct"]
+        if args.constrained:
+            log(f"{name}: structured output, tg128 with and without a JSON schema")
+            m["constrained"] = constrained(args, model)
         if args.concurrency:
             log(f"{name}: concurrency, llama-batched-bench then zeph_llm ({args.concurrency} clients)")
             m["concurrency"] = {"llama_cpp": llama_batched(args, model),
@@ -236,6 +253,13 @@ def print_report(result, args):
         print(f"  {name:<8} C API {a['best_api_ms']:9.1f} ms   forward loop {a['best_forward_ms']:9.1f} ms   "
               f"overhead {a['pct']:+.2f}% (target <= 2%)")
 
+    if args.constrained:
+        print("\nstructured output: greedy tg128 with a JSON schema vs without (bench/constrained.rs, best of 3 each)")
+        for name, m in result["models"].items():
+            c = m["constrained"]
+            print(f"  {name:<8} without {c['tg_free_tps']:.1f} t/s, with schema {c['tg_schema_tps']:.1f} t/s: "
+                  f"ratio {c['ratio']:.3f} (target >= 0.9)")
+
     print("\nzeph_llm, more figures:")
     for name, m in result["models"].items():
         z = m["zeph_llm"]
@@ -266,6 +290,14 @@ def print_report(result, args):
                       f"{fmt(l_s, '>10.1f')} | {fmt(ratio(zr['speed'], l_s), '6.2f')} |")
         print("S_TG = generated tokens/s over all clients, S = prompt + generated tokens/s (wall time), "
               "as llama-batched-bench defines them.")
+        for name, m in result["models"].items():
+            runs = {r["clients"]: r for r in (m.get("concurrency") or {}).get("zeph_llm", {}).get("runs", [])}
+            if 1 in runs:
+                one, single = runs[1]["speed_tg"], m["zeph_llm"]["tg"]["tokens_per_s"]
+                r = one / single
+                m["one_client_vs_tg"] = r
+                print(f"  {name:<8} one client {one:.1f} t/s generating vs the single-request tg128 {single:.1f} t/s: "
+                      f"{(r - 1) * 100:+.1f}% (target within 3%)")
         for name, m in result["models"].items():
             t = (m.get("concurrency") or {}).get("zeph_llm", {}).get("ttft")
             if t:
