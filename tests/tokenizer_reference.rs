@@ -125,3 +125,37 @@ fn smollm2_corner_strings_round_trip() {
 fn gemma3_corner_strings_round_trip() {
     corners("gemma3");
 }
+
+/// Control characters, some of which SmolLM2's byte-level vocabulary has no
+/// token for (0x04, 0x06, 0x14, 0x16, 0x1d): llama.cpp leaves those bytes
+/// out (no unknown token) and does not merge across them; Gemma 3's
+/// SentencePiece vocabulary has byte tokens for all of them.  Ids from
+/// llama.cpp's own tokenizer, `llama-tokenize -m MODEL -p TEXT --ids
+/// --no-bos`, built from the llama.cpp source vendored in the
+/// llama-cpp-python 0.3.36 sdist (the build `make bench` uses).
+#[test]
+fn bytes_without_a_token_are_left_out_as_llama_cpp_does() {
+    let cases: [(&str, &str, &[u32]); 6] = [
+        ("smollm2", "a\u{4}b", &[81, 82]),
+        ("smollm2", "hel\u{6}lo world\u{1d}!", &[2797, 5365, 905, 17]),
+        ("smollm2", "\u{14}\u{16}", &[]),
+        ("gemma3", "a\u{4}b", &[236746, 242, 236763]),
+        (
+            "gemma3",
+            "hel\u{6}lo world\u{1d}!",
+            &[3983, 244, 844, 1902, 267, 236888],
+        ),
+        ("gemma3", "\u{14}\u{16}", &[255321, 260]),
+    ];
+    for model in ["smollm2", "gemma3"] {
+        let gguf = Gguf::open(&common::model_path(model)).unwrap();
+        let tok = Tokenizer::load(&gguf, None).unwrap();
+        for (m, text, want) in cases.iter().filter(|c| c.0 == model) {
+            assert_eq!(
+                tok.encode(text, false, true).unwrap(),
+                want.to_vec(),
+                "{m}: {text:?}"
+            );
+        }
+    }
+}

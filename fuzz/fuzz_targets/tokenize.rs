@@ -1,6 +1,8 @@
 //! Any text through both tokenizers (SmolLM2's byte-level BPE, Gemma 3's
-//! SentencePiece): bytes -> ids -> text gives the text back, byte for byte,
-//! and never panics.  The first byte picks the model and the flags.
+//! SentencePiece): bytes -> ids -> text gives the text back, byte for byte
+//! (but for the bytes SmolLM2's vocabulary has no token for, which are left
+//! out, as llama.cpp does), and never panics.  The first byte picks the
+//! model and the flags.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -23,6 +25,13 @@ fn tokenizers() -> &'static [Tokenizer; 2] {
     })
 }
 
+/// The bytes SmolLM2's byte-level vocabulary has no token for, read off
+/// the file's token list (GPT-2's byte-to-character table applied to every
+/// byte, each looked up in `tokenizer.ggml.tokens`).
+const SMOLLM2_MISSING: [u8; 21] = [
+    4, 6, 19, 20, 22, 29, 192, 193, 241, 242, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255,
+];
+
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
@@ -34,10 +43,17 @@ fuzz_target!(|data: &[u8]| {
         .encode(&text, false, parse_special)
         .expect("tokenizing never fails");
     let back = tok.decode_bytes(&ids, false);
+    let want: Vec<u8> = match flags & 1 {
+        0 => text
+            .bytes()
+            .filter(|b| !SMOLLM2_MISSING.contains(b))
+            .collect(),
+        _ => text.as_bytes().to_vec(),
+    };
     assert_eq!(
-        String::from_utf8_lossy(&back),
-        text,
-        "model {} parse_special {parse_special}: ids {ids:?}",
+        back,
+        want,
+        "model {} parse_special {parse_special}: text {text:?}, ids {ids:?}",
         flags & 1
     );
     let _ = tok.encode(&text, true, parse_special);

@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 const NONE: u32 = u32::MAX;
 /// `prev` of a symbol merged into its left neighbour.
 const GONE: u32 = u32::MAX - 1;
+/// The symbol of a byte that has no token (never a vocabulary id: ids index
+/// the vocabulary, whose size the loader bounds far below this).
+const MISSING: u32 = u32::MAX - 2;
 
 /// Buffers of `encode_piece`, reused from piece to piece.
 #[derive(Default)]
@@ -221,13 +224,12 @@ impl Bpe {
         &self,
         text: &str,
         out: &mut Vec<u32>,
-        unk: Option<u32>,
         interrupt: &dyn Fn() -> Result<()>,
     ) -> Result<()> {
         let mut budget = CHECK_EVERY;
         let mut scratch = Scratch::default();
         for piece in self.pre_tokenize(text, interrupt)? {
-            self.encode_piece(piece, out, unk, &mut scratch, &mut budget, interrupt)?;
+            self.encode_piece(piece, out, &mut scratch, &mut budget, interrupt)?;
         }
         Ok(())
     }
@@ -242,7 +244,6 @@ impl Bpe {
         &self,
         piece: &str,
         out: &mut Vec<u32>,
-        unk: Option<u32>,
         scratch: &mut Scratch,
         budget: &mut usize,
         interrupt: &dyn Fn() -> Result<()>,
@@ -255,14 +256,15 @@ impl Bpe {
             queue,
         } = scratch;
         ids.clear();
+        // A byte the vocabulary lacks keeps its place as a symbol that never
+        // merges (its neighbours do not merge across it) and is left out of
+        // the output, as llama.cpp's BPE does: it has no token to become.
         for &b in piece.as_bytes() {
-            if let Some(id) = self.byte_ids[b as usize].or(unk) {
-                ids.push(id);
-            }
+            ids.push(self.byte_ids[b as usize].unwrap_or(MISSING));
         }
         let n = ids.len();
         if n < 2 {
-            out.extend_from_slice(ids);
+            out.extend(ids.iter().copied().filter(|&id| id != MISSING));
             return Ok(());
         }
         if n > u32::MAX as usize {
@@ -326,7 +328,9 @@ impl Bpe {
         }
         let mut i = 0u32;
         while i != NONE {
-            out.push(ids[i as usize]);
+            if ids[i as usize] != MISSING {
+                out.push(ids[i as usize]);
+            }
             i = next[i as usize];
         }
         Ok(())
@@ -387,12 +391,12 @@ mod tests {
         let merges = vec!["b c".to_string(), "a b".to_string()];
         let bpe = Bpe::new(&[GPT2], &merges, &vocab).unwrap();
         let mut out = Vec::new();
-        bpe.encode("abc", &mut out, None, &|| Ok(())).unwrap();
+        bpe.encode("abc", &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![0, 4]);
         let merges = vec!["a b".to_string(), "ab c".to_string()];
         let bpe = Bpe::new(&[GPT2], &merges, &vocab).unwrap();
         out.clear();
-        bpe.encode("abc", &mut out, None, &|| Ok(())).unwrap();
+        bpe.encode("abc", &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![5]);
     }
 
@@ -400,7 +404,7 @@ mod tests {
     fn rescan(bpe: &Bpe, piece: &str) -> Vec<u32> {
         let mut symbols: Vec<u32> = piece
             .bytes()
-            .filter_map(|b| bpe.byte_ids[b as usize])
+            .map(|b| bpe.byte_ids[b as usize].unwrap_or(MISSING))
             .collect();
         loop {
             let best = symbols
@@ -416,7 +420,31 @@ mod tests {
             symbols[i] = merged;
             symbols.remove(i + 1);
         }
+        symbols.retain(|&id| id != MISSING);
         symbols
+    }
+
+    /// llama.cpp leaves out a byte the vocabulary has no token for (SmolLM2
+    /// has none for 0x04: `llama-tokenize -p $'a\x04b' --no-bos` gives the
+    /// ids of "a" and "b", not of "ab", and no unknown token), and does not
+    /// merge across it.
+    #[test]
+    fn a_byte_without_a_token_is_left_out_and_blocks_merges() {
+        let vocab: TokenMap = ["a", "b", "ab"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.to_string(), i as u32))
+            .collect();
+        let bpe = Bpe::new(&[r"[\s\S]+"], &["a b".to_string()], &vocab).unwrap();
+        let mut out = Vec::new();
+        bpe.encode("ab", &mut out, &|| Ok(())).unwrap();
+        assert_eq!(out, vec![2]);
+        out.clear();
+        bpe.encode("a\u{4}b", &mut out, &|| Ok(())).unwrap();
+        assert_eq!(out, vec![0, 1]);
+        out.clear();
+        bpe.encode("\u{4}", &mut out, &|| Ok(())).unwrap();
+        assert_eq!(out, Vec::<u32>::new());
     }
 
     #[test]
@@ -452,13 +480,14 @@ mod tests {
         let bpe = Bpe::new(&[GPT2], &merges, &map).unwrap();
         for _ in 0..500 {
             let len = (rand() % 40) as usize;
+            // 'd' has no token: it stays a symbol that blocks merges.
             let text: String = (0..len)
-                .map(|_| (b'a' + (rand() % 3) as u8) as char)
+                .map(|_| (b'a' + (rand() % 4) as u8) as char)
                 .collect();
             let mut got = Vec::new();
             let mut budget = CHECK_EVERY;
             let mut scratch = Scratch::default();
-            bpe.encode_piece(&text, &mut got, None, &mut scratch, &mut budget, &|| Ok(()))
+            bpe.encode_piece(&text, &mut got, &mut scratch, &mut budget, &|| Ok(()))
                 .unwrap();
             assert_eq!(got, rescan(&bpe, &text), "{text:?}");
         }
@@ -482,10 +511,10 @@ mod tests {
                 Ok(())
             }
         };
-        let e = bpe.encode(&text, &mut Vec::new(), None, &stop).unwrap_err();
+        let e = bpe.encode(&text, &mut Vec::new(), &stop).unwrap_err();
         assert_eq!(e.message, "stopped");
         let mut out = Vec::new();
-        bpe.encode(&text, &mut out, None, &|| Ok(())).unwrap();
+        bpe.encode(&text, &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![1; 1 << 15]);
     }
 }

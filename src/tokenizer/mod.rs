@@ -325,7 +325,7 @@ impl Tokenizer {
                 }
                 Fragment::Text(t) => {
                     match &self.algorithm {
-                        Algorithm::Bpe(b) => b.encode(t, &mut out, self.unk, interrupt)?,
+                        Algorithm::Bpe(b) => b.encode(t, &mut out, interrupt)?,
                         Algorithm::Spm(state) => {
                             let SpmState {
                                 spm,
