@@ -110,6 +110,9 @@ impl Engine {
             options.threads_per_worker(),
         )
         .map_err(|e| e.context(shown))?;
+        for w in &weights.info().warnings {
+            options.logger.log(LogLevel::Warn, &format!("{shown}: {w}"));
+        }
         drop(gguf);
         progress(&options, 0.95)?;
 

@@ -2,6 +2,8 @@
 //! architecture file maps its GGUF metadata onto a [`Config`], which both
 //! decoders (the runtime's and the reference) run.
 
+pub use super::rope::RopeScaling;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Silu,
@@ -28,9 +30,9 @@ pub struct Config {
     pub rms_eps: f64,
     pub rope_style: RopeStyle,
     pub rope_dim: usize,
-    /// Positions are multiplied by this before rotation (linear rope
-    /// scaling: 1 / `rope.scaling.factor`; 1 without scaling).
-    pub rope_scale: f32,
+    /// Rope scaling (linear or YaRN; none by default), the same for every
+    /// layer as llama.cpp applies it.
+    pub rope_scaling: RopeScaling,
     /// Rotary base of each layer.
     pub rope_base: Vec<f32>,
     /// Sliding attention window of each layer (`None`: full attention).
@@ -59,7 +61,7 @@ impl Config {
             rms_eps: hp.rms_eps,
             rope_style,
             rope_dim: hp.rope_dim,
-            rope_scale: hp.rope_scale,
+            rope_scaling: hp.rope_scaling,
             rope_base: vec![hp.rope_base; hp.n_layer],
             window: vec![None; hp.n_layer],
             embed_scale: None,

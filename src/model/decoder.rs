@@ -16,6 +16,7 @@ use std::sync::Arc;
 use half::f16;
 
 use super::config::{Activation, Config, RopeStyle};
+use super::rope::Ropes;
 use super::{Batch, ModelInfo, SeqInput, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -58,8 +59,9 @@ pub struct Model {
     out_norm: Vec<f32>,
     output: Matrix,
     n_ff: usize,
-    /// Frequency divisors of the rotary pairs (`rope_freqs`, Llama 3.1+).
-    rope_freqs: Option<Vec<f32>>,
+    /// Rotary frequencies and scaling per base (with `rope_freqs`, Llama
+    /// 3.1+, applied), and each layer's base.
+    ropes: Ropes,
 }
 
 fn wtype(g: &Gguf, name: &str) -> Result<WType> {
@@ -240,6 +242,7 @@ impl Model {
             });
         }
         let rope_freqs = t.opt_vector(file, "rope_freqs.weight", cfg.rope_dim / 2)?;
+        let ropes = Ropes::new(&cfg, rope_freqs.as_deref());
         let mut output = output;
         let packed = pack_matrices(&mut layers, &mut output, &map, level, threads.max(1))
             .map_err(|e| Error::model(format!("cannot allocate the packed weights: {e}")))?;
@@ -254,7 +257,7 @@ impl Model {
             out_norm,
             output,
             n_ff,
-            rope_freqs,
+            ropes,
         })
     }
 
@@ -414,10 +417,6 @@ pub struct DecoderBatch {
     pool: Pool,
     seqs: Vec<SeqKv>,
     buf: Buffers,
-    /// Frequencies of the rotary pairs, per distinct base, and each
-    /// layer's base.
-    freqs: Vec<Vec<f32>>,
-    layer_base: Vec<usize>,
     /// Per input of the last forward that asked for logits, its row in
     /// `buf.logits`.
     logit_rows: Vec<usize>,
@@ -460,40 +459,11 @@ fn fit<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
 
 impl DecoderBatch {
     fn new(model: Arc<Model>, slots: usize) -> Self {
-        let c = &model.cfg;
-        let half = c.rope_dim / 2;
-        let mut bases: Vec<f32> = Vec::new();
-        for &b in &c.rope_base {
-            if !bases.contains(&b) {
-                bases.push(b);
-            }
-        }
-        let layer_base = c
-            .rope_base
-            .iter()
-            .map(|b| bases.iter().position(|x| x == b).unwrap_or(0))
-            .collect();
-        let freqs = bases
-            .iter()
-            .map(|&base| {
-                (0..half)
-                    .map(|i| {
-                        let mut f = 1.0 / base.powf((2 * i) as f32 / c.rope_dim as f32);
-                        if let Some(div) = &model.rope_freqs {
-                            f /= div[i];
-                        }
-                        f
-                    })
-                    .collect()
-            })
-            .collect();
         let seqs = (0..slots.max(1)).map(|_| Self::empty_kv(&model)).collect();
         Self {
             pool: Pool::new(model.threads),
             seqs,
             buf: Buffers::default(),
-            freqs,
-            layer_base,
             logit_rows: Vec::new(),
             hidden: None,
             model,
@@ -885,15 +855,15 @@ impl DecoderBatch {
 
     /// cos/sin of every rotary pair at each row's position, per base.
     fn rope_tables(&mut self, rows: &[Row]) {
-        let scale = self.model.cfg.rope_scale;
-        self.buf.rope.resize(self.freqs.len(), Vec::new());
-        for (table, freqs) in self.buf.rope.iter_mut().zip(&self.freqs) {
+        let ropes = &self.model.ropes.bases;
+        self.buf.rope.resize(ropes.len(), Vec::new());
+        for (table, rope) in self.buf.rope.iter_mut().zip(ropes) {
             table.clear();
             for r in rows {
-                for &f in freqs {
-                    let a = r.pos as f32 * scale * f;
-                    table.push(a.cos());
-                    table.push(a.sin());
+                for i in 0..rope.pairs() {
+                    let (cos, sin) = rope.cos_sin(r.pos, i);
+                    table.push(cos);
+                    table.push(sin);
                 }
             }
         }
@@ -911,7 +881,7 @@ impl DecoderBatch {
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_kv_head * hd);
         let qkv_dim = q_dim + 2 * kv_dim;
         let eps = c.rms_eps as f32;
-        let rope = &self.buf.rope[self.layer_base[li]];
+        let rope = &self.buf.rope[m.ropes.of_layer[li]];
         let half = c.rope_dim / 2;
         let qkv = Shared::new(&mut self.buf.qkv);
         let mut ptrs = std::mem::take(&mut self.buf.kv_ptrs);

@@ -15,12 +15,13 @@ mod phi3;
 mod q4_1;
 mod qwen;
 pub mod reference;
+mod rope;
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use config::Config;
+use config::{Config, RopeScaling};
 use reference::Loader;
 
 /// Which decoder computes the logits.
@@ -49,6 +50,9 @@ pub struct ModelInfo {
     pub parameter_count: u64,
     /// The most common tensor type of the weights ("Q4_1", "Q4_K", ...).
     pub quantization: String,
+    /// What the file asks for that this build does not apply (an unknown
+    /// rope scaling type, ...): the engine logs each as a warning.
+    pub warnings: Vec<String>,
 }
 
 /// The shared, read-only part of a model: its weights.  One copy serves all
@@ -231,8 +235,10 @@ pub struct Hparams {
     pub rope_dim: usize,
     pub rms_eps: f64,
     pub rope_base: f32,
-    pub rope_scale: f32,
+    pub rope_scaling: RopeScaling,
     pub trained_context: usize,
+    /// What the file asks for that is not applied, for the caller's log.
+    pub warnings: Vec<String>,
 }
 
 impl Hparams {
@@ -277,17 +283,10 @@ impl Hparams {
             )));
         }
         let trained_context = g.require_uint(&k("context_length"), 1 << 24)? as usize;
-        // Linear rope scaling, as llama.cpp reads it: positions divided by
-        // the factor.  Other kinds (yarn, longrope) are not applied.
-        let linear = match g.string(&k("rope.scaling.type")) {
-            Some("linear") => g.float(&k("rope.scaling.factor")),
-            Some(_) => None,
-            None => g.float(&k("rope.scale_linear")),
-        };
-        let rope_scale = match linear {
-            Some(f) if f.is_finite() && f > 0.0 => (1.0 / f) as f32,
-            _ => 1.0,
-        };
+        // Linear and YaRN rope scaling, which both decoders apply (see
+        // `rope.rs`); another kind runs unscaled, with a warning.
+        let mut warnings = Vec::new();
+        let rope_scaling = rope_scaling(g, arch, trained_context, &mut warnings)?;
         Ok(Self {
             n_layer,
             n_embd,
@@ -297,10 +296,101 @@ impl Hparams {
             rope_dim,
             rms_eps,
             rope_base,
-            rope_scale,
+            rope_scaling,
             trained_context,
+            warnings,
         })
     }
+}
+
+/// The rope scaling of the file, read as llama.cpp reads it:
+/// `rope.scaling.type` (absent: linear) with `rope.scaling.factor` (or the
+/// older `rope.scale_linear`); for YaRN also the original context length
+/// (default: the trained one) and the `yarn_*` parameters with llama.cpp's
+/// defaults (ext_factor 1, attn_factor 1, beta_fast 32, beta_slow 1).
+/// Linear scaling keeps its old leniency (an unusable factor means none);
+/// every YaRN value is range-checked, and an error names the key.  A type
+/// this build does not apply (longrope, ...) runs unscaled, with a warning.
+fn rope_scaling(
+    g: &Gguf,
+    arch: &str,
+    trained_context: usize,
+    warnings: &mut Vec<String>,
+) -> Result<RopeScaling> {
+    let k = |s: &str| format!("{arch}.rope.scaling.{s}");
+    let linear = |f: Option<f64>| match f {
+        Some(f) if f.is_finite() && f > 0.0 => RopeScaling::linear((1.0 / f) as f32),
+        _ => RopeScaling::NONE,
+    };
+    let kind = match g.get(&k("type")) {
+        None => None,
+        Some(_) => Some(
+            g.string(&k("type"))
+                .ok_or_else(|| Error::model(format!("metadata {} is not a string", k("type"))))?,
+        ),
+    };
+    match kind {
+        None => return Ok(linear(g.float(&format!("{arch}.rope.scale_linear")))),
+        Some("linear") => return Ok(linear(g.float(&k("factor")))),
+        Some("none") => return Ok(RopeScaling::NONE),
+        Some("yarn") => {}
+        Some(other) => {
+            warnings.push(format!(
+                "{} '{other}' is not applied: the model runs without rope scaling",
+                k("type")
+            ));
+            return Ok(RopeScaling::NONE);
+        }
+    }
+    // A YaRN value: absent means `default`; present, it must be a number
+    // in `range`.
+    let value = |name: &str, default: f64, range: std::ops::RangeInclusive<f64>| {
+        let key = k(name);
+        match g.get(&key) {
+            None => Ok(default),
+            Some(_) => match g.float(&key) {
+                Some(v) if v.is_finite() && range.contains(&v) => Ok(v),
+                Some(v) => Err(Error::model(format!(
+                    "metadata {key} = {v} is outside the supported range {}..={}",
+                    range.start(),
+                    range.end()
+                ))),
+                None => Err(Error::model(format!("metadata {key} is not a float"))),
+            },
+        }
+    };
+    // Factors below 1 would shrink the context; above 1024 no file goes.
+    let factor = value("factor", 1.0, 1.0..=1024.0)?;
+    let ext_factor = value("yarn_ext_factor", 1.0, 0.0..=1.0)?;
+    let attn_factor =
+        value("attn_factor", 1.0, 0.01..=16.0)? * value("yarn_attn_factor", 1.0, 0.01..=16.0)?;
+    let beta_fast = value("yarn_beta_fast", 32.0, 0.01..=1e4)?;
+    let beta_slow = value("yarn_beta_slow", 1.0, 0.01..=1e4)?;
+    if beta_slow > beta_fast {
+        return Err(Error::model(format!(
+            "metadata {} = {beta_slow} is above {} = {beta_fast}",
+            k("yarn_beta_slow"),
+            k("yarn_beta_fast")
+        )));
+    }
+    let orig_context = match g.get(&k("original_context_length")) {
+        None => trained_context,
+        Some(_) => g.require_uint(&k("original_context_length"), 1 << 24)? as usize,
+    };
+    if g.get(&k("yarn_log_multiplier")).is_some() {
+        warnings.push(format!(
+            "{} is not applied (DeepSeek's YaRN magnitude)",
+            k("yarn_log_multiplier")
+        ));
+    }
+    Ok(RopeScaling {
+        freq_scale: (1.0 / factor) as f32,
+        ext_factor: ext_factor as f32,
+        attn_factor: attn_factor as f32,
+        beta_fast: beta_fast as f32,
+        beta_slow: beta_slow as f32,
+        orig_context,
+    })
 }
 
 /// Loads the weights of `gguf` for the CPU runtime with `threads` threads
@@ -336,6 +426,7 @@ pub fn load_with(
     };
     let trained_context = hp.trained_context;
     let embedding_length = hp.n_embd;
+    let warnings = hp.warnings.clone();
     let cfg: Config = match arch.as_str() {
         "llama" => llama::config(gguf, hp, context_length),
         "gemma3" => gemma3::config(gguf, hp, context_length),
@@ -351,6 +442,7 @@ pub fn load_with(
         embedding_length,
         parameter_count: gguf.parameter_count(),
         quantization: gguf.file_type(),
+        warnings,
     };
     match backend {
         Backend::Cpu { threads } => {

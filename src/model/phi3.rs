@@ -1,6 +1,6 @@
 //! `phi3`: fused q/k/v and gate/up projections (the decoder detects both),
-//! and an optional sliding window.  Long-context rope scaling
-//! (`rope.scaling.*`) is not applied.
+//! and an optional sliding window.  Phi-3's own long-context scaling (its
+//! `rope_factors_long`/`_short` tensors) is not applied.
 
 use super::config::{Config, RopeStyle};
 use super::Hparams;

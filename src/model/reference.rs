@@ -13,6 +13,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::repeat_kv;
 
 use super::config::{Activation, Config, RopeStyle};
+use super::rope::{Rope, Ropes};
 use super::{candle_error, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -71,14 +72,11 @@ pub struct Model {
     layers: Vec<Layer>,
     out_norm: RmsNorm,
     output: Linear,
-    /// The distinct rotary bases, and each layer's index into them.  The
-    /// cos/sin tables are made per forward pass for its positions only, so
-    /// that no context length, however large the file claims, is allocated
-    /// up front.
-    rope_bases: Vec<f32>,
-    rope_of_layer: Vec<usize>,
-    /// Frequency divisors of the rotary pairs (`rope_freqs`, Llama 3.1+).
-    rope_freqs: Option<Vec<f32>>,
+    /// Rotary frequencies and scaling (with `rope_freqs`, Llama 3.1+) per
+    /// distinct base, and each layer's base.  The cos/sin tables are made
+    /// per forward pass for its positions only, so that no context length,
+    /// however large the file claims, is allocated up front.
+    ropes: Ropes,
 }
 
 /// Reads tensors by name, with the file's name in errors.
@@ -228,33 +226,20 @@ impl Model {
                 post_ffn_norm: l.opt_norm(&n("post_ffw_norm"), e, cfg.rms_eps)?,
             });
         }
-        let mut rope_bases: Vec<f32> = Vec::new();
-        let mut rope_of_layer = Vec::with_capacity(cfg.n_layer);
-        for &base in &cfg.rope_base {
-            let idx = match rope_bases.iter().position(|&b| b == base) {
-                Some(i) => i,
-                None => {
-                    rope_bases.push(base);
-                    rope_bases.len() - 1
-                }
-            };
-            rope_of_layer.push(idx);
-        }
         let rope_freqs = if l.has("rope_freqs.weight") {
             let t = l.vector("rope_freqs.weight", cfg.rope_dim / 2)?;
             Some(t.to_vec1::<f32>().map_err(candle_error)?)
         } else {
             None
         };
+        let ropes = Ropes::new(&cfg, rope_freqs.as_deref());
         Ok(Self {
-            rope_freqs,
+            ropes,
             cfg,
             embed,
             layers,
             out_norm,
             output,
-            rope_bases,
-            rope_of_layer,
         })
     }
 
@@ -264,31 +249,18 @@ impl Model {
 }
 
 /// cos and sin of the rotary angles for positions `from..from + len`.
-fn rope_table(
-    dim: usize,
-    base: f32,
-    scale: f32,
-    freqs: Option<&[f32]>,
-    from: usize,
-    len: usize,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let inv: Vec<f32> = (0..dim)
-        .step_by(2)
-        .map(|i| {
-            let f = 1.0 / base.powf(i as f32 / dim as f32);
-            freqs.map_or(f, |d| f / d[i / 2])
-        })
-        .collect();
-    let mut cos = Vec::with_capacity(len * inv.len());
-    let mut sin = Vec::with_capacity(len * inv.len());
+fn rope_table(rope: &Rope, from: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = rope.pairs();
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
     for p in from..from + len {
-        for f in &inv {
-            let a = p as f32 * scale * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+        for i in 0..half {
+            let (c, s) = rope.cos_sin(p, i);
+            cos.push(c);
+            sin.push(s);
         }
     }
-    let shape = (len, inv.len());
+    let shape = (len, half);
     Ok((
         Tensor::from_vec(cos, shape, &Device::Cpu)?,
         Tensor::from_vec(sin, shape, &Device::Cpu)?,
@@ -335,18 +307,10 @@ impl Model {
         }
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
         let ropes = self
-            .rope_bases
+            .ropes
+            .bases
             .iter()
-            .map(|&base| {
-                rope_table(
-                    c.rope_dim,
-                    base,
-                    c.rope_scale,
-                    self.rope_freqs.as_deref(),
-                    pos,
-                    seq,
-                )
-            })
+            .map(|rope| rope_table(rope, pos, seq))
             .collect::<candle_core::Result<Vec<_>>>()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
@@ -383,7 +347,7 @@ impl Model {
             if let Some(n) = &layer.k_norm {
                 k = n.forward(&k)?;
             }
-            let (cos, sin) = &ropes[self.rope_of_layer[i]];
+            let (cos, sin) = &ropes[self.ropes.of_layer[i]];
             let rope = |t: &Tensor| match c.rope_style {
                 RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(t, cos, sin),
                 RopeStyle::Halves => candle_nn::rotary_emb::rope(t, cos, sin),
