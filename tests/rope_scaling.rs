@@ -306,3 +306,44 @@ fn an_unknown_scaling_type_runs_unscaled_with_a_warning() {
         assert!(w.info().warnings.is_empty(), "{:?}", w.info().warnings);
     }
 }
+
+/// `tiny-gemma3-linear.gguf` with every layer global (pattern 1) or every
+/// layer sliding (pattern 1000), and its linear factor set to `factor`.
+fn gemma_with(pattern: u32, factor: f32) -> Vec<u8> {
+    let b = std::fs::read(fixtures().join("tiny-gemma3-linear.gguf")).unwrap();
+    let b = patched(
+        &b,
+        "gemma3.attention.sliding_window_pattern",
+        pattern.to_le_bytes(),
+    );
+    patched(&b, "gemma3.rope.scaling.factor", factor.to_le_bytes())
+}
+
+/// llama.cpp scales Gemma 3's rope in its global layers only (its
+/// `rope_freq_scale_train_swa` is 1 for gemma3): with every layer sliding,
+/// a linear factor of 8 changes no bit; with every layer global, it does.
+#[test]
+fn gemma3_scales_the_rope_of_its_global_layers_only() {
+    let seq: Vec<u32> = sequence()[..40].to_vec();
+    for backend in [Backend::Cpu { threads: 2 }, Backend::Reference] {
+        let run = |pattern, factor| {
+            per_position(
+                &*weights_of(&gemma_with(pattern, factor), backend).unwrap(),
+                &seq,
+            )
+        };
+        assert_eq!(
+            run(1000, 8.0),
+            run(1000, 1.0),
+            "{backend:?}: sliding-window layers were scaled"
+        );
+        let (scaled, plain) = (run(1, 8.0), run(1, 1.0));
+        let moved = (1..seq.len())
+            .map(|p| max_diff(&scaled[p], &plain[p]))
+            .fold(0f32, f32::max);
+        assert!(
+            moved > 1e-4,
+            "{backend:?}: global layers were not scaled (logits moved {moved})"
+        );
+    }
+}

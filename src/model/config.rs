@@ -30,9 +30,10 @@ pub struct Config {
     pub rms_eps: f64,
     pub rope_style: RopeStyle,
     pub rope_dim: usize,
-    /// Rope scaling (linear or YaRN; none by default), the same for every
-    /// layer as llama.cpp applies it.
-    pub rope_scaling: RopeScaling,
+    /// Rope scaling of each layer (linear or YaRN; none by default): the
+    /// file's for every layer but Gemma 3's sliding-window layers, which
+    /// llama.cpp never scales.
+    pub rope_scaling: Vec<RopeScaling>,
     /// Rotary base of each layer.
     pub rope_base: Vec<f32>,
     /// Sliding attention window of each layer (`None`: full attention).
@@ -61,7 +62,7 @@ impl Config {
             rms_eps: hp.rms_eps,
             rope_style,
             rope_dim: hp.rope_dim,
-            rope_scaling: hp.rope_scaling,
+            rope_scaling: vec![hp.rope_scaling; hp.n_layer],
             rope_base: vec![hp.rope_base; hp.n_layer],
             window: vec![None; hp.n_layer],
             embed_scale: None,

@@ -4,7 +4,7 @@
 //! sqrt(n_embd), and every sixth layer global while the others see a
 //! sliding window with their own rotary base.
 
-use super::config::{Activation, Config, RopeStyle};
+use super::config::{Activation, Config, RopeScaling, RopeStyle};
 use super::Hparams;
 use crate::gguf::Gguf;
 
@@ -21,6 +21,18 @@ pub fn config(g: &Gguf, hp: Hparams, context_length: usize) -> Config {
     Config {
         rope_base: (0..hp.n_layer)
             .map(|i| if global(i) { hp.rope_base } else { local_base })
+            .collect(),
+        // llama.cpp scales only the global layers' rotary angles (its
+        // `rope_freq_scale_train_swa` is 1 for Gemma 3); the other YaRN
+        // settings apply to every layer, as there.
+        rope_scaling: (0..hp.n_layer)
+            .map(|i| match global(i) {
+                true => hp.rope_scaling,
+                false => RopeScaling {
+                    freq_scale: 1.0,
+                    ..hp.rope_scaling
+                },
+            })
             .collect(),
         window: (0..hp.n_layer)
             .map(|i| if global(i) { None } else { window })

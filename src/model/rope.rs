@@ -122,7 +122,8 @@ impl Rope {
     }
 }
 
-/// A model's [`Rope`]s: one per distinct rotary base, and each layer's.
+/// A model's [`Rope`]s: one per distinct rotary base and scaling, and each
+/// layer's.
 #[derive(Debug, Clone)]
 pub struct Ropes {
     pub bases: Vec<Rope>,
@@ -132,21 +133,24 @@ pub struct Ropes {
 impl Ropes {
     /// For `cfg`'s layers, with the file's `rope_freqs` divisors if any.
     pub fn new(cfg: &super::config::Config, divisors: Option<&[f32]>) -> Self {
-        let mut distinct: Vec<f32> = Vec::new();
+        let mut distinct: Vec<(f32, RopeScaling)> = Vec::new();
         let of_layer = cfg
             .rope_base
             .iter()
-            .map(|&b| match distinct.iter().position(|&x| x == b) {
-                Some(i) => i,
-                None => {
-                    distinct.push(b);
-                    distinct.len() - 1
-                }
-            })
+            .zip(&cfg.rope_scaling)
+            .map(
+                |(&b, &s)| match distinct.iter().position(|&x| x == (b, s)) {
+                    Some(i) => i,
+                    None => {
+                        distinct.push((b, s));
+                        distinct.len() - 1
+                    }
+                },
+            )
             .collect();
         let bases = distinct
             .iter()
-            .map(|&b| Rope::new(cfg.rope_dim, b, &cfg.rope_scaling, divisors))
+            .map(|(b, s)| Rope::new(cfg.rope_dim, *b, s, divisors))
             .collect();
         Self { bases, of_layer }
     }
