@@ -855,50 +855,6 @@ enum zeph_status zeph_engine_embed(struct zeph_engine *engine,
                                    size_t *n_out);
 
 /**
- * Number of tokens `logprobs` describes (0 for NULL).
- *
- * Threads: any thread.
- */
-size_t zeph_logprobs_count(const struct zeph_logprobs *logprobs);
-
-/**
- * Number of alternatives listed for token `index` (at most the request's
- * `n_logprobs`; 0 for NULL or an index out of range).
- *
- * Threads: any thread.
- */
-size_t zeph_logprobs_n_top(const struct zeph_logprobs *logprobs, size_t index);
-
-/**
- * Reads one choice at token `index` (0 .. count-1): `rank` 0 is the
- * generated token, `rank` r >= 1 the r-th most likely alternative (1 ..
- * n_top; the generated token itself is among them when it ranks).
- * Writes its token id, its log-probability (`-INFINITY` for probability
- * 0), and its bytes: `*bytes_out` points to `*n_bytes_out` bytes of the
- * token's text, NOT NUL-terminated and not necessarily whole UTF-8
- * characters (a character may span tokens), owned by `logprobs` and valid
- * until `zeph_logprobs_free`.  Any out-parameter may be NULL to skip it.
- * An index or rank out of range returns `ZEPH_STATUS_INVALID_ARGUMENT`
- * and writes nothing.
- *
- * Threads: any thread.
- */
-enum zeph_status zeph_logprobs_get(const struct zeph_logprobs *logprobs,
-                                   size_t index,
-                                   size_t rank,
-                                   uint32_t *id_out,
-                                   float *logprob_out,
-                                   const char **bytes_out,
-                                   size_t *n_bytes_out);
-
-/**
- * Frees `logprobs`.  NULL is a no-op; must not be called twice.
- *
- * Threads: any thread, once no other thread reads it.
- */
-void zeph_logprobs_free(struct zeph_logprobs *logprobs);
-
-/**
  * Fills `*info_out` (set its `struct_size` first) with facts about the
  * engine's model.
  *
@@ -952,6 +908,32 @@ enum zeph_status zeph_engine_detokenize(const struct zeph_engine *engine,
                                         char **text_out);
 
 /**
+ * Starts `zeph_engine_complete`'s work as a stream.  The request is queued
+ * now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
+ * pieces are read with `zeph_stream_next`.  On success `*stream_out`
+ * receives a stream the caller frees with `zeph_stream_free`.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_stream_complete(struct zeph_engine *engine,
+                                             const char *prompt,
+                                             const struct zeph_generate_options *options,
+                                             struct zeph_stream **stream_out);
+
+/**
+ * Starts `zeph_engine_chat`'s work as a stream; as
+ * `zeph_engine_stream_complete` otherwise.  The messages are only read
+ * during the call.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_stream_chat(struct zeph_engine *engine,
+                                         const struct zeph_message *messages,
+                                         size_t n_messages,
+                                         const struct zeph_generate_options *options,
+                                         struct zeph_stream **stream_out);
+
+/**
  * The default engine options (see each field).
  *
  * Threads: any thread.
@@ -964,6 +946,50 @@ struct zeph_engine_options zeph_engine_options_default(void);
  * Threads: any thread.
  */
 struct zeph_generate_options zeph_generate_options_default(void);
+
+/**
+ * Number of tokens `logprobs` describes (0 for NULL).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_count(const struct zeph_logprobs *logprobs);
+
+/**
+ * Number of alternatives listed for token `index` (at most the request's
+ * `n_logprobs`; 0 for NULL or an index out of range).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_n_top(const struct zeph_logprobs *logprobs, size_t index);
+
+/**
+ * Reads one choice at token `index` (0 .. count-1): `rank` 0 is the
+ * generated token, `rank` r >= 1 the r-th most likely alternative (1 ..
+ * n_top; the generated token itself is among them when it ranks).
+ * Writes its token id, its log-probability (`-INFINITY` for probability
+ * 0), and its bytes: `*bytes_out` points to `*n_bytes_out` bytes of the
+ * token's text, NOT NUL-terminated and not necessarily whole UTF-8
+ * characters (a character may span tokens), owned by `logprobs` and valid
+ * until `zeph_logprobs_free`.  Any out-parameter may be NULL to skip it.
+ * An index or rank out of range returns `ZEPH_STATUS_INVALID_ARGUMENT`
+ * and writes nothing.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_logprobs_get(const struct zeph_logprobs *logprobs,
+                                   size_t index,
+                                   size_t rank,
+                                   uint32_t *id_out,
+                                   float *logprob_out,
+                                   const char **bytes_out,
+                                   size_t *n_bytes_out);
+
+/**
+ * Frees `logprobs`.  NULL is a no-op; must not be called twice.
+ *
+ * Threads: any thread, once no other thread reads it.
+ */
+void zeph_logprobs_free(struct zeph_logprobs *logprobs);
 
 /**
  * The name of a status code, e.g. `"ZEPH_STATUS_TIMEOUT"`, or
@@ -992,32 +1018,6 @@ const char *zeph_last_error(void);
  * Ownership: static; do not free.  Threads: any thread.
  */
 const char *zeph_version(void);
-
-/**
- * Starts `zeph_engine_complete`'s work as a stream.  The request is queued
- * now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
- * pieces are read with `zeph_stream_next`.  On success `*stream_out`
- * receives a stream the caller frees with `zeph_stream_free`.
- *
- * Threads: any thread.
- */
-enum zeph_status zeph_engine_stream_complete(struct zeph_engine *engine,
-                                             const char *prompt,
-                                             const struct zeph_generate_options *options,
-                                             struct zeph_stream **stream_out);
-
-/**
- * Starts `zeph_engine_chat`'s work as a stream; as
- * `zeph_engine_stream_complete` otherwise.  The messages are only read
- * during the call.
- *
- * Threads: any thread.
- */
-enum zeph_status zeph_engine_stream_chat(struct zeph_engine *engine,
-                                         const struct zeph_message *messages,
-                                         size_t n_messages,
-                                         const struct zeph_generate_options *options,
-                                         struct zeph_stream **stream_out);
 
 /**
  * Waits up to `timeout_ms` for the next piece of text.

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use super::{boundary, boundary_or, null_argument, write_out, zeph_status};
+use super::boundary::{boundary, boundary_or, null_argument, write_out};
+use super::status::zeph_status;
 use crate::cancel::CancelToken;
 
 /// A one-shot cancel switch.  Put it in `zeph_generate_options.cancel`;

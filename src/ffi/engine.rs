@@ -3,15 +3,20 @@
 use std::ffi::{c_char, c_void};
 use std::path::Path;
 
-use super::options::{engine_options, generate_options, out_struct_size};
+use super::boundary::{boundary, boundary_or, null_argument, out_struct_size, str_arg, write_out};
+use super::engine_options::{engine_options, zeph_engine_options};
+use super::generate_options::{generate_options, zeph_generate_options};
+use super::logprobs::zeph_logprobs;
+use super::message::{messages_arg, zeph_message};
+use super::model_info::{zeph_model_info, InfoStrings};
+use super::pooling::zeph_pooling_raw;
+use super::status::zeph_status;
+use super::stream::zeph_stream;
 use super::string::into_c_string;
-use super::{boundary, null_argument, str_arg, write_out, zeph_status};
-use crate::chat::Message;
-use crate::embed::Pooling;
+use super::usage::{check_logprobs, check_usage, usage_to_c, write_usage, zeph_usage};
 use crate::engine::Engine;
-use crate::error::Error;
-use crate::error::Result;
-use crate::generate::{Completion, FinishReason};
+use crate::error::{Error, ErrorKind, Result};
+use crate::generate::Completion;
 
 /// A loaded model with its worker threads.  Opaque.
 ///
@@ -19,96 +24,7 @@ use crate::generate::{Completion, FinishReason};
 /// on the same engine from any number of threads at once.
 pub struct zeph_engine {
     engine: Engine,
-    info: super::model::InfoStrings,
-}
-
-/// # Safety
-/// `engine` is a live, non-NULL engine.
-pub(crate) unsafe fn info_strings<'a>(engine: *const zeph_engine) -> &'a super::model::InfoStrings {
-    &(*engine).info
-}
-
-/// One chat message.  Both strings are UTF-8, borrowed for the duration of
-/// the call only.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct zeph_message {
-    /// "system", "user", "assistant", or another role the template knows.
-    pub role: *const c_char,
-    pub content: *const c_char,
-}
-
-/// Why generation ended.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum zeph_finish_reason {
-    /// Not finished yet (a stream that is still running).
-    ZEPH_FINISH_NONE = 0,
-    /// The model produced an end-of-generation token.
-    ZEPH_FINISH_STOP_TOKEN = 1,
-    /// A stop string was found; it is not part of the text.
-    ZEPH_FINISH_STOP_STRING = 2,
-    /// `max_tokens` tokens were generated.
-    ZEPH_FINISH_LENGTH = 3,
-    /// The request was cancelled.
-    ZEPH_FINISH_CANCELLED = 4,
-    /// The request's deadline passed.
-    ZEPH_FINISH_TIMEOUT = 5,
-    /// A stream ended in a failure other than a cancel or its deadline
-    /// (shutdown, an inference error, a panic): `zeph_usage.status` says
-    /// which, as `zeph_stream_next` did.
-    ZEPH_FINISH_ERROR = 6,
-}
-
-/// What a request used.  The caller sets `struct_size` to
-/// `sizeof(zeph_usage)` before the call (`zeph_usage u = { .struct_size = sizeof u };`);
-/// the library writes no more than that many bytes.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct zeph_usage {
-    /// Set by the caller: `sizeof(zeph_usage)`.
-    pub struct_size: u32,
-    /// Tokens in the prompt, special tokens and BOS included.
-    pub prompt_tokens: u32,
-    /// Tokens generated, not counting an end-of-generation token.
-    pub completion_tokens: u32,
-    pub finish_reason: zeph_finish_reason,
-    /// Prompt tokens whose KV cache was reused from an earlier request (see
-    /// `cache_prompt`) instead of being evaluated.
-    pub cached_tokens: u32,
-    /// Index of the worker that ran the request (0 .. n_workers-1).
-    pub worker: u32,
-    /// Milliseconds the request waited for a slot of a worker (in the
-    /// queue, or for KV memory).
-    pub queue_ms: f64,
-    /// Milliseconds spent evaluating the prompt.
-    pub prompt_ms: f64,
-    /// Milliseconds spent generating tokens.
-    pub generation_ms: f64,
-    /// How the request ended: `ZEPH_STATUS_OK`, or for a stream that ended
-    /// early the status `zeph_stream_next` returned (TIMEOUT, CANCELLED,
-    /// SHUTDOWN, INFERENCE, PANIC...).
-    pub status: zeph_status,
-    /// Reserved; 0.
-    pub reserved: u32,
-    /// The log-probabilities of the generated tokens when the request's
-    /// `n_logprobs` > 0 (then `struct_size` must include this field), else
-    /// NULL.  A new object for each call that fills this struct, owned by
-    /// the caller, freed with `zeph_logprobs_free`.  A stream's is NULL
-    /// until it has ended.
-    pub logprobs: *mut super::zeph_logprobs,
-}
-
-impl From<FinishReason> for zeph_finish_reason {
-    fn from(r: FinishReason) -> Self {
-        match r {
-            FinishReason::StopToken => Self::ZEPH_FINISH_STOP_TOKEN,
-            FinishReason::StopString => Self::ZEPH_FINISH_STOP_STRING,
-            FinishReason::Length => Self::ZEPH_FINISH_LENGTH,
-            FinishReason::Cancelled => Self::ZEPH_FINISH_CANCELLED,
-            FinishReason::Timeout => Self::ZEPH_FINISH_TIMEOUT,
-        }
-    }
+    info: InfoStrings,
 }
 
 /// Loads the GGUF model at `model_path` and starts its workers.
@@ -128,7 +44,7 @@ impl From<FinishReason> for zeph_finish_reason {
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new(
     model_path: *const c_char,
-    options: *const super::zeph_engine_options,
+    options: *const zeph_engine_options,
     engine_out: *mut *mut zeph_engine,
 ) -> zeph_status {
     boundary(|| {
@@ -142,7 +58,7 @@ pub unsafe extern "C" fn zeph_engine_new(
             crate::error::quiet_injected_panics();
         }
         let engine = Engine::new(Path::new(path), options)?;
-        let info = super::model::InfoStrings::new(&engine);
+        let info = InfoStrings::new(&engine);
         write_out(
             engine_out,
             Box::into_raw(Box::new(zeph_engine { engine, info })),
@@ -172,7 +88,7 @@ pub unsafe extern "C" fn zeph_engine_new(
 pub unsafe extern "C" fn zeph_engine_new_from_memory(
     data: *const c_void,
     len: usize,
-    options: *const super::zeph_engine_options,
+    options: *const zeph_engine_options,
     engine_out: *mut *mut zeph_engine,
 ) -> zeph_status {
     boundary(|| {
@@ -185,7 +101,7 @@ pub unsafe extern "C" fn zeph_engine_new_from_memory(
         let options = engine_options(options)?;
         let bytes = std::slice::from_raw_parts(data as *const u8, len);
         let engine = Engine::from_memory(bytes, options)?;
-        let info = super::model::InfoStrings::new(&engine);
+        let info = InfoStrings::new(&engine);
         write_out(
             engine_out,
             Box::into_raw(Box::new(zeph_engine { engine, info })),
@@ -193,7 +109,6 @@ pub unsafe extern "C" fn zeph_engine_new_from_memory(
         Ok(())
     })
 }
-
 /// # Safety
 /// `engine` is NULL or a live engine from `zeph_engine_new`.
 pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a Engine> {
@@ -202,134 +117,6 @@ pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a En
         .map(|e| &e.engine)
         .ok_or_else(|| null_argument("engine"))
 }
-
-/// `sizeof(zeph_usage)` before `status` was added: callers built with that
-/// header keep working (they get the fields they know of).
-pub(crate) const USAGE_V1_SIZE: usize = std::mem::offset_of!(zeph_usage, status);
-
-/// Validates `usage_out` before any work is done, so a bad struct_size
-/// fails fast rather than after generation.
-///
-/// # Safety
-/// `usage_out` is NULL or points to a `zeph_usage` valid for its
-/// `struct_size` bytes.
-pub(crate) unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
-    if !usage_out.is_null() {
-        out_struct_size(usage_out, USAGE_V1_SIZE, "zeph_usage")?;
-    }
-    Ok(())
-}
-
-/// Whether `usage_out` has room for the `logprobs` field.
-///
-/// # Safety
-/// `usage_out` is NULL or passed `check_usage`.
-pub(crate) unsafe fn usage_has_logprobs(usage_out: *const zeph_usage) -> bool {
-    !usage_out.is_null() && (*usage_out).struct_size as usize >= std::mem::size_of::<zeph_usage>()
-}
-
-/// A request with `n_logprobs` needs a usage struct to receive them.
-///
-/// # Safety
-/// As for `usage_has_logprobs`.
-pub(crate) unsafe fn check_logprobs(
-    options: &crate::options::GenerateOptions,
-    usage_out: *const zeph_usage,
-) -> Result<()> {
-    if options.n_logprobs > 0 && !usage_has_logprobs(usage_out) {
-        return Err(Error::invalid_argument(
-            "n_logprobs > 0 needs usage_out, with a struct_size that includes zeph_usage.logprobs",
-        ));
-    }
-    Ok(())
-}
-
-fn empty_usage() -> zeph_usage {
-    zeph_usage {
-        struct_size: std::mem::size_of::<zeph_usage>() as u32,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        finish_reason: zeph_finish_reason::ZEPH_FINISH_STOP_TOKEN,
-        cached_tokens: 0,
-        worker: 0,
-        queue_ms: 0.0,
-        prompt_ms: 0.0,
-        generation_ms: 0.0,
-        status: zeph_status::ZEPH_STATUS_OK,
-        reserved: 0,
-        logprobs: std::ptr::null_mut(),
-    }
-}
-
-/// The C form of a usage; `None` (still running) gives zeros and
-/// `ZEPH_FINISH_NONE`.
-pub(crate) fn usage_to_c(u: Option<&crate::generate::Usage>) -> zeph_usage {
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    match u {
-        None => zeph_usage {
-            finish_reason: zeph_finish_reason::ZEPH_FINISH_NONE,
-            ..empty_usage()
-        },
-        Some(u) => zeph_usage {
-            struct_size: std::mem::size_of::<zeph_usage>() as u32,
-            prompt_tokens: u.prompt_tokens as u32,
-            completion_tokens: u.completion_tokens as u32,
-            finish_reason: u.finish_reason.into(),
-            cached_tokens: u.cached_tokens as u32,
-            worker: u.worker as u32,
-            queue_ms: ms(u.queue_time),
-            prompt_ms: ms(u.prompt_time),
-            generation_ms: ms(u.generation_time),
-            status: zeph_status::ZEPH_STATUS_OK,
-            reserved: 0,
-            logprobs: std::ptr::null_mut(),
-        },
-    }
-}
-
-/// The C form of a stream's usage: as `usage_to_c`, with the failure it
-/// ended with, if any, in `finish_reason` and `status`.
-pub(crate) fn stream_usage_to_c(
-    u: Option<&crate::generate::Usage>,
-    error: Option<&crate::error::Error>,
-) -> zeph_usage {
-    use crate::error::ErrorKind;
-    let mut c = usage_to_c(u);
-    if let Some(e) = error {
-        c.status = zeph_status::from(e.kind);
-        if !matches!(e.kind, ErrorKind::Timeout | ErrorKind::Cancelled) {
-            c.finish_reason = zeph_finish_reason::ZEPH_FINISH_ERROR;
-        }
-    }
-    c
-}
-
-/// Copies `usage` into the caller's struct, no more than its `struct_size`
-/// bytes, keeping the caller's `struct_size`.
-///
-/// # Safety
-/// `usage_out` is non-NULL and passed `check_usage`.
-pub(crate) unsafe fn write_usage(usage_out: *mut zeph_usage, usage: zeph_usage) {
-    let size = (*usage_out).struct_size;
-    let usage = zeph_usage {
-        struct_size: size,
-        ..usage
-    };
-    let n = (size as usize).min(std::mem::size_of::<zeph_usage>());
-    std::ptr::copy_nonoverlapping(
-        &usage as *const zeph_usage as *const u8,
-        usage_out as *mut u8,
-        n,
-    );
-}
-
-/// A new `zeph_logprobs` for the caller.
-pub(crate) fn logprobs_out(
-    logprobs: Vec<crate::logprobs::TokenLogprob>,
-) -> *mut super::zeph_logprobs {
-    Box::into_raw(Box::new(super::zeph_logprobs::new(logprobs)))
-}
-
 /// Writes the text and usage of a finished request.
 ///
 /// # Safety
@@ -344,7 +131,7 @@ unsafe fn deliver(
     if !usage_out.is_null() {
         let mut usage = usage_to_c(Some(&c.usage));
         if asked {
-            usage.logprobs = logprobs_out(c.logprobs);
+            usage.logprobs = zeph_logprobs::new_handle(c.logprobs);
         }
         write_usage(usage_out, usage);
     }
@@ -374,7 +161,7 @@ unsafe fn deliver(
 pub unsafe extern "C" fn zeph_engine_complete(
     engine: *mut zeph_engine,
     prompt: *const c_char,
-    options: *const super::zeph_generate_options,
+    options: *const zeph_generate_options,
     text_out: *mut *mut c_char,
     usage_out: *mut zeph_usage,
 ) -> zeph_status {
@@ -393,42 +180,6 @@ pub unsafe extern "C" fn zeph_engine_complete(
     })
 }
 
-/// # Safety
-/// `messages` is NULL (with `n == 0`) or points to `n` valid messages.
-pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Result<Vec<Message>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    if messages.is_null() {
-        return Err(null_argument("messages (with n_messages > 0)"));
-    }
-    crate::options::check_len("n_messages", n, crate::options::MAX_MESSAGES, "messages")?;
-    // The sizes first, so that nothing is copied past a limit.
-    let len = |p: *const c_char| {
-        if p.is_null() {
-            0
-        } else {
-            std::ffi::CStr::from_ptr(p).to_bytes().len()
-        }
-    };
-    crate::options::check_conversation(
-        n,
-        (0..n).map(|i| {
-            let m = &*messages.add(i);
-            (len(m.role), len(m.content))
-        }),
-    )?;
-    (0..n)
-        .map(|i| {
-            let m = &*messages.add(i);
-            Ok(Message::new(
-                str_arg(m.role, &format!("messages[{i}].role"))?,
-                str_arg(m.content, &format!("messages[{i}].content"))?,
-            ))
-        })
-        .collect()
-}
-
 /// Renders `messages` with the engine's chat template (the model's own, or
 /// the `chat_template` engine option), adds the prompt for the assistant's
 /// turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
@@ -443,7 +194,7 @@ pub unsafe extern "C" fn zeph_engine_chat(
     engine: *mut zeph_engine,
     messages: *const zeph_message,
     n_messages: usize,
-    options: *const super::zeph_generate_options,
+    options: *const zeph_generate_options,
     text_out: *mut *mut c_char,
     usage_out: *mut zeph_usage,
 ) -> zeph_status {
@@ -494,7 +245,7 @@ pub unsafe extern "C" fn zeph_engine_apply_chat_template(
 /// Threads: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_context_length(engine: *const zeph_engine) -> u32 {
-    super::boundary_or(0, || {
+    boundary_or(0, || {
         engine_ref(engine)
             .map(|e| e.info().context_length as u32)
             .unwrap_or(0)
@@ -510,7 +261,7 @@ pub unsafe extern "C" fn zeph_engine_context_length(engine: *const zeph_engine) 
 /// blocked in calls on the same engine.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_shutdown(engine: *mut zeph_engine) {
-    super::boundary_or((), || {
+    boundary_or((), || {
         if let Ok(e) = engine_ref(engine) {
             e.shutdown();
         }
@@ -526,28 +277,9 @@ pub unsafe extern "C" fn zeph_engine_shutdown(engine: *mut zeph_engine) {
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
     if !engine.is_null() {
-        super::boundary_or((), || drop(Box::from_raw(engine)));
+        boundary_or((), || drop(Box::from_raw(engine)));
     }
 }
-
-/// How `zeph_engine_embed` turns the hidden states of a text's tokens into
-/// one vector.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum zeph_pooling {
-    /// The average of every token's final hidden state (BOS included when
-    /// the model adds one).
-    ZEPH_POOLING_MEAN = 0,
-    /// The last token's final hidden state.
-    ZEPH_POOLING_LAST = 1,
-}
-
-/// A `zeph_pooling` as C passes it: any int.  The header spells it
-/// `zeph_pooling` (see cbindgen.toml), so that an out-of-range value is an
-/// `INVALID_ARGUMENT`, not undefined behaviour.
-#[repr(transparent)]
-pub struct zeph_pooling_raw(pub std::ffi::c_int);
-
 /// Computes the embedding of `text` (UTF-8): the final hidden states of its
 /// tokens (after the model's output norm), pooled as `pooling` says, and
 /// L2-normalized (unit length).  The text is tokenized as llama.cpp's
@@ -587,15 +319,7 @@ pub unsafe extern "C" fn zeph_engine_embed(
         if out.is_null() && capacity > 0 {
             return Err(null_argument("out (with capacity > 0)"));
         }
-        let pooling = match pooling.0 {
-            0 => Pooling::Mean,
-            1 => Pooling::Last,
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "pooling = {other} is not a zeph_pooling value"
-                )))
-            }
-        };
+        let pooling = pooling.to_pooling()?;
         let n = engine.info().embedding_length;
         write_out(n_out, n);
         if capacity < n {
@@ -605,6 +329,175 @@ pub unsafe extern "C" fn zeph_engine_embed(
         }
         let v = engine.embed(text, pooling)?;
         std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len().min(capacity));
+        Ok(())
+    })
+}
+
+/// Fills `*info_out` (set its `struct_size` first) with facts about the
+/// engine's model.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_model_info(
+    engine: *const zeph_engine,
+    info_out: *mut zeph_model_info,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_ref(engine)?;
+        let strings = &(*engine).info;
+        if info_out.is_null() {
+            return Err(null_argument("info_out"));
+        }
+        let size = out_struct_size(
+            info_out,
+            std::mem::size_of::<zeph_model_info>(),
+            "zeph_model_info",
+        )?;
+        let value = zeph_model_info::new(e, strings, size);
+        let n = (size as usize).min(std::mem::size_of::<zeph_model_info>());
+        std::ptr::copy_nonoverlapping(&value as *const _ as *const u8, info_out as *mut u8, n);
+        Ok(())
+    })
+}
+
+/// Tokenizes `text` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) with the model's
+/// tokenizer into `ids`.
+///
+/// `add_special` adds BOS/EOS as the model's metadata asks, as llama.cpp
+/// does: a text that already starts with the BOS token then begins with two
+/// (the chat calls leave out a BOS their template writes); `parse_special` matches
+/// control tokens written in the text (such as `<|im_start|>`) instead of
+/// tokenizing them as plain text.
+///
+/// `*n_out` receives the number of ids.  When `capacity` is smaller than
+/// that, nothing is written to `ids`, the call returns
+/// `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the number
+/// needed, so a first call with `capacity` 0 (and `ids` NULL) sizes the
+/// buffer.  `ids` is owned by the caller.
+///
+/// Tokenizing runs on the calling thread within the engine's
+/// `default_timeout_ms` (`ZEPH_STATUS_TIMEOUT` past it) and stops with
+/// `ZEPH_STATUS_SHUTDOWN` when the engine is shut down meanwhile.
+///
+/// Threads: any thread; it does not wait for the workers.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_tokenize(
+    engine: *const zeph_engine,
+    text: *const c_char,
+    add_special: bool,
+    parse_special: bool,
+    ids: *mut u32,
+    capacity: usize,
+    n_out: *mut usize,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_ref(engine)?;
+        let text = str_arg(text, "text")?;
+        if n_out.is_null() {
+            return Err(null_argument("n_out"));
+        }
+        if ids.is_null() && capacity > 0 {
+            return Err(null_argument("ids (with capacity > 0)"));
+        }
+        let tokens = e.tokenize(text, add_special, parse_special)?;
+        write_out(n_out, tokens.len());
+        if tokens.len() > capacity {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "capacity {capacity} is too small: the text has {} tokens",
+                    tokens.len()
+                ),
+            ));
+        }
+        if !tokens.is_empty() {
+            std::ptr::copy_nonoverlapping(tokens.as_ptr(), ids, tokens.len());
+        }
+        Ok(())
+    })
+}
+
+/// Turns token ids back into text (at most `ZEPH_MAX_DETOKENIZE_IDS` per
+/// call).  Ids outside the vocabulary yield nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
+/// Bytes that do not form valid UTF-8 become U+FFFD.  On success
+/// `*text_out` receives a string the caller frees with `zeph_string_free`.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_detokenize(
+    engine: *const zeph_engine,
+    ids: *const u32,
+    n_ids: usize,
+    remove_special: bool,
+    text_out: *mut *mut c_char,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_ref(engine)?;
+        if text_out.is_null() {
+            return Err(null_argument("text_out"));
+        }
+        crate::options::check_len("n_ids", n_ids, crate::options::MAX_DETOKENIZE_IDS, "ids")?;
+        let ids: &[u32] = if n_ids == 0 {
+            &[]
+        } else if ids.is_null() {
+            return Err(null_argument("ids (with n_ids > 0)"));
+        } else {
+            std::slice::from_raw_parts(ids, n_ids)
+        };
+        let text = e.tokenizer().decode(ids, remove_special);
+        write_out(text_out, into_c_string(&text));
+        Ok(())
+    })
+}
+
+/// Starts `zeph_engine_complete`'s work as a stream.  The request is queued
+/// now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
+/// pieces are read with `zeph_stream_next`.  On success `*stream_out`
+/// receives a stream the caller frees with `zeph_stream_free`.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_stream_complete(
+    engine: *mut zeph_engine,
+    prompt: *const c_char,
+    options: *const zeph_generate_options,
+    stream_out: *mut *mut zeph_stream,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let prompt = str_arg(prompt, "prompt")?;
+        if stream_out.is_null() {
+            return Err(null_argument("stream_out"));
+        }
+        let options = generate_options(options)?;
+        let stream = engine.stream_complete(prompt, &options)?;
+        write_out(stream_out, zeph_stream::new_handle(stream));
+        Ok(())
+    })
+}
+
+/// Starts `zeph_engine_chat`'s work as a stream; as
+/// `zeph_engine_stream_complete` otherwise.  The messages are only read
+/// during the call.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_stream_chat(
+    engine: *mut zeph_engine,
+    messages: *const zeph_message,
+    n_messages: usize,
+    options: *const zeph_generate_options,
+    stream_out: *mut *mut zeph_stream,
+) -> zeph_status {
+    boundary(|| {
+        let engine = engine_ref(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        if stream_out.is_null() {
+            return Err(null_argument("stream_out"));
+        }
+        let options = generate_options(options)?;
+        let stream = engine.stream_chat(&messages, &options)?;
+        write_out(stream_out, zeph_stream::new_handle(stream));
         Ok(())
     })
 }

@@ -2,7 +2,8 @@
 
 use std::ffi::c_char;
 
-use super::{boundary, boundary_or, null_argument, write_out, zeph_status};
+use super::boundary::{boundary, boundary_or, null_argument, write_out};
+use super::status::zeph_status;
 use crate::error::Error;
 use crate::logprobs::TokenLogprob;
 
@@ -27,8 +28,9 @@ pub struct zeph_logprobs {
 }
 
 impl zeph_logprobs {
-    pub(crate) fn new(tokens: Vec<TokenLogprob>) -> Self {
-        Self { tokens }
+    /// A new `zeph_logprobs` for the caller.
+    pub(crate) fn new_handle(tokens: Vec<TokenLogprob>) -> *mut Self {
+        Box::into_raw(Box::new(Self { tokens }))
     }
 }
 

@@ -4,13 +4,11 @@ use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::engine::{
-    check_usage, engine_ref, logprobs_out, messages_arg, stream_usage_to_c, usage_has_logprobs,
-    write_usage,
-};
-use super::options::generate_options;
+use super::boundary::{boundary, boundary_or, null_argument, to_c_string, write_out};
+use super::logprobs::zeph_logprobs;
+use super::status::zeph_status;
 use super::string::into_c_string;
-use super::{boundary, boundary_or, null_argument, str_arg, write_out, zeph_status};
+use super::usage::{check_usage, stream_usage_to_c, usage_has_logprobs, write_usage, zeph_usage};
 use crate::engine::Stream;
 use crate::error::{Error, ErrorKind};
 
@@ -27,7 +25,7 @@ pub struct zeph_stream {
 }
 
 impl zeph_stream {
-    fn new(stream: Stream) -> *mut Self {
+    pub(crate) fn new_handle(stream: Stream) -> *mut Self {
         Box::into_raw(Box::new(Self {
             stream,
             in_callback: AtomicU8::new(IDLE),
@@ -40,58 +38,6 @@ impl zeph_stream {
 /// to cancel the request.
 pub type zeph_piece_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, piece: *const c_char, len: usize) -> bool>;
-
-/// Starts `zeph_engine_complete`'s work as a stream.  The request is queued
-/// now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
-/// pieces are read with `zeph_stream_next`.  On success `*stream_out`
-/// receives a stream the caller frees with `zeph_stream_free`.
-///
-/// Threads: any thread.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_stream_complete(
-    engine: *mut super::zeph_engine,
-    prompt: *const c_char,
-    options: *const super::zeph_generate_options,
-    stream_out: *mut *mut zeph_stream,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let prompt = str_arg(prompt, "prompt")?;
-        if stream_out.is_null() {
-            return Err(null_argument("stream_out"));
-        }
-        let options = generate_options(options)?;
-        let stream = engine.stream_complete(prompt, &options)?;
-        write_out(stream_out, zeph_stream::new(stream));
-        Ok(())
-    })
-}
-
-/// Starts `zeph_engine_chat`'s work as a stream; as
-/// `zeph_engine_stream_complete` otherwise.  The messages are only read
-/// during the call.
-///
-/// Threads: any thread.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_stream_chat(
-    engine: *mut super::zeph_engine,
-    messages: *const super::zeph_message,
-    n_messages: usize,
-    options: *const super::zeph_generate_options,
-    stream_out: *mut *mut zeph_stream,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let messages = messages_arg(messages, n_messages)?;
-        if stream_out.is_null() {
-            return Err(null_argument("stream_out"));
-        }
-        let options = generate_options(options)?;
-        let stream = engine.stream_chat(&messages, &options)?;
-        write_out(stream_out, zeph_stream::new(stream));
-        Ok(())
-    })
-}
 
 /// # Safety
 /// `stream` is NULL or a live stream.
@@ -177,7 +123,7 @@ pub unsafe extern "C" fn zeph_stream_for_each(
             let next = (*stream).stream.next(Duration::from_secs(3600));
             match next {
                 Ok(Some(piece)) => {
-                    let c = super::to_c_string(&piece);
+                    let c = to_c_string(&piece);
                     (*stream).in_callback.store(CALLING, Ordering::Release);
                     let go_on = on_piece(user_data, c.as_ptr(), c.as_bytes().len());
                     if (*stream).in_callback.load(Ordering::Acquire) == FREED {
@@ -252,7 +198,7 @@ impl Drop for Busy<'_> {
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_usage(
     stream: *const zeph_stream,
-    usage_out: *mut super::zeph_usage,
+    usage_out: *mut zeph_usage,
 ) -> zeph_status {
     boundary(|| {
         let stream = stream_ref(stream)?;
@@ -267,7 +213,7 @@ pub unsafe extern "C" fn zeph_stream_usage(
         );
         if let Some(lp) = stream.logprobs().filter(|_| stream.logprobs_asked()) {
             if usage_has_logprobs(usage_out) {
-                usage.logprobs = logprobs_out(lp);
+                usage.logprobs = zeph_logprobs::new_handle(lp);
             }
         }
         write_usage(usage_out, usage);

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use super::boundary_or;
+use super::boundary::{boundary_or, to_c_string};
 
 /// Frees a string returned by this library (`text_out` of the generation
 /// calls).  NULL is a no-op.  Passing any other pointer, or the same string
@@ -18,5 +18,5 @@ pub unsafe extern "C" fn zeph_string_free(text: *mut c_char) {
 
 /// Moves `s` to the caller as a C string owned by it.
 pub(crate) fn into_c_string(s: &str) -> *mut c_char {
-    super::to_c_string(s).into_raw()
+    to_c_string(s).into_raw()
 }

@@ -1,0 +1,54 @@
+//! `zeph_message`: one message of a conversation, read into the core's
+//! `Message`.
+
+use std::ffi::{c_char, CStr};
+
+use super::boundary::{null_argument, str_arg};
+use crate::chat::Message;
+use crate::error::Result;
+
+/// One chat message.  Both strings are UTF-8, borrowed for the duration of
+/// the call only.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct zeph_message {
+    /// "system", "user", "assistant", or another role the template knows.
+    pub role: *const c_char,
+    pub content: *const c_char,
+}
+
+/// # Safety
+/// `messages` is NULL (with `n == 0`) or points to `n` valid messages.
+pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Result<Vec<Message>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if messages.is_null() {
+        return Err(null_argument("messages (with n_messages > 0)"));
+    }
+    crate::options::check_len("n_messages", n, crate::options::MAX_MESSAGES, "messages")?;
+    // The sizes first, so that nothing is copied past a limit.
+    let len = |p: *const c_char| {
+        if p.is_null() {
+            0
+        } else {
+            CStr::from_ptr(p).to_bytes().len()
+        }
+    };
+    crate::options::check_conversation(
+        n,
+        (0..n).map(|i| {
+            let m = &*messages.add(i);
+            (len(m.role), len(m.content))
+        }),
+    )?;
+    (0..n)
+        .map(|i| {
+            let m = &*messages.add(i);
+            Ok(Message::new(
+                str_arg(m.role, &format!("messages[{i}].role"))?,
+                str_arg(m.content, &format!("messages[{i}].content"))?,
+            ))
+        })
+        .collect()
+}
