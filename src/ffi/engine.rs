@@ -1,9 +1,14 @@
-//! `zeph_engine_*`: creating an engine, generating text, shutting down.
+//! `zeph_engine_*`: every call on an engine: creating it, reading its
+//! model and tokenizer, generating (blocking or as a stream), embedding,
+//! shutting down.
 
 use std::ffi::{c_char, c_void};
 use std::path::Path;
 
-use super::boundary::{boundary, boundary_or, null_argument, out_struct_size, str_arg, write_out};
+use super::boundary::{
+    boundary, boundary_or, buffer_out, bytes_arg, free_handle, handle_ref, into_handle,
+    opt_versioned_out, out_arg, slice_arg, str_arg, versioned_out, Out, VersionedOut,
+};
 use super::engine_options::{engine_options, zeph_engine_options};
 use super::generate_options::{generate_options, zeph_generate_options};
 use super::logprobs::zeph_logprobs;
@@ -13,10 +18,11 @@ use super::pooling::zeph_pooling_raw;
 use super::status::zeph_status;
 use super::stream::zeph_stream;
 use super::string::into_c_string;
-use super::usage::{check_logprobs, check_usage, usage_to_c, write_usage, zeph_usage};
+use super::usage::{check_logprobs, usage_to_c, zeph_usage};
 use crate::engine::Engine;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::generate::Completion;
+use crate::options::{check_len, MAX_DETOKENIZE_IDS};
 
 /// A loaded model with its worker threads.  Opaque.
 ///
@@ -25,6 +31,19 @@ use crate::generate::Completion;
 pub struct zeph_engine {
     engine: Engine,
     info: InfoStrings,
+}
+
+impl zeph_engine {
+    fn new_handle(engine: Engine) -> *mut Self {
+        let info = InfoStrings::new(&engine);
+        into_handle(Self { engine, info })
+    }
+}
+
+/// # Safety
+/// `engine` is NULL or a live engine from `zeph_engine_new`.
+unsafe fn engine_arg<'a>(engine: *const zeph_engine) -> Result<&'a zeph_engine> {
+    handle_ref(engine, "engine")
 }
 
 /// Loads the GGUF model at `model_path` and starts its workers.
@@ -49,20 +68,14 @@ pub unsafe extern "C" fn zeph_engine_new(
 ) -> zeph_status {
     boundary(|| {
         let path = str_arg(model_path, "model_path")?;
-        if engine_out.is_null() {
-            return Err(null_argument("engine_out"));
-        }
+        let engine_out = out_arg(engine_out, "engine_out")?;
         let options = engine_options(options)?;
         #[cfg(feature = "fault-injection")]
         if std::env::var_os("ZEPH_FAULT").is_some() {
             crate::error::quiet_injected_panics();
         }
         let engine = Engine::new(Path::new(path), options)?;
-        let info = InfoStrings::new(&engine);
-        write_out(
-            engine_out,
-            Box::into_raw(Box::new(zeph_engine { engine, info })),
-        );
+        engine_out.write(zeph_engine::new_handle(engine));
         Ok(())
     })
 }
@@ -92,243 +105,11 @@ pub unsafe extern "C" fn zeph_engine_new_from_memory(
     engine_out: *mut *mut zeph_engine,
 ) -> zeph_status {
     boundary(|| {
-        if data.is_null() {
-            return Err(null_argument("data"));
-        }
-        if engine_out.is_null() {
-            return Err(null_argument("engine_out"));
-        }
+        let bytes = bytes_arg(data, len, "data")?;
+        let engine_out = out_arg(engine_out, "engine_out")?;
         let options = engine_options(options)?;
-        let bytes = std::slice::from_raw_parts(data as *const u8, len);
         let engine = Engine::from_memory(bytes, options)?;
-        let info = InfoStrings::new(&engine);
-        write_out(
-            engine_out,
-            Box::into_raw(Box::new(zeph_engine { engine, info })),
-        );
-        Ok(())
-    })
-}
-/// # Safety
-/// `engine` is NULL or a live engine from `zeph_engine_new`.
-pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a Engine> {
-    engine
-        .as_ref()
-        .map(|e| &e.engine)
-        .ok_or_else(|| null_argument("engine"))
-}
-/// Writes the text and usage of a finished request.
-///
-/// # Safety
-/// `text_out` is valid for a write; `usage_out` is NULL or passed
-/// `check_usage`.
-unsafe fn deliver(
-    asked: bool,
-    c: Completion,
-    text_out: *mut *mut c_char,
-    usage_out: *mut zeph_usage,
-) {
-    if !usage_out.is_null() {
-        let mut usage = usage_to_c(Some(&c.usage));
-        if asked {
-            usage.logprobs = zeph_logprobs::new_handle(c.logprobs);
-        }
-        write_usage(usage_out, usage);
-    }
-    write_out(text_out, into_c_string(&c.text));
-}
-
-/// Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
-/// generated text.
-///
-/// The prompt is read as llama.cpp's completion reads it: special tokens
-/// written in it (such as `<|im_start|>`) are parsed as such, and BOS is
-/// added when the model asks for it.  `options` may be NULL for the
-/// defaults.  The call blocks until the answer is ready or the request's
-/// deadline (`timeout_ms`, queue wait included) passes; then it returns
-/// `ZEPH_STATUS_TIMEOUT` at once and the work is cancelled.
-///
-/// On success `*text_out` receives a NUL-terminated UTF-8 string owned by
-/// the caller, freed with `zeph_string_free` (an interior NUL the model
-/// produced is replaced by U+FFFD), and `*usage_out` (may be NULL; set its
-/// `struct_size` first) is filled.  On failure neither is written.
-///
-/// Threads: any thread; calls from several threads run together (up to
-/// `n_workers × n_parallel` sequences at once, see `zeph_engine_options`),
-/// or wait in its queue.  The answer does not depend on what else runs:
-/// a greedy or seeded request gives the same text alone or beside others.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_complete(
-    engine: *mut zeph_engine,
-    prompt: *const c_char,
-    options: *const zeph_generate_options,
-    text_out: *mut *mut c_char,
-    usage_out: *mut zeph_usage,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let prompt = str_arg(prompt, "prompt")?;
-        if text_out.is_null() {
-            return Err(null_argument("text_out"));
-        }
-        check_usage(usage_out)?;
-        let options = generate_options(options)?;
-        check_logprobs(&options, usage_out)?;
-        let completion = engine.complete(prompt, &options)?;
-        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
-        Ok(())
-    })
-}
-
-/// Renders `messages` with the engine's chat template (the model's own, or
-/// the `chat_template` engine option), adds the prompt for the assistant's
-/// turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
-/// roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
-/// `ZEPH_MAX_TEXT_BYTES`.
-///
-/// Ownership, deadline and threads as for `zeph_engine_complete`; the
-/// messages are only read during the call.  A template that fails returns
-/// `ZEPH_STATUS_TEMPLATE` with the template's own message.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_chat(
-    engine: *mut zeph_engine,
-    messages: *const zeph_message,
-    n_messages: usize,
-    options: *const zeph_generate_options,
-    text_out: *mut *mut c_char,
-    usage_out: *mut zeph_usage,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let messages = messages_arg(messages, n_messages)?;
-        if text_out.is_null() {
-            return Err(null_argument("text_out"));
-        }
-        check_usage(usage_out)?;
-        let options = generate_options(options)?;
-        check_logprobs(&options, usage_out)?;
-        let completion = engine.chat(&messages, &options)?;
-        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
-        Ok(())
-    })
-}
-
-/// Renders `messages` with the engine's chat template, without generating.
-/// `add_generation_prompt` non-zero appends the start of the assistant's
-/// turn.  On success `*text_out` receives a string the caller frees with
-/// `zeph_string_free`.
-///
-/// Threads: any thread.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_apply_chat_template(
-    engine: *const zeph_engine,
-    messages: *const zeph_message,
-    n_messages: usize,
-    add_generation_prompt: bool,
-    text_out: *mut *mut c_char,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let messages = messages_arg(messages, n_messages)?;
-        if text_out.is_null() {
-            return Err(null_argument("text_out"));
-        }
-        let text = engine.apply_chat_template(&messages, add_generation_prompt)?;
-        write_out(text_out, into_c_string(&text));
-        Ok(())
-    })
-}
-
-/// The context length in tokens that requests must fit (prompt plus
-/// `max_tokens`), or 0 when `engine` is NULL.
-///
-/// Threads: any thread.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_context_length(engine: *const zeph_engine) -> u32 {
-    boundary_or(0, || {
-        engine_ref(engine)
-            .map(|e| e.info().context_length as u32)
-            .unwrap_or(0)
-    })
-}
-
-/// Makes every call waiting on the engine, and every later one, return
-/// `ZEPH_STATUS_SHUTDOWN` promptly; running work stops before its next
-/// token.  Does not free anything.  NULL is a no-op; calling it again is a
-/// no-op.
-///
-/// Threads: any thread, at any time, including while other threads are
-/// blocked in calls on the same engine.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_shutdown(engine: *mut zeph_engine) {
-    boundary_or((), || {
-        if let Ok(e) = engine_ref(engine) {
-            e.shutdown();
-        }
-    })
-}
-
-/// Shuts the engine down (if not done yet), joins its worker threads and
-/// frees it.  NULL is a no-op.
-///
-/// Call it once, after every other call on this engine has returned (call
-/// `zeph_engine_shutdown` first to make blocked calls return); the handle is
-/// invalid afterwards.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
-    if !engine.is_null() {
-        boundary_or((), || drop(Box::from_raw(engine)));
-    }
-}
-/// Computes the embedding of `text` (UTF-8): the final hidden states of its
-/// tokens (after the model's output norm), pooled as `pooling` says, and
-/// L2-normalized (unit length).  The text is tokenized as llama.cpp's
-/// `llama-embedding` does: BOS added when the model asks for it, nothing
-/// appended, special tokens written in the text parsed.
-///
-/// `*n_out` receives the embedding's length (the model's
-/// `embedding_length`, the same for every text).  When `capacity` is
-/// smaller than that, nothing is computed or written to `out`, the call
-/// returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
-/// length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
-/// the buffer.  `out` is owned by the caller.  Other failures:
-/// `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
-/// no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
-/// context length, and the statuses of `zeph_engine_complete` (the work
-/// runs on the engine's workers, through its queue, under its
-/// `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
-/// `ZEPH_STATUS_SHUTDOWN`, ...).
-///
-/// Threads: any thread; calls from several threads run on the engine's
-/// workers in parallel with each other and with generation requests.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_embed(
-    engine: *mut zeph_engine,
-    text: *const c_char,
-    pooling: zeph_pooling_raw,
-    out: *mut f32,
-    capacity: usize,
-    n_out: *mut usize,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let text = str_arg(text, "text")?;
-        if n_out.is_null() {
-            return Err(null_argument("n_out"));
-        }
-        if out.is_null() && capacity > 0 {
-            return Err(null_argument("out (with capacity > 0)"));
-        }
-        let pooling = pooling.to_pooling()?;
-        let n = engine.info().embedding_length;
-        write_out(n_out, n);
-        if capacity < n {
-            return Err(Error::invalid_argument(format!(
-                "capacity {capacity} is too small: the embedding has {n} values"
-            )));
-        }
-        let v = engine.embed(text, pooling)?;
-        std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len().min(capacity));
+        engine_out.write(zeph_engine::new_handle(engine));
         Ok(())
     })
 }
@@ -343,20 +124,23 @@ pub unsafe extern "C" fn zeph_engine_model_info(
     info_out: *mut zeph_model_info,
 ) -> zeph_status {
     boundary(|| {
-        let e = engine_ref(engine)?;
-        let strings = &(*engine).info;
-        if info_out.is_null() {
-            return Err(null_argument("info_out"));
-        }
-        let size = out_struct_size(
-            info_out,
-            std::mem::size_of::<zeph_model_info>(),
-            "zeph_model_info",
-        )?;
-        let value = zeph_model_info::new(e, strings, size);
-        let n = (size as usize).min(std::mem::size_of::<zeph_model_info>());
-        std::ptr::copy_nonoverlapping(&value as *const _ as *const u8, info_out as *mut u8, n);
+        let e = engine_arg(engine)?;
+        let info_out = versioned_out(info_out, "info_out")?;
+        info_out.write(zeph_model_info::new(&e.engine, &e.info));
         Ok(())
+    })
+}
+
+/// The context length in tokens that requests must fit (prompt plus
+/// `max_tokens`), or 0 when `engine` is NULL.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_context_length(engine: *const zeph_engine) -> u32 {
+    boundary_or(0, || {
+        engine
+            .as_ref()
+            .map_or(0, |e| e.engine.info().context_length as u32)
     })
 }
 
@@ -391,29 +175,17 @@ pub unsafe extern "C" fn zeph_engine_tokenize(
     n_out: *mut usize,
 ) -> zeph_status {
     boundary(|| {
-        let e = engine_ref(engine)?;
+        let e = engine_arg(engine)?;
         let text = str_arg(text, "text")?;
-        if n_out.is_null() {
-            return Err(null_argument("n_out"));
-        }
-        if ids.is_null() && capacity > 0 {
-            return Err(null_argument("ids (with capacity > 0)"));
-        }
-        let tokens = e.tokenize(text, add_special, parse_special)?;
-        write_out(n_out, tokens.len());
-        if tokens.len() > capacity {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "capacity {capacity} is too small: the text has {} tokens",
-                    tokens.len()
-                ),
-            ));
-        }
-        if !tokens.is_empty() {
-            std::ptr::copy_nonoverlapping(tokens.as_ptr(), ids, tokens.len());
-        }
-        Ok(())
+        let n_out = out_arg(n_out, "n_out")?;
+        let ids = buffer_out(ids, capacity, "ids")?;
+        let tokens = e.engine.tokenize(text, add_special, parse_special)?;
+        n_out.write(tokens.len());
+        ids.check_room(
+            tokens.len(),
+            format_args!("the text has {} tokens", tokens.len()),
+        )?;
+        ids.write(&tokens)
     })
 }
 
@@ -432,20 +204,126 @@ pub unsafe extern "C" fn zeph_engine_detokenize(
     text_out: *mut *mut c_char,
 ) -> zeph_status {
     boundary(|| {
-        let e = engine_ref(engine)?;
-        if text_out.is_null() {
-            return Err(null_argument("text_out"));
+        let e = engine_arg(engine)?;
+        let text_out = out_arg(text_out, "text_out")?;
+        check_len("n_ids", n_ids, MAX_DETOKENIZE_IDS, "ids")?;
+        let ids = slice_arg(ids, n_ids, "ids", "n_ids")?;
+        let text = e.engine.tokenizer().decode(ids, remove_special);
+        text_out.write(into_c_string(&text));
+        Ok(())
+    })
+}
+
+/// Renders `messages` with the engine's chat template, without generating.
+/// `add_generation_prompt` non-zero appends the start of the assistant's
+/// turn.  On success `*text_out` receives a string the caller frees with
+/// `zeph_string_free`.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_apply_chat_template(
+    engine: *const zeph_engine,
+    messages: *const zeph_message,
+    n_messages: usize,
+    add_generation_prompt: bool,
+    text_out: *mut *mut c_char,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        let text_out = out_arg(text_out, "text_out")?;
+        let text = e
+            .engine
+            .apply_chat_template(&messages, add_generation_prompt)?;
+        text_out.write(into_c_string(&text));
+        Ok(())
+    })
+}
+
+/// Writes the text and usage of a finished request.
+fn deliver(
+    asked_logprobs: bool,
+    c: Completion,
+    text_out: Out<*mut c_char>,
+    usage_out: Option<VersionedOut<zeph_usage>>,
+) {
+    if let Some(usage_out) = usage_out {
+        let mut usage = usage_to_c(Some(&c.usage));
+        if asked_logprobs {
+            usage.logprobs = zeph_logprobs::new_handle(c.logprobs);
         }
-        crate::options::check_len("n_ids", n_ids, crate::options::MAX_DETOKENIZE_IDS, "ids")?;
-        let ids: &[u32] = if n_ids == 0 {
-            &[]
-        } else if ids.is_null() {
-            return Err(null_argument("ids (with n_ids > 0)"));
-        } else {
-            std::slice::from_raw_parts(ids, n_ids)
-        };
-        let text = e.tokenizer().decode(ids, remove_special);
-        write_out(text_out, into_c_string(&text));
+        usage_out.write(usage);
+    }
+    text_out.write(into_c_string(&c.text));
+}
+
+/// Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
+/// generated text.
+///
+/// The prompt is read as llama.cpp's completion reads it: special tokens
+/// written in it (such as `<|im_start|>`) are parsed as such, and BOS is
+/// added when the model asks for it.  `options` may be NULL for the
+/// defaults.  The call blocks until the answer is ready or the request's
+/// deadline (`timeout_ms`, queue wait included) passes; then it returns
+/// `ZEPH_STATUS_TIMEOUT` at once and the work is cancelled.
+///
+/// On success `*text_out` receives a NUL-terminated UTF-8 string owned by
+/// the caller, freed with `zeph_string_free` (an interior NUL the model
+/// produced is replaced by U+FFFD), and `*usage_out` (may be NULL; set its
+/// `struct_size` first) is filled.  On failure neither is written.
+///
+/// Threads: any thread; calls from several threads run together (up to
+/// `n_workers × n_parallel` sequences at once, see `zeph_engine_options`),
+/// or wait in its queue.  The answer does not depend on what else runs:
+/// a greedy or seeded request gives the same text alone or beside others.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_complete(
+    engine: *mut zeph_engine,
+    prompt: *const c_char,
+    options: *const zeph_generate_options,
+    text_out: *mut *mut c_char,
+    usage_out: *mut zeph_usage,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let prompt = str_arg(prompt, "prompt")?;
+        let text_out = out_arg(text_out, "text_out")?;
+        let usage_out = opt_versioned_out(usage_out)?;
+        let options = generate_options(options)?;
+        check_logprobs(&options, usage_out.as_ref())?;
+        let completion = e.engine.complete(prompt, &options)?;
+        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
+        Ok(())
+    })
+}
+
+/// Renders `messages` with the engine's chat template (the model's own, or
+/// the `chat_template` engine option), adds the prompt for the assistant's
+/// turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
+/// roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
+/// `ZEPH_MAX_TEXT_BYTES`.
+///
+/// Ownership, deadline and threads as for `zeph_engine_complete`; the
+/// messages are only read during the call.  A template that fails returns
+/// `ZEPH_STATUS_TEMPLATE` with the template's own message.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_chat(
+    engine: *mut zeph_engine,
+    messages: *const zeph_message,
+    n_messages: usize,
+    options: *const zeph_generate_options,
+    text_out: *mut *mut c_char,
+    usage_out: *mut zeph_usage,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        let text_out = out_arg(text_out, "text_out")?;
+        let usage_out = opt_versioned_out(usage_out)?;
+        let options = generate_options(options)?;
+        check_logprobs(&options, usage_out.as_ref())?;
+        let completion = e.engine.chat(&messages, &options)?;
+        deliver(options.n_logprobs > 0, completion, text_out, usage_out);
         Ok(())
     })
 }
@@ -464,14 +342,12 @@ pub unsafe extern "C" fn zeph_engine_stream_complete(
     stream_out: *mut *mut zeph_stream,
 ) -> zeph_status {
     boundary(|| {
-        let engine = engine_ref(engine)?;
+        let e = engine_arg(engine)?;
         let prompt = str_arg(prompt, "prompt")?;
-        if stream_out.is_null() {
-            return Err(null_argument("stream_out"));
-        }
+        let stream_out = out_arg(stream_out, "stream_out")?;
         let options = generate_options(options)?;
-        let stream = engine.stream_complete(prompt, &options)?;
-        write_out(stream_out, zeph_stream::new_handle(stream));
+        let stream = e.engine.stream_complete(prompt, &options)?;
+        stream_out.write(zeph_stream::new_handle(stream));
         Ok(())
     })
 }
@@ -490,14 +366,82 @@ pub unsafe extern "C" fn zeph_engine_stream_chat(
     stream_out: *mut *mut zeph_stream,
 ) -> zeph_status {
     boundary(|| {
-        let engine = engine_ref(engine)?;
+        let e = engine_arg(engine)?;
         let messages = messages_arg(messages, n_messages)?;
-        if stream_out.is_null() {
-            return Err(null_argument("stream_out"));
-        }
+        let stream_out = out_arg(stream_out, "stream_out")?;
         let options = generate_options(options)?;
-        let stream = engine.stream_chat(&messages, &options)?;
-        write_out(stream_out, zeph_stream::new_handle(stream));
+        let stream = e.engine.stream_chat(&messages, &options)?;
+        stream_out.write(zeph_stream::new_handle(stream));
         Ok(())
     })
+}
+
+/// Computes the embedding of `text` (UTF-8): the final hidden states of its
+/// tokens (after the model's output norm), pooled as `pooling` says, and
+/// L2-normalized (unit length).  The text is tokenized as llama.cpp's
+/// `llama-embedding` does: BOS added when the model asks for it, nothing
+/// appended, special tokens written in the text parsed.
+///
+/// `*n_out` receives the embedding's length (the model's
+/// `embedding_length`, the same for every text).  When `capacity` is
+/// smaller than that, nothing is computed or written to `out`, the call
+/// returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
+/// length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
+/// the buffer.  `out` is owned by the caller.  Other failures:
+/// `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
+/// no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
+/// context length, and the statuses of `zeph_engine_complete` (the work
+/// runs on the engine's workers, through its queue, under its
+/// `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
+/// `ZEPH_STATUS_SHUTDOWN`, ...).
+///
+/// Threads: any thread; calls from several threads run on the engine's
+/// workers in parallel with each other and with generation requests.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_embed(
+    engine: *mut zeph_engine,
+    text: *const c_char,
+    pooling: zeph_pooling_raw,
+    out: *mut f32,
+    capacity: usize,
+    n_out: *mut usize,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let text = str_arg(text, "text")?;
+        let n_out = out_arg(n_out, "n_out")?;
+        let out = buffer_out(out, capacity, "out")?;
+        let pooling = pooling.to_pooling()?;
+        let n = e.engine.info().embedding_length;
+        n_out.write(n);
+        out.check_room(n, format_args!("the embedding has {n} values"))?;
+        out.write(&e.engine.embed(text, pooling)?)
+    })
+}
+
+/// Makes every call waiting on the engine, and every later one, return
+/// `ZEPH_STATUS_SHUTDOWN` promptly; running work stops before its next
+/// token.  Does not free anything.  NULL is a no-op; calling it again is a
+/// no-op.
+///
+/// Threads: any thread, at any time, including while other threads are
+/// blocked in calls on the same engine.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_shutdown(engine: *mut zeph_engine) {
+    boundary_or((), || {
+        if let Some(e) = engine.as_ref() {
+            e.engine.shutdown();
+        }
+    })
+}
+
+/// Shuts the engine down (if not done yet), joins its worker threads and
+/// frees it.  NULL is a no-op.
+///
+/// Call it once, after every other call on this engine has returned (call
+/// `zeph_engine_shutdown` first to make blocked calls return); the handle is
+/// invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
+    boundary_or((), || free_handle(engine))
 }

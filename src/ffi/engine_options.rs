@@ -1,20 +1,13 @@
 //! `zeph_engine_options`: the options of `zeph_engine_new`, and their
 //! conversion to the core's `EngineOptions`.
-//!
-//! Extensibility: each struct begins with `struct_size`, which
-//! `*_default()` sets to `sizeof` the struct in the header the caller was
-//! compiled with.  A later library reads only the fields an older caller
-//! knew of (the rest keep their defaults); an older library accepts a
-//! larger struct from a newer caller only when the fields it does not know
-//! are zero, so a request is never silently half-understood.  New fields
-//! are only ever added at the end; the structs have no padding.
+//! Versioned by its `struct_size`: see `boundary::Versioned`.
 
 use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::boundary::{bounded_str_arg, read_versioned, to_c_string};
+use super::boundary::{bounded_str_arg, read_versioned, to_c_string, Versioned};
 use super::limits::{ZEPH_MAX_PATH_BYTES, ZEPH_MAX_TEMPLATE_BYTES};
 use crate::error::{Error, Result};
 use crate::log::{LogLevel, Logger};
@@ -87,6 +80,14 @@ pub struct zeph_engine_options {
     pub log_user_data: *mut c_void,
 }
 
+// SAFETY: repr(C), `struct_size` first, no padding (the fields are laid
+// out in pairs of u32 and 8-byte fields).
+unsafe impl Versioned for zeph_engine_options {
+    const NAME: &'static str = "zeph_engine_options";
+    // The first version ended before the callbacks.
+    const MIN_SIZE: usize = std::mem::offset_of!(zeph_engine_options, progress);
+}
+
 /// The load-progress callback of `zeph_engine_options`: `user_data`, then
 /// the fraction loaded (0 to 1); returns whether to go on.
 pub type zeph_progress_fn =
@@ -137,13 +138,7 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
     if ptr.is_null() {
         return Ok(EngineOptions::default());
     }
-    let o = read_versioned(
-        ptr,
-        zeph_engine_options_default(),
-        // The first version ended before the callbacks.
-        std::mem::offset_of!(zeph_engine_options, progress),
-        "zeph_engine_options",
-    )?;
+    let o = read_versioned(ptr, zeph_engine_options_default())?;
     let options = EngineOptions {
         n_workers: o.n_workers as usize,
         queue_capacity: o.queue_capacity as usize,

@@ -5,7 +5,9 @@
 use std::ffi::c_char;
 use std::time::Duration;
 
-use super::boundary::{bounded_str_arg, null_argument, opt_str_arg, read_versioned};
+use super::boundary::{
+    bounded_str_arg, null_argument, opt_str_arg, read_versioned, slice_arg, Versioned,
+};
 use super::cancel::zeph_cancel_token;
 use super::limits::ZEPH_MAX_STOP_BYTES;
 use crate::constraint::ConstraintKind;
@@ -107,6 +109,14 @@ pub struct zeph_generate_options {
     /// Reserved for a later option; must be 0.
     pub reserved: u32,
 }
+// SAFETY: repr(C), `struct_size` first, no padding (the fields are laid
+// out in pairs of 4-byte and 8-byte fields).
+unsafe impl Versioned for zeph_generate_options {
+    const NAME: &'static str = "zeph_generate_options";
+    // The first version ended before the structured-output fields.
+    const MIN_SIZE: usize = std::mem::offset_of!(zeph_generate_options, json_schema);
+}
+
 /// The default generation options (see each field).
 ///
 /// Threads: any thread.
@@ -145,13 +155,7 @@ pub(crate) unsafe fn generate_options(
     if ptr.is_null() {
         return Ok(GenerateOptions::default());
     }
-    let o = read_versioned(
-        ptr,
-        zeph_generate_options_default(),
-        // The first version ended before the structured-output fields.
-        std::mem::offset_of!(zeph_generate_options, json_schema),
-        "zeph_generate_options",
-    )?;
+    let o = read_versioned(ptr, zeph_generate_options_default())?;
     if o.n_stop > crate::options::MAX_STOP_STRINGS {
         return Err(Error::invalid_argument(format!(
             "n_stop = {} is more than {} stop strings",
@@ -159,21 +163,16 @@ pub(crate) unsafe fn generate_options(
             crate::options::MAX_STOP_STRINGS
         )));
     }
-    let mut stop = Vec::with_capacity(o.n_stop);
-    if o.n_stop > 0 {
-        if o.stop.is_null() {
-            return Err(null_argument("options->stop (with n_stop > 0)"));
-        }
-        for i in 0..o.n_stop {
+    let stop = slice_arg(o.stop, o.n_stop, "options->stop", "n_stop")?
+        .iter()
+        .enumerate()
+        .map(|(i, &ptr)| {
             let name = format!("options->stop[{i}]");
-            let ptr = *o.stop.add(i);
-            if ptr.is_null() {
-                return Err(null_argument(&name));
-            }
-            let s = bounded_str_arg(ptr, &name, ZEPH_MAX_STOP_BYTES)?.unwrap_or_default();
-            stop.push(s.to_string());
-        }
-    }
+            bounded_str_arg(ptr, &name, ZEPH_MAX_STOP_BYTES)?
+                .map(str::to_string)
+                .ok_or_else(|| null_argument(&name))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let options = GenerateOptions {
         max_tokens: o.max_tokens as usize,
         sampling: SamplingOptions {

@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, CStr};
 
-use super::boundary::{null_argument, str_arg};
+use super::boundary::{slice_arg, str_arg};
 use crate::chat::Message;
 use crate::error::Result;
 
@@ -20,31 +20,16 @@ pub struct zeph_message {
 /// # Safety
 /// `messages` is NULL (with `n == 0`) or points to `n` valid messages.
 pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Result<Vec<Message>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    if messages.is_null() {
-        return Err(null_argument("messages (with n_messages > 0)"));
-    }
     crate::options::check_len("n_messages", n, crate::options::MAX_MESSAGES, "messages")?;
-    // The sizes first, so that nothing is copied past a limit.
-    let len = |p: *const c_char| {
-        if p.is_null() {
-            0
-        } else {
-            CStr::from_ptr(p).to_bytes().len()
-        }
-    };
-    crate::options::check_conversation(
-        n,
-        (0..n).map(|i| {
-            let m = &*messages.add(i);
-            (len(m.role), len(m.content))
-        }),
-    )?;
-    (0..n)
-        .map(|i| {
-            let m = &*messages.add(i);
+    let messages = slice_arg(messages, n, "messages", "n_messages")?;
+    // The sizes first, so that nothing is copied past a limit (a NULL string
+    // counts 0 here and is refused by `str_arg` below).
+    let len = |p: *const c_char| p.as_ref().map_or(0, |_| CStr::from_ptr(p).to_bytes().len());
+    crate::options::check_conversation(n, messages.iter().map(|m| (len(m.role), len(m.content))))?;
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
             Ok(Message::new(
                 str_arg(m.role, &format!("messages[{i}].role"))?,
                 str_arg(m.content, &format!("messages[{i}].content"))?,

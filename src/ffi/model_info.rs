@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use super::boundary::to_c_string;
+use super::boundary::{to_c_string, Versioned};
 use crate::engine::Engine;
 
 /// Facts about the engine's model.  The caller sets `struct_size` to
@@ -37,6 +37,14 @@ pub struct zeph_model_info {
     pub chat_template: *const c_char,
 }
 
+// SAFETY: repr(C), `struct_size` first, no padding (four u32, a u64, two
+// i32, four pointers).
+unsafe impl Versioned for zeph_model_info {
+    const NAME: &'static str = "zeph_model_info";
+    // No field has been added since the first version.
+    const MIN_SIZE: usize = std::mem::size_of::<zeph_model_info>();
+}
+
 /// The C strings `zeph_model_info` points into, made once per engine.
 pub(crate) struct InfoStrings {
     architecture: CString,
@@ -60,13 +68,13 @@ impl InfoStrings {
 
 impl zeph_model_info {
     /// The facts of `engine`'s model, pointing into `strings` (made for that
-    /// engine), with the caller's `struct_size`.
-    pub(crate) fn new(engine: &Engine, strings: &InfoStrings, struct_size: u32) -> Self {
+    /// engine).
+    pub(crate) fn new(engine: &Engine, strings: &InfoStrings) -> Self {
         let info = engine.info();
         let tok = engine.tokenizer();
         let id = |i: Option<u32>| i.map(|i| i as i32).unwrap_or(-1);
         Self {
-            struct_size,
+            struct_size: std::mem::size_of::<Self>() as u32,
             context_length: info.context_length as u32,
             trained_context_length: info.trained_context_length as u32,
             vocab_size: info.vocab_size as u32,

@@ -4,11 +4,14 @@ use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::boundary::{boundary, boundary_or, null_argument, to_c_string, write_out};
+use super::boundary::{
+    boundary, boundary_or, free_handle, handle_ref, into_handle, null_argument, out_arg,
+    to_c_string, versioned_out,
+};
 use super::logprobs::zeph_logprobs;
 use super::status::zeph_status;
 use super::string::into_c_string;
-use super::usage::{check_usage, stream_usage_to_c, usage_has_logprobs, write_usage, zeph_usage};
+use super::usage::{has_logprobs, stream_usage_to_c, zeph_usage};
 use crate::engine::Stream;
 use crate::error::{Error, ErrorKind};
 
@@ -26,10 +29,10 @@ pub struct zeph_stream {
 
 impl zeph_stream {
     pub(crate) fn new_handle(stream: Stream) -> *mut Self {
-        Box::into_raw(Box::new(Self {
+        into_handle(Self {
             stream,
             in_callback: AtomicU8::new(IDLE),
-        }))
+        })
     }
 }
 
@@ -38,15 +41,6 @@ impl zeph_stream {
 /// to cancel the request.
 pub type zeph_piece_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, piece: *const c_char, len: usize) -> bool>;
-
-/// # Safety
-/// `stream` is NULL or a live stream.
-unsafe fn stream_ref<'a>(stream: *const zeph_stream) -> Result<&'a Stream, Error> {
-    stream
-        .as_ref()
-        .map(|s| &s.stream)
-        .ok_or_else(|| null_argument("stream"))
-}
 
 /// Waits up to `timeout_ms` for the next piece of text.
 ///
@@ -70,21 +64,15 @@ pub unsafe extern "C" fn zeph_stream_next(
     piece_out: *mut *mut c_char,
 ) -> zeph_status {
     boundary(|| {
-        let s = stream_ref(stream)?;
-        if piece_out.is_null() {
-            return Err(null_argument("piece_out"));
-        }
-        if (*stream).in_callback.load(Ordering::Acquire) != IDLE {
+        let s = handle_ref(stream, "stream")?;
+        let piece_out = out_arg(piece_out, "piece_out")?;
+        if s.in_callback.load(Ordering::Acquire) != IDLE {
             return Err(Error::invalid_argument(
                 "zeph_stream_for_each is running on this stream (called from on_piece?)",
             ));
         }
-        let stream = s;
-        let piece = stream.next(Duration::from_millis(timeout_ms as u64))?;
-        write_out(
-            piece_out,
-            piece.map_or(std::ptr::null_mut(), |p| into_c_string(&p)),
-        );
+        let piece = s.stream.next(Duration::from_millis(timeout_ms as u64))?;
+        piece_out.write(piece.map_or(std::ptr::null_mut(), |p| into_c_string(&p)));
         Ok(())
     })
 }
@@ -113,7 +101,7 @@ pub unsafe extern "C" fn zeph_stream_for_each(
     user_data: *mut c_void,
 ) -> zeph_status {
     boundary(|| {
-        stream_ref(stream)?;
+        handle_ref(stream, "stream")?;
         let Some(on_piece) = on_piece else {
             return Err(null_argument("on_piece"));
         };
@@ -129,7 +117,7 @@ pub unsafe extern "C" fn zeph_stream_for_each(
                     if (*stream).in_callback.load(Ordering::Acquire) == FREED {
                         // zeph_stream_free ran inside the callback.
                         std::mem::forget(_busy);
-                        drop(Box::from_raw(stream));
+                        free_handle(stream);
                         return Err(Error::new(
                             ErrorKind::Cancelled,
                             "on_piece freed the stream; it was cancelled and freed when on_piece returned",
@@ -201,22 +189,19 @@ pub unsafe extern "C" fn zeph_stream_usage(
     usage_out: *mut zeph_usage,
 ) -> zeph_status {
     boundary(|| {
-        let stream = stream_ref(stream)?;
-        if usage_out.is_null() {
-            return Err(null_argument("usage_out"));
-        }
-        check_usage(usage_out)?;
+        let stream = &handle_ref(stream, "stream")?.stream;
+        let usage_out = versioned_out(usage_out, "usage_out")?;
         let outcome = stream.outcome();
         let mut usage = stream_usage_to_c(
             outcome.as_ref().map(|(u, _)| u),
             outcome.as_ref().and_then(|(_, e)| e.as_ref()),
         );
         if let Some(lp) = stream.logprobs().filter(|_| stream.logprobs_asked()) {
-            if usage_has_logprobs(usage_out) {
+            if has_logprobs(Some(&usage_out)) {
                 usage.logprobs = zeph_logprobs::new_handle(lp);
             }
         }
-        write_usage(usage_out, usage);
+        usage_out.write(usage);
         Ok(())
     })
 }
@@ -229,8 +214,8 @@ pub unsafe extern "C" fn zeph_stream_usage(
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_cancel(stream: *const zeph_stream) {
     boundary_or((), || {
-        if let Ok(s) = stream_ref(stream) {
-            s.cancel();
+        if let Some(s) = stream.as_ref() {
+            s.stream.cancel();
         }
     })
 }
@@ -243,21 +228,17 @@ pub unsafe extern "C" fn zeph_stream_cancel(stream: *const zeph_stream) {
 /// freed.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_free(stream: *mut zeph_stream) {
-    if !stream.is_null() {
-        boundary_or((), || {
-            // From inside zeph_stream_for_each's callback: cancel now, free
-            // when the callback returns.
-            let inside = (*stream).in_callback.compare_exchange(
-                CALLING,
-                FREED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-            if inside.is_ok() {
-                (*stream).stream.cancel();
-            } else {
-                drop(Box::from_raw(stream))
-            }
-        });
-    }
+    boundary_or((), || {
+        let Some(s) = stream.as_ref() else { return };
+        // From inside zeph_stream_for_each's callback: cancel now, free
+        // when the callback returns.
+        let inside =
+            s.in_callback
+                .compare_exchange(CALLING, FREED, Ordering::AcqRel, Ordering::Acquire);
+        if inside.is_ok() {
+            s.stream.cancel();
+        } else {
+            free_handle(stream)
+        }
+    })
 }

@@ -11,9 +11,11 @@ use super::boundary::{boundary_or, to_c_string};
 /// Threads: any thread, not necessarily the one that received the string.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_string_free(text: *mut c_char) {
-    if !text.is_null() {
-        boundary_or((), || drop(CString::from_raw(text)));
-    }
+    boundary_or((), || {
+        if !text.is_null() {
+            drop(CString::from_raw(text));
+        }
+    })
 }
 
 /// Moves `s` to the caller as a C string owned by it.

@@ -1,7 +1,7 @@
 //! `zeph_usage`: what a request used, and how it ended
 //! (`zeph_finish_reason`); written into the caller's versioned struct.
 
-use super::boundary::out_struct_size;
+use super::boundary::{Versioned, VersionedOut};
 use super::logprobs::zeph_logprobs;
 use super::status::zeph_status;
 use crate::error::{Error, ErrorKind, Result};
@@ -85,36 +85,26 @@ impl From<FinishReason> for zeph_finish_reason {
 /// header keep working (they get the fields they know of).
 pub(crate) const USAGE_V1_SIZE: usize = std::mem::offset_of!(zeph_usage, status);
 
-/// Validates `usage_out` before any work is done, so a bad struct_size
-/// fails fast rather than after generation.
-///
-/// # Safety
-/// `usage_out` is NULL or points to a `zeph_usage` valid for its
-/// `struct_size` bytes.
-pub(crate) unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
-    if !usage_out.is_null() {
-        out_struct_size(usage_out, USAGE_V1_SIZE, "zeph_usage")?;
-    }
-    Ok(())
+// SAFETY: repr(C), `struct_size` first, no padding (six 4-byte fields, three
+// f64, two 4-byte fields, a pointer).
+unsafe impl Versioned for zeph_usage {
+    const NAME: &'static str = "zeph_usage";
+    const MIN_SIZE: usize = USAGE_V1_SIZE;
 }
 
-/// Whether `usage_out` has room for the `logprobs` field.
-///
-/// # Safety
-/// `usage_out` is NULL or passed `check_usage`.
-pub(crate) unsafe fn usage_has_logprobs(usage_out: *const zeph_usage) -> bool {
-    !usage_out.is_null() && (*usage_out).struct_size as usize >= std::mem::size_of::<zeph_usage>()
+/// Whether the caller's `zeph_usage` has the `logprobs` field.
+pub(crate) fn has_logprobs(usage_out: Option<&VersionedOut<zeph_usage>>) -> bool {
+    let end =
+        std::mem::offset_of!(zeph_usage, logprobs) + std::mem::size_of::<*mut zeph_logprobs>();
+    usage_out.is_some_and(|u| u.has(end))
 }
 
 /// A request with `n_logprobs` needs a usage struct to receive them.
-///
-/// # Safety
-/// As for `usage_has_logprobs`.
-pub(crate) unsafe fn check_logprobs(
+pub(crate) fn check_logprobs(
     options: &GenerateOptions,
-    usage_out: *const zeph_usage,
+    usage_out: Option<&VersionedOut<zeph_usage>>,
 ) -> Result<()> {
-    if options.n_logprobs > 0 && !usage_has_logprobs(usage_out) {
+    if options.n_logprobs > 0 && !has_logprobs(usage_out) {
         return Err(Error::invalid_argument(
             "n_logprobs > 0 needs usage_out, with a struct_size that includes zeph_usage.logprobs",
         ));
@@ -176,23 +166,4 @@ pub(crate) fn stream_usage_to_c(u: Option<&Usage>, error: Option<&Error>) -> zep
         }
     }
     c
-}
-
-/// Copies `usage` into the caller's struct, no more than its `struct_size`
-/// bytes, keeping the caller's `struct_size`.
-///
-/// # Safety
-/// `usage_out` is non-NULL and passed `check_usage`.
-pub(crate) unsafe fn write_usage(usage_out: *mut zeph_usage, usage: zeph_usage) {
-    let size = (*usage_out).struct_size;
-    let usage = zeph_usage {
-        struct_size: size,
-        ..usage
-    };
-    let n = (size as usize).min(std::mem::size_of::<zeph_usage>());
-    std::ptr::copy_nonoverlapping(
-        &usage as *const zeph_usage as *const u8,
-        usage_out as *mut u8,
-        n,
-    );
 }
