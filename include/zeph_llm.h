@@ -6,6 +6,14 @@
  *
  * Conventions
  * - Names: zeph_<type>_<verb>; out-parameters end in _out; _new/_free pairs.
+ * - const: a handle passed as const T * is not changed by the call, which
+ *   reads it or runs a request on it (a request leaves the engine as it
+ *   found it: reusing a cached prompt only saves time). A handle passed
+ *   without const is changed (zeph_engine_shutdown, zeph_stream_next,
+ *   zeph_stream_for_each) or freed (*_free). The cancel calls
+ *   (zeph_cancel_token_cancel, zeph_stream_cancel) take a const handle too:
+ *   they are made to be called through the handle the cancelled calls
+ *   share, from any thread.
  * - Errors: fallible calls return zeph_status. Out-parameters are written
  *   only on ZEPH_STATUS_OK. Every failure sets a message for the calling
  *   thread, read with zeph_last_error().
@@ -832,7 +840,7 @@ enum zeph_status zeph_engine_apply_chat_template(const struct zeph_engine *engin
  * or wait in its queue.  The answer does not depend on what else runs:
  * a greedy or seeded request gives the same text alone or beside others.
  */
-enum zeph_status zeph_engine_complete(struct zeph_engine *engine,
+enum zeph_status zeph_engine_complete(const struct zeph_engine *engine,
                                       const char *prompt,
                                       const struct zeph_generate_options *options,
                                       char **text_out,
@@ -849,7 +857,7 @@ enum zeph_status zeph_engine_complete(struct zeph_engine *engine,
  * messages are only read during the call.  A template that fails returns
  * `ZEPH_STATUS_TEMPLATE` with the template's own message.
  */
-enum zeph_status zeph_engine_chat(struct zeph_engine *engine,
+enum zeph_status zeph_engine_chat(const struct zeph_engine *engine,
                                   const struct zeph_message *messages,
                                   size_t n_messages,
                                   const struct zeph_generate_options *options,
@@ -864,7 +872,7 @@ enum zeph_status zeph_engine_chat(struct zeph_engine *engine,
  *
  * Threads: any thread.
  */
-enum zeph_status zeph_engine_stream_complete(struct zeph_engine *engine,
+enum zeph_status zeph_engine_stream_complete(const struct zeph_engine *engine,
                                              const char *prompt,
                                              const struct zeph_generate_options *options,
                                              struct zeph_stream **stream_out);
@@ -876,7 +884,7 @@ enum zeph_status zeph_engine_stream_complete(struct zeph_engine *engine,
  *
  * Threads: any thread.
  */
-enum zeph_status zeph_engine_stream_chat(struct zeph_engine *engine,
+enum zeph_status zeph_engine_stream_chat(const struct zeph_engine *engine,
                                          const struct zeph_message *messages,
                                          size_t n_messages,
                                          const struct zeph_generate_options *options,
@@ -905,7 +913,7 @@ enum zeph_status zeph_engine_stream_chat(struct zeph_engine *engine,
  * Threads: any thread; calls from several threads run on the engine's
  * workers in parallel with each other and with generation requests.
  */
-enum zeph_status zeph_engine_embed(struct zeph_engine *engine,
+enum zeph_status zeph_engine_embed(const struct zeph_engine *engine,
                                    const char *text,
                                    zeph_pooling pooling,
                                    float *out,

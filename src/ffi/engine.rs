@@ -278,7 +278,7 @@ fn deliver(
 /// a greedy or seeded request gives the same text alone or beside others.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_complete(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     prompt: *const c_char,
     options: *const zeph_generate_options,
     text_out: *mut *mut c_char,
@@ -308,7 +308,7 @@ pub unsafe extern "C" fn zeph_engine_complete(
 /// `ZEPH_STATUS_TEMPLATE` with the template's own message.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_chat(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     messages: *const zeph_message,
     n_messages: usize,
     options: *const zeph_generate_options,
@@ -336,7 +336,7 @@ pub unsafe extern "C" fn zeph_engine_chat(
 /// Threads: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_stream_complete(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     prompt: *const c_char,
     options: *const zeph_generate_options,
     stream_out: *mut *mut zeph_stream,
@@ -359,7 +359,7 @@ pub unsafe extern "C" fn zeph_engine_stream_complete(
 /// Threads: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_stream_chat(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     messages: *const zeph_message,
     n_messages: usize,
     options: *const zeph_generate_options,
@@ -399,7 +399,7 @@ pub unsafe extern "C" fn zeph_engine_stream_chat(
 /// workers in parallel with each other and with generation requests.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_embed(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     text: *const c_char,
     pooling: zeph_pooling_raw,
     out: *mut f32,
