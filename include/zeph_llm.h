@@ -6,6 +6,14 @@
  *
  * Conventions
  * - Names: zeph_<type>_<verb>; out-parameters end in _out; _new/_free pairs.
+ * - const: a handle passed as const T * is not changed by the call, which
+ *   reads it or runs a request on it (a request leaves the engine as it
+ *   found it: reusing a cached prompt only saves time). A handle passed
+ *   without const is changed (zeph_engine_shutdown, zeph_stream_next,
+ *   zeph_stream_for_each) or freed (*_free). The cancel calls
+ *   (zeph_cancel_token_cancel, zeph_stream_cancel) take a const handle too:
+ *   they are made to be called through the handle the cancelled calls
+ *   share, from any thread.
  * - Errors: fallible calls return zeph_status. Out-parameters are written
  *   only on ZEPH_STATUS_OK. Every failure sets a message for the calling
  *   thread, read with zeph_last_error().
@@ -393,6 +401,70 @@ typedef struct zeph_engine_options {
 } zeph_engine_options;
 
 /**
+ * Facts about the engine's model.  The caller sets `struct_size` to
+ * `sizeof(zeph_model_info)` before `zeph_engine_model_info`; the strings
+ * belong to the engine and stay valid until `zeph_engine_free`.
+ */
+typedef struct zeph_model_info {
+  /**
+   * Set by the caller: `sizeof(zeph_model_info)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Tokens a request may use (prompt plus `max_tokens`).
+   */
+  uint32_t context_length;
+  /**
+   * Context length the model was trained with.
+   */
+  uint32_t trained_context_length;
+  uint32_t vocab_size;
+  /**
+   * Number of weights.
+   */
+  uint64_t parameter_count;
+  /**
+   * Beginning-of-sequence token id, or -1.
+   */
+  int32_t bos_id;
+  /**
+   * End-of-sequence token id, or -1.
+   */
+  int32_t eos_id;
+  /**
+   * `general.architecture`, e.g. "llama".
+   */
+  const char *architecture;
+  /**
+   * `general.name`, or "".
+   */
+  const char *name;
+  /**
+   * The file's quantization as llama.cpp names it (`general.file_type`),
+   * e.g. "Q4_K_M" or "Q4_1"; the tensor type holding most weights when
+   * the file does not say.
+   */
+  const char *quantization;
+  /**
+   * Where the chat template comes from: "gguf" (the model file),
+   * "option" (the engine's `chat_template`), or "builtin:NAME".
+   */
+  const char *chat_template;
+} zeph_model_info;
+
+/**
+ * One chat message.  Both strings are UTF-8, borrowed for the duration of
+ * the call only.
+ */
+typedef struct zeph_message {
+  /**
+   * "system", "user", "assistant", or another role the template knows.
+   */
+  const char *role;
+  const char *content;
+} zeph_message;
+
+/**
  * Options of one generation request.  Get the defaults from
  * `zeph_generate_options_default()`, then change fields.
  */
@@ -588,70 +660,6 @@ typedef struct zeph_usage {
 } zeph_usage;
 
 /**
- * One chat message.  Both strings are UTF-8, borrowed for the duration of
- * the call only.
- */
-typedef struct zeph_message {
-  /**
-   * "system", "user", "assistant", or another role the template knows.
-   */
-  const char *role;
-  const char *content;
-} zeph_message;
-
-/**
- * Facts about the engine's model.  The caller sets `struct_size` to
- * `sizeof(zeph_model_info)` before `zeph_engine_model_info`; the strings
- * belong to the engine and stay valid until `zeph_engine_free`.
- */
-typedef struct zeph_model_info {
-  /**
-   * Set by the caller: `sizeof(zeph_model_info)`.
-   */
-  uint32_t struct_size;
-  /**
-   * Tokens a request may use (prompt plus `max_tokens`).
-   */
-  uint32_t context_length;
-  /**
-   * Context length the model was trained with.
-   */
-  uint32_t trained_context_length;
-  uint32_t vocab_size;
-  /**
-   * Number of weights.
-   */
-  uint64_t parameter_count;
-  /**
-   * Beginning-of-sequence token id, or -1.
-   */
-  int32_t bos_id;
-  /**
-   * End-of-sequence token id, or -1.
-   */
-  int32_t eos_id;
-  /**
-   * `general.architecture`, e.g. "llama".
-   */
-  const char *architecture;
-  /**
-   * `general.name`, or "".
-   */
-  const char *name;
-  /**
-   * The file's quantization as llama.cpp names it (`general.file_type`),
-   * e.g. "Q4_K_M" or "Q4_1"; the tensor type holding most weights when
-   * the file does not say.
-   */
-  const char *quantization;
-  /**
-   * Where the chat template comes from: "gguf" (the model file),
-   * "option" (the engine's `chat_template`), or "builtin:NAME".
-   */
-  const char *chat_template;
-} zeph_model_info;
-
-/**
  * Called by `zeph_stream_for_each` with each piece (`len` bytes of UTF-8,
  * NUL-terminated, valid only during the call); return true to go on, false
  * to cancel the request.
@@ -737,63 +745,13 @@ enum zeph_status zeph_engine_new_from_memory(const void *data,
                                              struct zeph_engine **engine_out);
 
 /**
- * Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
- * generated text.
- *
- * The prompt is read as llama.cpp's completion reads it: special tokens
- * written in it (such as `<|im_start|>`) are parsed as such, and BOS is
- * added when the model asks for it.  `options` may be NULL for the
- * defaults.  The call blocks until the answer is ready or the request's
- * deadline (`timeout_ms`, queue wait included) passes; then it returns
- * `ZEPH_STATUS_TIMEOUT` at once and the work is cancelled.
- *
- * On success `*text_out` receives a NUL-terminated UTF-8 string owned by
- * the caller, freed with `zeph_string_free` (an interior NUL the model
- * produced is replaced by U+FFFD), and `*usage_out` (may be NULL; set its
- * `struct_size` first) is filled.  On failure neither is written.
- *
- * Threads: any thread; calls from several threads run together (up to
- * `n_workers × n_parallel` sequences at once, see `zeph_engine_options`),
- * or wait in its queue.  The answer does not depend on what else runs:
- * a greedy or seeded request gives the same text alone or beside others.
- */
-enum zeph_status zeph_engine_complete(struct zeph_engine *engine,
-                                      const char *prompt,
-                                      const struct zeph_generate_options *options,
-                                      char **text_out,
-                                      struct zeph_usage *usage_out);
-
-/**
- * Renders `messages` with the engine's chat template (the model's own, or
- * the `chat_template` engine option), adds the prompt for the assistant's
- * turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
- * roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
- * `ZEPH_MAX_TEXT_BYTES`.
- *
- * Ownership, deadline and threads as for `zeph_engine_complete`; the
- * messages are only read during the call.  A template that fails returns
- * `ZEPH_STATUS_TEMPLATE` with the template's own message.
- */
-enum zeph_status zeph_engine_chat(struct zeph_engine *engine,
-                                  const struct zeph_message *messages,
-                                  size_t n_messages,
-                                  const struct zeph_generate_options *options,
-                                  char **text_out,
-                                  struct zeph_usage *usage_out);
-
-/**
- * Renders `messages` with the engine's chat template, without generating.
- * `add_generation_prompt` non-zero appends the start of the assistant's
- * turn.  On success `*text_out` receives a string the caller frees with
- * `zeph_string_free`.
+ * Fills `*info_out` (set its `struct_size` first) with facts about the
+ * engine's model.
  *
  * Threads: any thread.
  */
-enum zeph_status zeph_engine_apply_chat_template(const struct zeph_engine *engine,
-                                                 const struct zeph_message *messages,
-                                                 size_t n_messages,
-                                                 bool add_generation_prompt,
-                                                 char **text_out);
+enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
+                                        struct zeph_model_info *info_out);
 
 /**
  * The context length in tokens that requests must fit (prompt plus
@@ -802,110 +760,6 @@ enum zeph_status zeph_engine_apply_chat_template(const struct zeph_engine *engin
  * Threads: any thread.
  */
 uint32_t zeph_engine_context_length(const struct zeph_engine *engine);
-
-/**
- * Makes every call waiting on the engine, and every later one, return
- * `ZEPH_STATUS_SHUTDOWN` promptly; running work stops before its next
- * token.  Does not free anything.  NULL is a no-op; calling it again is a
- * no-op.
- *
- * Threads: any thread, at any time, including while other threads are
- * blocked in calls on the same engine.
- */
-void zeph_engine_shutdown(struct zeph_engine *engine);
-
-/**
- * Shuts the engine down (if not done yet), joins its worker threads and
- * frees it.  NULL is a no-op.
- *
- * Call it once, after every other call on this engine has returned (call
- * `zeph_engine_shutdown` first to make blocked calls return); the handle is
- * invalid afterwards.
- */
-void zeph_engine_free(struct zeph_engine *engine);
-
-/**
- * Computes the embedding of `text` (UTF-8): the final hidden states of its
- * tokens (after the model's output norm), pooled as `pooling` says, and
- * L2-normalized (unit length).  The text is tokenized as llama.cpp's
- * `llama-embedding` does: BOS added when the model asks for it, nothing
- * appended, special tokens written in the text parsed.
- *
- * `*n_out` receives the embedding's length (the model's
- * `embedding_length`, the same for every text).  When `capacity` is
- * smaller than that, nothing is computed or written to `out`, the call
- * returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
- * length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
- * the buffer.  `out` is owned by the caller.  Other failures:
- * `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
- * no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
- * context length, and the statuses of `zeph_engine_complete` (the work
- * runs on the engine's workers, through its queue, under its
- * `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
- * `ZEPH_STATUS_SHUTDOWN`, ...).
- *
- * Threads: any thread; calls from several threads run on the engine's
- * workers in parallel with each other and with generation requests.
- */
-enum zeph_status zeph_engine_embed(struct zeph_engine *engine,
-                                   const char *text,
-                                   zeph_pooling pooling,
-                                   float *out,
-                                   size_t capacity,
-                                   size_t *n_out);
-
-/**
- * Number of tokens `logprobs` describes (0 for NULL).
- *
- * Threads: any thread.
- */
-size_t zeph_logprobs_count(const struct zeph_logprobs *logprobs);
-
-/**
- * Number of alternatives listed for token `index` (at most the request's
- * `n_logprobs`; 0 for NULL or an index out of range).
- *
- * Threads: any thread.
- */
-size_t zeph_logprobs_n_top(const struct zeph_logprobs *logprobs, size_t index);
-
-/**
- * Reads one choice at token `index` (0 .. count-1): `rank` 0 is the
- * generated token, `rank` r >= 1 the r-th most likely alternative (1 ..
- * n_top; the generated token itself is among them when it ranks).
- * Writes its token id, its log-probability (`-INFINITY` for probability
- * 0), and its bytes: `*bytes_out` points to `*n_bytes_out` bytes of the
- * token's text, NOT NUL-terminated and not necessarily whole UTF-8
- * characters (a character may span tokens), owned by `logprobs` and valid
- * until `zeph_logprobs_free`.  Any out-parameter may be NULL to skip it.
- * An index or rank out of range returns `ZEPH_STATUS_INVALID_ARGUMENT`
- * and writes nothing.
- *
- * Threads: any thread.
- */
-enum zeph_status zeph_logprobs_get(const struct zeph_logprobs *logprobs,
-                                   size_t index,
-                                   size_t rank,
-                                   uint32_t *id_out,
-                                   float *logprob_out,
-                                   const char **bytes_out,
-                                   size_t *n_bytes_out);
-
-/**
- * Frees `logprobs`.  NULL is a no-op; must not be called twice.
- *
- * Threads: any thread, once no other thread reads it.
- */
-void zeph_logprobs_free(struct zeph_logprobs *logprobs);
-
-/**
- * Fills `*info_out` (set its `struct_size` first) with facts about the
- * engine's model.
- *
- * Threads: any thread.
- */
-enum zeph_status zeph_engine_model_info(const struct zeph_engine *engine,
-                                        struct zeph_model_info *info_out);
 
 /**
  * Tokenizes `text` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) with the model's
@@ -952,6 +806,142 @@ enum zeph_status zeph_engine_detokenize(const struct zeph_engine *engine,
                                         char **text_out);
 
 /**
+ * Renders `messages` with the engine's chat template, without generating.
+ * `add_generation_prompt` non-zero appends the start of the assistant's
+ * turn.  On success `*text_out` receives a string the caller frees with
+ * `zeph_string_free`.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_apply_chat_template(const struct zeph_engine *engine,
+                                                 const struct zeph_message *messages,
+                                                 size_t n_messages,
+                                                 bool add_generation_prompt,
+                                                 char **text_out);
+
+/**
+ * Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
+ * generated text.
+ *
+ * The prompt is read as llama.cpp's completion reads it: special tokens
+ * written in it (such as `<|im_start|>`) are parsed as such, and BOS is
+ * added when the model asks for it.  `options` may be NULL for the
+ * defaults.  The call blocks until the answer is ready or the request's
+ * deadline (`timeout_ms`, queue wait included) passes; then it returns
+ * `ZEPH_STATUS_TIMEOUT` at once and the work is cancelled.
+ *
+ * On success `*text_out` receives a NUL-terminated UTF-8 string owned by
+ * the caller, freed with `zeph_string_free` (an interior NUL the model
+ * produced is replaced by U+FFFD), and `*usage_out` (may be NULL; set its
+ * `struct_size` first) is filled.  On failure neither is written.
+ *
+ * Threads: any thread; calls from several threads run together (up to
+ * `n_workers × n_parallel` sequences at once, see `zeph_engine_options`),
+ * or wait in its queue.  The answer does not depend on what else runs:
+ * a greedy or seeded request gives the same text alone or beside others.
+ */
+enum zeph_status zeph_engine_complete(const struct zeph_engine *engine,
+                                      const char *prompt,
+                                      const struct zeph_generate_options *options,
+                                      char **text_out,
+                                      struct zeph_usage *usage_out);
+
+/**
+ * Renders `messages` with the engine's chat template (the model's own, or
+ * the `chat_template` engine option), adds the prompt for the assistant's
+ * turn, and generates the reply.  At most `ZEPH_MAX_MESSAGES` messages,
+ * roles of at most `ZEPH_MAX_ROLE_BYTES`, all strings together at most
+ * `ZEPH_MAX_TEXT_BYTES`.
+ *
+ * Ownership, deadline and threads as for `zeph_engine_complete`; the
+ * messages are only read during the call.  A template that fails returns
+ * `ZEPH_STATUS_TEMPLATE` with the template's own message.
+ */
+enum zeph_status zeph_engine_chat(const struct zeph_engine *engine,
+                                  const struct zeph_message *messages,
+                                  size_t n_messages,
+                                  const struct zeph_generate_options *options,
+                                  char **text_out,
+                                  struct zeph_usage *usage_out);
+
+/**
+ * Starts `zeph_engine_complete`'s work as a stream.  The request is queued
+ * now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
+ * pieces are read with `zeph_stream_next`.  On success `*stream_out`
+ * receives a stream the caller frees with `zeph_stream_free`.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_stream_complete(const struct zeph_engine *engine,
+                                             const char *prompt,
+                                             const struct zeph_generate_options *options,
+                                             struct zeph_stream **stream_out);
+
+/**
+ * Starts `zeph_engine_chat`'s work as a stream; as
+ * `zeph_engine_stream_complete` otherwise.  The messages are only read
+ * during the call.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_engine_stream_chat(const struct zeph_engine *engine,
+                                         const struct zeph_message *messages,
+                                         size_t n_messages,
+                                         const struct zeph_generate_options *options,
+                                         struct zeph_stream **stream_out);
+
+/**
+ * Computes the embedding of `text` (UTF-8): the final hidden states of its
+ * tokens (after the model's output norm), pooled as `pooling` says, and
+ * L2-normalized (unit length).  The text is tokenized as llama.cpp's
+ * `llama-embedding` does: BOS added when the model asks for it, nothing
+ * appended, special tokens written in the text parsed.
+ *
+ * `*n_out` receives the embedding's length (the model's
+ * `embedding_length`, the same for every text).  When `capacity` is
+ * smaller than that, nothing is computed or written to `out`, the call
+ * returns `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the
+ * length needed, so a first call with `capacity` 0 (and `out` NULL) sizes
+ * the buffer.  `out` is owned by the caller.  Other failures:
+ * `ZEPH_STATUS_INVALID_ARGUMENT` for an unknown `pooling` or a text with
+ * no tokens, `ZEPH_STATUS_CONTEXT_OVERFLOW` for a text longer than the
+ * context length, and the statuses of `zeph_engine_complete` (the work
+ * runs on the engine's workers, through its queue, under its
+ * `default_timeout_ms`: `ZEPH_STATUS_QUEUE_FULL`, `ZEPH_STATUS_TIMEOUT`,
+ * `ZEPH_STATUS_SHUTDOWN`, ...).
+ *
+ * Threads: any thread; calls from several threads run on the engine's
+ * workers in parallel with each other and with generation requests.
+ */
+enum zeph_status zeph_engine_embed(const struct zeph_engine *engine,
+                                   const char *text,
+                                   zeph_pooling pooling,
+                                   float *out,
+                                   size_t capacity,
+                                   size_t *n_out);
+
+/**
+ * Makes every call waiting on the engine, and every later one, return
+ * `ZEPH_STATUS_SHUTDOWN` promptly; running work stops before its next
+ * token.  Does not free anything.  NULL is a no-op; calling it again is a
+ * no-op.
+ *
+ * Threads: any thread, at any time, including while other threads are
+ * blocked in calls on the same engine.
+ */
+void zeph_engine_shutdown(struct zeph_engine *engine);
+
+/**
+ * Shuts the engine down (if not done yet), joins its worker threads and
+ * frees it.  NULL is a no-op.
+ *
+ * Call it once, after every other call on this engine has returned (call
+ * `zeph_engine_shutdown` first to make blocked calls return); the handle is
+ * invalid afterwards.
+ */
+void zeph_engine_free(struct zeph_engine *engine);
+
+/**
  * The default engine options (see each field).
  *
  * Threads: any thread.
@@ -964,6 +954,50 @@ struct zeph_engine_options zeph_engine_options_default(void);
  * Threads: any thread.
  */
 struct zeph_generate_options zeph_generate_options_default(void);
+
+/**
+ * Number of tokens `logprobs` describes (0 for NULL).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_count(const struct zeph_logprobs *logprobs);
+
+/**
+ * Number of alternatives listed for token `index` (at most the request's
+ * `n_logprobs`; 0 for NULL or an index out of range).
+ *
+ * Threads: any thread.
+ */
+size_t zeph_logprobs_n_top(const struct zeph_logprobs *logprobs, size_t index);
+
+/**
+ * Reads one choice at token `index` (0 .. count-1): `rank` 0 is the
+ * generated token, `rank` r >= 1 the r-th most likely alternative (1 ..
+ * n_top; the generated token itself is among them when it ranks).
+ * Writes its token id, its log-probability (`-INFINITY` for probability
+ * 0), and its bytes: `*bytes_out` points to `*n_bytes_out` bytes of the
+ * token's text, NOT NUL-terminated and not necessarily whole UTF-8
+ * characters (a character may span tokens), owned by `logprobs` and valid
+ * until `zeph_logprobs_free`.  Any out-parameter may be NULL to skip it.
+ * An index or rank out of range returns `ZEPH_STATUS_INVALID_ARGUMENT`
+ * and writes nothing.
+ *
+ * Threads: any thread.
+ */
+enum zeph_status zeph_logprobs_get(const struct zeph_logprobs *logprobs,
+                                   size_t index,
+                                   size_t rank,
+                                   uint32_t *id_out,
+                                   float *logprob_out,
+                                   const char **bytes_out,
+                                   size_t *n_bytes_out);
+
+/**
+ * Frees `logprobs`.  NULL is a no-op; must not be called twice.
+ *
+ * Threads: any thread, once no other thread reads it.
+ */
+void zeph_logprobs_free(struct zeph_logprobs *logprobs);
 
 /**
  * The name of a status code, e.g. `"ZEPH_STATUS_TIMEOUT"`, or
@@ -992,32 +1026,6 @@ const char *zeph_last_error(void);
  * Ownership: static; do not free.  Threads: any thread.
  */
 const char *zeph_version(void);
-
-/**
- * Starts `zeph_engine_complete`'s work as a stream.  The request is queued
- * now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
- * pieces are read with `zeph_stream_next`.  On success `*stream_out`
- * receives a stream the caller frees with `zeph_stream_free`.
- *
- * Threads: any thread.
- */
-enum zeph_status zeph_engine_stream_complete(struct zeph_engine *engine,
-                                             const char *prompt,
-                                             const struct zeph_generate_options *options,
-                                             struct zeph_stream **stream_out);
-
-/**
- * Starts `zeph_engine_chat`'s work as a stream; as
- * `zeph_engine_stream_complete` otherwise.  The messages are only read
- * during the call.
- *
- * Threads: any thread.
- */
-enum zeph_status zeph_engine_stream_chat(struct zeph_engine *engine,
-                                         const struct zeph_message *messages,
-                                         size_t n_messages,
-                                         const struct zeph_generate_options *options,
-                                         struct zeph_stream **stream_out);
 
 /**
  * Waits up to `timeout_ms` for the next piece of text.

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use super::{boundary, boundary_or, null_argument, write_out, zeph_status};
+use super::boundary::{boundary, boundary_or, free_handle, into_handle, out_arg};
+use super::status::zeph_status;
 use crate::cancel::CancelToken;
 
 /// A one-shot cancel switch.  Put it in `zeph_generate_options.cancel`;
@@ -25,13 +26,9 @@ pub unsafe extern "C" fn zeph_cancel_token_new(
     token_out: *mut *mut zeph_cancel_token,
 ) -> zeph_status {
     boundary(|| {
-        if token_out.is_null() {
-            return Err(null_argument("token_out"));
-        }
-        let token = Box::new(zeph_cancel_token {
+        out_arg(token_out, "token_out")?.write(into_handle(zeph_cancel_token {
             token: Arc::new(CancelToken::new()),
-        });
-        write_out(token_out, Box::into_raw(token));
+        }));
         Ok(())
     })
 }
@@ -64,7 +61,5 @@ pub unsafe extern "C" fn zeph_cancel_token_is_cancelled(token: *const zeph_cance
 /// carries the token has returned.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_cancel_token_free(token: *mut zeph_cancel_token) {
-    if !token.is_null() {
-        boundary_or((), || drop(Box::from_raw(token)));
-    }
+    boundary_or((), || free_handle(token))
 }

@@ -1,17 +1,28 @@
-//! `zeph_engine_*`: creating an engine, generating text, shutting down.
+//! `zeph_engine_*`: every call on an engine: creating it, reading its
+//! model and tokenizer, generating (blocking or as a stream), embedding,
+//! shutting down.
 
 use std::ffi::{c_char, c_void};
 use std::path::Path;
 
-use super::options::{engine_options, generate_options, out_struct_size};
+use super::boundary::{
+    boundary, boundary_or, buffer_out, bytes_arg, free_handle, handle_ref, into_handle,
+    opt_versioned_out, out_arg, slice_arg, str_arg, versioned_out, Out, VersionedOut,
+};
+use super::engine_options::{engine_options, zeph_engine_options};
+use super::generate_options::{generate_options, zeph_generate_options};
+use super::logprobs::zeph_logprobs;
+use super::message::{messages_arg, zeph_message};
+use super::model_info::{zeph_model_info, InfoStrings};
+use super::pooling::zeph_pooling_raw;
+use super::status::zeph_status;
+use super::stream::zeph_stream;
 use super::string::into_c_string;
-use super::{boundary, null_argument, str_arg, write_out, zeph_status};
-use crate::chat::Message;
-use crate::embed::Pooling;
+use super::usage::{check_logprobs, usage_to_c, zeph_usage};
 use crate::engine::Engine;
-use crate::error::Error;
 use crate::error::Result;
-use crate::generate::{Completion, FinishReason};
+use crate::generate::Completion;
+use crate::options::{check_len, MAX_DETOKENIZE_IDS};
 
 /// A loaded model with its worker threads.  Opaque.
 ///
@@ -19,96 +30,20 @@ use crate::generate::{Completion, FinishReason};
 /// on the same engine from any number of threads at once.
 pub struct zeph_engine {
     engine: Engine,
-    info: super::model::InfoStrings,
+    info: InfoStrings,
+}
+
+impl zeph_engine {
+    fn new_handle(engine: Engine) -> *mut Self {
+        let info = InfoStrings::new(&engine);
+        into_handle(Self { engine, info })
+    }
 }
 
 /// # Safety
-/// `engine` is a live, non-NULL engine.
-pub(crate) unsafe fn info_strings<'a>(engine: *const zeph_engine) -> &'a super::model::InfoStrings {
-    &(*engine).info
-}
-
-/// One chat message.  Both strings are UTF-8, borrowed for the duration of
-/// the call only.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct zeph_message {
-    /// "system", "user", "assistant", or another role the template knows.
-    pub role: *const c_char,
-    pub content: *const c_char,
-}
-
-/// Why generation ended.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum zeph_finish_reason {
-    /// Not finished yet (a stream that is still running).
-    ZEPH_FINISH_NONE = 0,
-    /// The model produced an end-of-generation token.
-    ZEPH_FINISH_STOP_TOKEN = 1,
-    /// A stop string was found; it is not part of the text.
-    ZEPH_FINISH_STOP_STRING = 2,
-    /// `max_tokens` tokens were generated.
-    ZEPH_FINISH_LENGTH = 3,
-    /// The request was cancelled.
-    ZEPH_FINISH_CANCELLED = 4,
-    /// The request's deadline passed.
-    ZEPH_FINISH_TIMEOUT = 5,
-    /// A stream ended in a failure other than a cancel or its deadline
-    /// (shutdown, an inference error, a panic): `zeph_usage.status` says
-    /// which, as `zeph_stream_next` did.
-    ZEPH_FINISH_ERROR = 6,
-}
-
-/// What a request used.  The caller sets `struct_size` to
-/// `sizeof(zeph_usage)` before the call (`zeph_usage u = { .struct_size = sizeof u };`);
-/// the library writes no more than that many bytes.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct zeph_usage {
-    /// Set by the caller: `sizeof(zeph_usage)`.
-    pub struct_size: u32,
-    /// Tokens in the prompt, special tokens and BOS included.
-    pub prompt_tokens: u32,
-    /// Tokens generated, not counting an end-of-generation token.
-    pub completion_tokens: u32,
-    pub finish_reason: zeph_finish_reason,
-    /// Prompt tokens whose KV cache was reused from an earlier request (see
-    /// `cache_prompt`) instead of being evaluated.
-    pub cached_tokens: u32,
-    /// Index of the worker that ran the request (0 .. n_workers-1).
-    pub worker: u32,
-    /// Milliseconds the request waited for a slot of a worker (in the
-    /// queue, or for KV memory).
-    pub queue_ms: f64,
-    /// Milliseconds spent evaluating the prompt.
-    pub prompt_ms: f64,
-    /// Milliseconds spent generating tokens.
-    pub generation_ms: f64,
-    /// How the request ended: `ZEPH_STATUS_OK`, or for a stream that ended
-    /// early the status `zeph_stream_next` returned (TIMEOUT, CANCELLED,
-    /// SHUTDOWN, INFERENCE, PANIC...).
-    pub status: zeph_status,
-    /// Reserved; 0.
-    pub reserved: u32,
-    /// The log-probabilities of the generated tokens when the request's
-    /// `n_logprobs` > 0 (then `struct_size` must include this field), else
-    /// NULL.  A new object for each call that fills this struct, owned by
-    /// the caller, freed with `zeph_logprobs_free`.  A stream's is NULL
-    /// until it has ended.
-    pub logprobs: *mut super::zeph_logprobs,
-}
-
-impl From<FinishReason> for zeph_finish_reason {
-    fn from(r: FinishReason) -> Self {
-        match r {
-            FinishReason::StopToken => Self::ZEPH_FINISH_STOP_TOKEN,
-            FinishReason::StopString => Self::ZEPH_FINISH_STOP_STRING,
-            FinishReason::Length => Self::ZEPH_FINISH_LENGTH,
-            FinishReason::Cancelled => Self::ZEPH_FINISH_CANCELLED,
-            FinishReason::Timeout => Self::ZEPH_FINISH_TIMEOUT,
-        }
-    }
+/// `engine` is NULL or a live engine from `zeph_engine_new`.
+unsafe fn engine_arg<'a>(engine: *const zeph_engine) -> Result<&'a zeph_engine> {
+    handle_ref(engine, "engine")
 }
 
 /// Loads the GGUF model at `model_path` and starts its workers.
@@ -128,25 +63,19 @@ impl From<FinishReason> for zeph_finish_reason {
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new(
     model_path: *const c_char,
-    options: *const super::zeph_engine_options,
+    options: *const zeph_engine_options,
     engine_out: *mut *mut zeph_engine,
 ) -> zeph_status {
     boundary(|| {
         let path = str_arg(model_path, "model_path")?;
-        if engine_out.is_null() {
-            return Err(null_argument("engine_out"));
-        }
+        let engine_out = out_arg(engine_out, "engine_out")?;
         let options = engine_options(options)?;
         #[cfg(feature = "fault-injection")]
         if std::env::var_os("ZEPH_FAULT").is_some() {
             crate::error::quiet_injected_panics();
         }
         let engine = Engine::new(Path::new(path), options)?;
-        let info = super::model::InfoStrings::new(&engine);
-        write_out(
-            engine_out,
-            Box::into_raw(Box::new(zeph_engine { engine, info })),
-        );
+        engine_out.write(zeph_engine::new_handle(engine));
         Ok(())
     })
 }
@@ -172,183 +101,160 @@ pub unsafe extern "C" fn zeph_engine_new(
 pub unsafe extern "C" fn zeph_engine_new_from_memory(
     data: *const c_void,
     len: usize,
-    options: *const super::zeph_engine_options,
+    options: *const zeph_engine_options,
     engine_out: *mut *mut zeph_engine,
 ) -> zeph_status {
     boundary(|| {
-        if data.is_null() {
-            return Err(null_argument("data"));
-        }
-        if engine_out.is_null() {
-            return Err(null_argument("engine_out"));
-        }
+        let bytes = bytes_arg(data, len, "data")?;
+        let engine_out = out_arg(engine_out, "engine_out")?;
         let options = engine_options(options)?;
-        let bytes = std::slice::from_raw_parts(data as *const u8, len);
         let engine = Engine::from_memory(bytes, options)?;
-        let info = super::model::InfoStrings::new(&engine);
-        write_out(
-            engine_out,
-            Box::into_raw(Box::new(zeph_engine { engine, info })),
-        );
+        engine_out.write(zeph_engine::new_handle(engine));
         Ok(())
     })
 }
 
-/// # Safety
-/// `engine` is NULL or a live engine from `zeph_engine_new`.
-pub(crate) unsafe fn engine_ref<'a>(engine: *const zeph_engine) -> Result<&'a Engine> {
-    engine
-        .as_ref()
-        .map(|e| &e.engine)
-        .ok_or_else(|| null_argument("engine"))
-}
-
-/// `sizeof(zeph_usage)` before `status` was added: callers built with that
-/// header keep working (they get the fields they know of).
-pub(crate) const USAGE_V1_SIZE: usize = std::mem::offset_of!(zeph_usage, status);
-
-/// Validates `usage_out` before any work is done, so a bad struct_size
-/// fails fast rather than after generation.
+/// Fills `*info_out` (set its `struct_size` first) with facts about the
+/// engine's model.
 ///
-/// # Safety
-/// `usage_out` is NULL or points to a `zeph_usage` valid for its
-/// `struct_size` bytes.
-pub(crate) unsafe fn check_usage(usage_out: *mut zeph_usage) -> Result<()> {
-    if !usage_out.is_null() {
-        out_struct_size(usage_out, USAGE_V1_SIZE, "zeph_usage")?;
-    }
-    Ok(())
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_model_info(
+    engine: *const zeph_engine,
+    info_out: *mut zeph_model_info,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let info_out = versioned_out(info_out, "info_out")?;
+        info_out.write(zeph_model_info::new(&e.engine, &e.info));
+        Ok(())
+    })
 }
 
-/// Whether `usage_out` has room for the `logprobs` field.
+/// The context length in tokens that requests must fit (prompt plus
+/// `max_tokens`), or 0 when `engine` is NULL.
 ///
-/// # Safety
-/// `usage_out` is NULL or passed `check_usage`.
-pub(crate) unsafe fn usage_has_logprobs(usage_out: *const zeph_usage) -> bool {
-    !usage_out.is_null() && (*usage_out).struct_size as usize >= std::mem::size_of::<zeph_usage>()
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_context_length(engine: *const zeph_engine) -> u32 {
+    boundary_or(0, || {
+        engine
+            .as_ref()
+            .map_or(0, |e| e.engine.info().context_length as u32)
+    })
 }
 
-/// A request with `n_logprobs` needs a usage struct to receive them.
+/// Tokenizes `text` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) with the model's
+/// tokenizer into `ids`.
 ///
-/// # Safety
-/// As for `usage_has_logprobs`.
-pub(crate) unsafe fn check_logprobs(
-    options: &crate::options::GenerateOptions,
-    usage_out: *const zeph_usage,
-) -> Result<()> {
-    if options.n_logprobs > 0 && !usage_has_logprobs(usage_out) {
-        return Err(Error::invalid_argument(
-            "n_logprobs > 0 needs usage_out, with a struct_size that includes zeph_usage.logprobs",
-        ));
-    }
-    Ok(())
-}
-
-fn empty_usage() -> zeph_usage {
-    zeph_usage {
-        struct_size: std::mem::size_of::<zeph_usage>() as u32,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        finish_reason: zeph_finish_reason::ZEPH_FINISH_STOP_TOKEN,
-        cached_tokens: 0,
-        worker: 0,
-        queue_ms: 0.0,
-        prompt_ms: 0.0,
-        generation_ms: 0.0,
-        status: zeph_status::ZEPH_STATUS_OK,
-        reserved: 0,
-        logprobs: std::ptr::null_mut(),
-    }
-}
-
-/// The C form of a usage; `None` (still running) gives zeros and
-/// `ZEPH_FINISH_NONE`.
-pub(crate) fn usage_to_c(u: Option<&crate::generate::Usage>) -> zeph_usage {
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    match u {
-        None => zeph_usage {
-            finish_reason: zeph_finish_reason::ZEPH_FINISH_NONE,
-            ..empty_usage()
-        },
-        Some(u) => zeph_usage {
-            struct_size: std::mem::size_of::<zeph_usage>() as u32,
-            prompt_tokens: u.prompt_tokens as u32,
-            completion_tokens: u.completion_tokens as u32,
-            finish_reason: u.finish_reason.into(),
-            cached_tokens: u.cached_tokens as u32,
-            worker: u.worker as u32,
-            queue_ms: ms(u.queue_time),
-            prompt_ms: ms(u.prompt_time),
-            generation_ms: ms(u.generation_time),
-            status: zeph_status::ZEPH_STATUS_OK,
-            reserved: 0,
-            logprobs: std::ptr::null_mut(),
-        },
-    }
-}
-
-/// The C form of a stream's usage: as `usage_to_c`, with the failure it
-/// ended with, if any, in `finish_reason` and `status`.
-pub(crate) fn stream_usage_to_c(
-    u: Option<&crate::generate::Usage>,
-    error: Option<&crate::error::Error>,
-) -> zeph_usage {
-    use crate::error::ErrorKind;
-    let mut c = usage_to_c(u);
-    if let Some(e) = error {
-        c.status = zeph_status::from(e.kind);
-        if !matches!(e.kind, ErrorKind::Timeout | ErrorKind::Cancelled) {
-            c.finish_reason = zeph_finish_reason::ZEPH_FINISH_ERROR;
-        }
-    }
-    c
-}
-
-/// Copies `usage` into the caller's struct, no more than its `struct_size`
-/// bytes, keeping the caller's `struct_size`.
+/// `add_special` adds BOS/EOS as the model's metadata asks, as llama.cpp
+/// does: a text that already starts with the BOS token then begins with two
+/// (the chat calls leave out a BOS their template writes); `parse_special` matches
+/// control tokens written in the text (such as `<|im_start|>`) instead of
+/// tokenizing them as plain text.
 ///
-/// # Safety
-/// `usage_out` is non-NULL and passed `check_usage`.
-pub(crate) unsafe fn write_usage(usage_out: *mut zeph_usage, usage: zeph_usage) {
-    let size = (*usage_out).struct_size;
-    let usage = zeph_usage {
-        struct_size: size,
-        ..usage
-    };
-    let n = (size as usize).min(std::mem::size_of::<zeph_usage>());
-    std::ptr::copy_nonoverlapping(
-        &usage as *const zeph_usage as *const u8,
-        usage_out as *mut u8,
-        n,
-    );
+/// `*n_out` receives the number of ids.  When `capacity` is smaller than
+/// that, nothing is written to `ids`, the call returns
+/// `ZEPH_STATUS_INVALID_ARGUMENT` and `*n_out` still receives the number
+/// needed, so a first call with `capacity` 0 (and `ids` NULL) sizes the
+/// buffer.  `ids` is owned by the caller.
+///
+/// Tokenizing runs on the calling thread within the engine's
+/// `default_timeout_ms` (`ZEPH_STATUS_TIMEOUT` past it) and stops with
+/// `ZEPH_STATUS_SHUTDOWN` when the engine is shut down meanwhile.
+///
+/// Threads: any thread; it does not wait for the workers.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_tokenize(
+    engine: *const zeph_engine,
+    text: *const c_char,
+    add_special: bool,
+    parse_special: bool,
+    ids: *mut u32,
+    capacity: usize,
+    n_out: *mut usize,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let text = str_arg(text, "text")?;
+        let n_out = out_arg(n_out, "n_out")?;
+        let ids = buffer_out(ids, capacity, "ids")?;
+        let tokens = e.engine.tokenize(text, add_special, parse_special)?;
+        n_out.write(tokens.len());
+        ids.check_room(
+            tokens.len(),
+            format_args!("the text has {} tokens", tokens.len()),
+        )?;
+        ids.write(&tokens)
+    })
 }
 
-/// A new `zeph_logprobs` for the caller.
-pub(crate) fn logprobs_out(
-    logprobs: Vec<crate::logprobs::TokenLogprob>,
-) -> *mut super::zeph_logprobs {
-    Box::into_raw(Box::new(super::zeph_logprobs::new(logprobs)))
+/// Turns token ids back into text (at most `ZEPH_MAX_DETOKENIZE_IDS` per
+/// call).  Ids outside the vocabulary yield nothing; `remove_special` drops control tokens (BOS, EOS, turn markers).
+/// Bytes that do not form valid UTF-8 become U+FFFD.  On success
+/// `*text_out` receives a string the caller frees with `zeph_string_free`.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_detokenize(
+    engine: *const zeph_engine,
+    ids: *const u32,
+    n_ids: usize,
+    remove_special: bool,
+    text_out: *mut *mut c_char,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let text_out = out_arg(text_out, "text_out")?;
+        check_len("n_ids", n_ids, MAX_DETOKENIZE_IDS, "ids")?;
+        let ids = slice_arg(ids, n_ids, "ids", "n_ids")?;
+        let text = e.engine.tokenizer().decode(ids, remove_special);
+        text_out.write(into_c_string(&text));
+        Ok(())
+    })
+}
+
+/// Renders `messages` with the engine's chat template, without generating.
+/// `add_generation_prompt` non-zero appends the start of the assistant's
+/// turn.  On success `*text_out` receives a string the caller frees with
+/// `zeph_string_free`.
+///
+/// Threads: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_apply_chat_template(
+    engine: *const zeph_engine,
+    messages: *const zeph_message,
+    n_messages: usize,
+    add_generation_prompt: bool,
+    text_out: *mut *mut c_char,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        let text_out = out_arg(text_out, "text_out")?;
+        let text = e
+            .engine
+            .apply_chat_template(&messages, add_generation_prompt)?;
+        text_out.write(into_c_string(&text));
+        Ok(())
+    })
 }
 
 /// Writes the text and usage of a finished request.
-///
-/// # Safety
-/// `text_out` is valid for a write; `usage_out` is NULL or passed
-/// `check_usage`.
-unsafe fn deliver(
-    asked: bool,
+fn deliver(
+    asked_logprobs: bool,
     c: Completion,
-    text_out: *mut *mut c_char,
-    usage_out: *mut zeph_usage,
+    text_out: Out<*mut c_char>,
+    usage_out: Option<VersionedOut<zeph_usage>>,
 ) {
-    if !usage_out.is_null() {
+    if let Some(usage_out) = usage_out {
         let mut usage = usage_to_c(Some(&c.usage));
-        if asked {
-            usage.logprobs = logprobs_out(c.logprobs);
+        if asked_logprobs {
+            usage.logprobs = zeph_logprobs::new_handle(c.logprobs);
         }
-        write_usage(usage_out, usage);
+        usage_out.write(usage);
     }
-    write_out(text_out, into_c_string(&c.text));
+    text_out.write(into_c_string(&c.text));
 }
 
 /// Continues `prompt` (UTF-8, at most `ZEPH_MAX_TEXT_BYTES`) and returns the
@@ -372,61 +278,23 @@ unsafe fn deliver(
 /// a greedy or seeded request gives the same text alone or beside others.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_complete(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     prompt: *const c_char,
-    options: *const super::zeph_generate_options,
+    options: *const zeph_generate_options,
     text_out: *mut *mut c_char,
     usage_out: *mut zeph_usage,
 ) -> zeph_status {
     boundary(|| {
-        let engine = engine_ref(engine)?;
+        let e = engine_arg(engine)?;
         let prompt = str_arg(prompt, "prompt")?;
-        if text_out.is_null() {
-            return Err(null_argument("text_out"));
-        }
-        check_usage(usage_out)?;
+        let text_out = out_arg(text_out, "text_out")?;
+        let usage_out = opt_versioned_out(usage_out)?;
         let options = generate_options(options)?;
-        check_logprobs(&options, usage_out)?;
-        let completion = engine.complete(prompt, &options)?;
+        check_logprobs(&options, usage_out.as_ref())?;
+        let completion = e.engine.complete(prompt, &options)?;
         deliver(options.n_logprobs > 0, completion, text_out, usage_out);
         Ok(())
     })
-}
-
-/// # Safety
-/// `messages` is NULL (with `n == 0`) or points to `n` valid messages.
-pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Result<Vec<Message>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    if messages.is_null() {
-        return Err(null_argument("messages (with n_messages > 0)"));
-    }
-    crate::options::check_len("n_messages", n, crate::options::MAX_MESSAGES, "messages")?;
-    // The sizes first, so that nothing is copied past a limit.
-    let len = |p: *const c_char| {
-        if p.is_null() {
-            0
-        } else {
-            std::ffi::CStr::from_ptr(p).to_bytes().len()
-        }
-    };
-    crate::options::check_conversation(
-        n,
-        (0..n).map(|i| {
-            let m = &*messages.add(i);
-            (len(m.role), len(m.content))
-        }),
-    )?;
-    (0..n)
-        .map(|i| {
-            let m = &*messages.add(i);
-            Ok(Message::new(
-                str_arg(m.role, &format!("messages[{i}].role"))?,
-                str_arg(m.content, &format!("messages[{i}].content"))?,
-            ))
-        })
-        .collect()
 }
 
 /// Renders `messages` with the engine's chat template (the model's own, or
@@ -440,113 +308,73 @@ pub(crate) unsafe fn messages_arg(messages: *const zeph_message, n: usize) -> Re
 /// `ZEPH_STATUS_TEMPLATE` with the template's own message.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_chat(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     messages: *const zeph_message,
     n_messages: usize,
-    options: *const super::zeph_generate_options,
+    options: *const zeph_generate_options,
     text_out: *mut *mut c_char,
     usage_out: *mut zeph_usage,
 ) -> zeph_status {
     boundary(|| {
-        let engine = engine_ref(engine)?;
+        let e = engine_arg(engine)?;
         let messages = messages_arg(messages, n_messages)?;
-        if text_out.is_null() {
-            return Err(null_argument("text_out"));
-        }
-        check_usage(usage_out)?;
+        let text_out = out_arg(text_out, "text_out")?;
+        let usage_out = opt_versioned_out(usage_out)?;
         let options = generate_options(options)?;
-        check_logprobs(&options, usage_out)?;
-        let completion = engine.chat(&messages, &options)?;
+        check_logprobs(&options, usage_out.as_ref())?;
+        let completion = e.engine.chat(&messages, &options)?;
         deliver(options.n_logprobs > 0, completion, text_out, usage_out);
         Ok(())
     })
 }
 
-/// Renders `messages` with the engine's chat template, without generating.
-/// `add_generation_prompt` non-zero appends the start of the assistant's
-/// turn.  On success `*text_out` receives a string the caller frees with
-/// `zeph_string_free`.
+/// Starts `zeph_engine_complete`'s work as a stream.  The request is queued
+/// now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
+/// pieces are read with `zeph_stream_next`.  On success `*stream_out`
+/// receives a stream the caller frees with `zeph_stream_free`.
 ///
 /// Threads: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn zeph_engine_apply_chat_template(
+pub unsafe extern "C" fn zeph_engine_stream_complete(
     engine: *const zeph_engine,
-    messages: *const zeph_message,
-    n_messages: usize,
-    add_generation_prompt: bool,
-    text_out: *mut *mut c_char,
+    prompt: *const c_char,
+    options: *const zeph_generate_options,
+    stream_out: *mut *mut zeph_stream,
 ) -> zeph_status {
     boundary(|| {
-        let engine = engine_ref(engine)?;
-        let messages = messages_arg(messages, n_messages)?;
-        if text_out.is_null() {
-            return Err(null_argument("text_out"));
-        }
-        let text = engine.apply_chat_template(&messages, add_generation_prompt)?;
-        write_out(text_out, into_c_string(&text));
+        let e = engine_arg(engine)?;
+        let prompt = str_arg(prompt, "prompt")?;
+        let stream_out = out_arg(stream_out, "stream_out")?;
+        let options = generate_options(options)?;
+        let stream = e.engine.stream_complete(prompt, &options)?;
+        stream_out.write(zeph_stream::new_handle(stream));
         Ok(())
     })
 }
 
-/// The context length in tokens that requests must fit (prompt plus
-/// `max_tokens`), or 0 when `engine` is NULL.
+/// Starts `zeph_engine_chat`'s work as a stream; as
+/// `zeph_engine_stream_complete` otherwise.  The messages are only read
+/// during the call.
 ///
 /// Threads: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn zeph_engine_context_length(engine: *const zeph_engine) -> u32 {
-    super::boundary_or(0, || {
-        engine_ref(engine)
-            .map(|e| e.info().context_length as u32)
-            .unwrap_or(0)
+pub unsafe extern "C" fn zeph_engine_stream_chat(
+    engine: *const zeph_engine,
+    messages: *const zeph_message,
+    n_messages: usize,
+    options: *const zeph_generate_options,
+    stream_out: *mut *mut zeph_stream,
+) -> zeph_status {
+    boundary(|| {
+        let e = engine_arg(engine)?;
+        let messages = messages_arg(messages, n_messages)?;
+        let stream_out = out_arg(stream_out, "stream_out")?;
+        let options = generate_options(options)?;
+        let stream = e.engine.stream_chat(&messages, &options)?;
+        stream_out.write(zeph_stream::new_handle(stream));
+        Ok(())
     })
 }
-
-/// Makes every call waiting on the engine, and every later one, return
-/// `ZEPH_STATUS_SHUTDOWN` promptly; running work stops before its next
-/// token.  Does not free anything.  NULL is a no-op; calling it again is a
-/// no-op.
-///
-/// Threads: any thread, at any time, including while other threads are
-/// blocked in calls on the same engine.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_shutdown(engine: *mut zeph_engine) {
-    super::boundary_or((), || {
-        if let Ok(e) = engine_ref(engine) {
-            e.shutdown();
-        }
-    })
-}
-
-/// Shuts the engine down (if not done yet), joins its worker threads and
-/// frees it.  NULL is a no-op.
-///
-/// Call it once, after every other call on this engine has returned (call
-/// `zeph_engine_shutdown` first to make blocked calls return); the handle is
-/// invalid afterwards.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
-    if !engine.is_null() {
-        super::boundary_or((), || drop(Box::from_raw(engine)));
-    }
-}
-
-/// How `zeph_engine_embed` turns the hidden states of a text's tokens into
-/// one vector.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum zeph_pooling {
-    /// The average of every token's final hidden state (BOS included when
-    /// the model adds one).
-    ZEPH_POOLING_MEAN = 0,
-    /// The last token's final hidden state.
-    ZEPH_POOLING_LAST = 1,
-}
-
-/// A `zeph_pooling` as C passes it: any int.  The header spells it
-/// `zeph_pooling` (see cbindgen.toml), so that an out-of-range value is an
-/// `INVALID_ARGUMENT`, not undefined behaviour.
-#[repr(transparent)]
-pub struct zeph_pooling_raw(pub std::ffi::c_int);
 
 /// Computes the embedding of `text` (UTF-8): the final hidden states of its
 /// tokens (after the model's output norm), pooled as `pooling` says, and
@@ -571,7 +399,7 @@ pub struct zeph_pooling_raw(pub std::ffi::c_int);
 /// workers in parallel with each other and with generation requests.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_embed(
-    engine: *mut zeph_engine,
+    engine: *const zeph_engine,
     text: *const c_char,
     pooling: zeph_pooling_raw,
     out: *mut f32,
@@ -579,32 +407,41 @@ pub unsafe extern "C" fn zeph_engine_embed(
     n_out: *mut usize,
 ) -> zeph_status {
     boundary(|| {
-        let engine = engine_ref(engine)?;
+        let e = engine_arg(engine)?;
         let text = str_arg(text, "text")?;
-        if n_out.is_null() {
-            return Err(null_argument("n_out"));
-        }
-        if out.is_null() && capacity > 0 {
-            return Err(null_argument("out (with capacity > 0)"));
-        }
-        let pooling = match pooling.0 {
-            0 => Pooling::Mean,
-            1 => Pooling::Last,
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "pooling = {other} is not a zeph_pooling value"
-                )))
-            }
-        };
-        let n = engine.info().embedding_length;
-        write_out(n_out, n);
-        if capacity < n {
-            return Err(Error::invalid_argument(format!(
-                "capacity {capacity} is too small: the embedding has {n} values"
-            )));
-        }
-        let v = engine.embed(text, pooling)?;
-        std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len().min(capacity));
-        Ok(())
+        let n_out = out_arg(n_out, "n_out")?;
+        let out = buffer_out(out, capacity, "out")?;
+        let pooling = pooling.to_pooling()?;
+        let n = e.engine.info().embedding_length;
+        n_out.write(n);
+        out.check_room(n, format_args!("the embedding has {n} values"))?;
+        out.write(&e.engine.embed(text, pooling)?)
     })
+}
+
+/// Makes every call waiting on the engine, and every later one, return
+/// `ZEPH_STATUS_SHUTDOWN` promptly; running work stops before its next
+/// token.  Does not free anything.  NULL is a no-op; calling it again is a
+/// no-op.
+///
+/// Threads: any thread, at any time, including while other threads are
+/// blocked in calls on the same engine.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_shutdown(engine: *mut zeph_engine) {
+    boundary_or((), || {
+        if let Some(e) = engine.as_ref() {
+            e.engine.shutdown();
+        }
+    })
+}
+
+/// Shuts the engine down (if not done yet), joins its worker threads and
+/// frees it.  NULL is a no-op.
+///
+/// Call it once, after every other call on this engine has returned (call
+/// `zeph_engine_shutdown` first to make blocked calls return); the handle is
+/// invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn zeph_engine_free(engine: *mut zeph_engine) {
+    boundary_or((), || free_handle(engine))
 }

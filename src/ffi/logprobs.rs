@@ -2,7 +2,8 @@
 
 use std::ffi::c_char;
 
-use super::{boundary, boundary_or, null_argument, write_out, zeph_status};
+use super::boundary::{boundary, boundary_or, free_handle, handle_ref, into_handle, opt_out_arg};
+use super::status::zeph_status;
 use crate::error::Error;
 use crate::logprobs::TokenLogprob;
 
@@ -27,8 +28,9 @@ pub struct zeph_logprobs {
 }
 
 impl zeph_logprobs {
-    pub(crate) fn new(tokens: Vec<TokenLogprob>) -> Self {
-        Self { tokens }
+    /// A new `zeph_logprobs` for the caller.
+    pub(crate) fn new_handle(tokens: Vec<TokenLogprob>) -> *mut Self {
+        into_handle(Self { tokens })
     }
 }
 
@@ -80,7 +82,7 @@ pub unsafe extern "C" fn zeph_logprobs_get(
     n_bytes_out: *mut usize,
 ) -> zeph_status {
     boundary(|| {
-        let l = logprobs.as_ref().ok_or_else(|| null_argument("logprobs"))?;
+        let l = handle_ref(logprobs, "logprobs")?;
         let t = l.tokens.get(index).ok_or_else(|| {
             Error::invalid_argument(format!(
                 "index {index} is out of range: {} tokens",
@@ -96,10 +98,18 @@ pub unsafe extern "C" fn zeph_logprobs_get(
                 ))
             })?,
         };
-        write_out(id_out, c.id);
-        write_out(logprob_out, c.logprob);
-        write_out(bytes_out, c.bytes.as_ptr() as *const c_char);
-        write_out(n_bytes_out, c.bytes.len());
+        if let Some(out) = opt_out_arg(id_out) {
+            out.write(c.id);
+        }
+        if let Some(out) = opt_out_arg(logprob_out) {
+            out.write(c.logprob);
+        }
+        if let Some(out) = opt_out_arg(bytes_out) {
+            out.write(c.bytes.as_ptr() as *const c_char);
+        }
+        if let Some(out) = opt_out_arg(n_bytes_out) {
+            out.write(c.bytes.len());
+        }
         Ok(())
     })
 }
@@ -109,9 +119,5 @@ pub unsafe extern "C" fn zeph_logprobs_get(
 /// Threads: any thread, once no other thread reads it.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_logprobs_free(logprobs: *mut zeph_logprobs) {
-    boundary_or((), || {
-        if !logprobs.is_null() {
-            drop(Box::from_raw(logprobs));
-        }
-    })
+    boundary_or((), || free_handle(logprobs))
 }

@@ -1,9 +1,24 @@
 //! Status codes, error messages and the library version.
 
-use std::ffi::{c_char, c_int};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CString};
 
-use super::{boundary_or, last_error_ptr};
 use crate::error::ErrorKind;
+
+thread_local! {
+    /// The message of the last failing call on this thread.
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// Records `message` as the calling thread's last error.
+pub(crate) fn set_last_error(message: CString) {
+    // Only fails while the thread is being torn down: nothing to report to.
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut e) = e.try_borrow_mut() {
+            *e = message;
+        }
+    });
+}
 
 /// The result of every fallible call.  The numbers are stable: new codes
 /// are only ever added at the end.
@@ -120,7 +135,12 @@ pub extern "C" fn zeph_status_name(status: zeph_status_raw) -> *const c_char {
 /// Threads: each thread has its own message.
 #[no_mangle]
 pub extern "C" fn zeph_last_error() -> *const c_char {
-    boundary_or(c"".as_ptr(), last_error_ptr)
+    // `try_` forms: nothing here can panic, so no boundary is needed.
+    LAST_ERROR
+        .try_with(|e| e.try_borrow().map(|c| c.as_ptr()).ok())
+        .ok()
+        .flatten()
+        .unwrap_or(c"".as_ptr())
 }
 
 /// The library version, `"MAJOR.MINOR.PATCH"`, equal to `ZEPH_VERSION` of

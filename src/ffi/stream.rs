@@ -4,13 +4,14 @@ use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::engine::{
-    check_usage, engine_ref, logprobs_out, messages_arg, stream_usage_to_c, usage_has_logprobs,
-    write_usage,
+use super::boundary::{
+    boundary, boundary_or, free_handle, handle_ref, into_handle, null_argument, out_arg,
+    to_c_string, versioned_out,
 };
-use super::options::generate_options;
+use super::logprobs::zeph_logprobs;
+use super::status::zeph_status;
 use super::string::into_c_string;
-use super::{boundary, boundary_or, null_argument, str_arg, write_out, zeph_status};
+use super::usage::{has_logprobs, stream_usage_to_c, zeph_usage};
 use crate::engine::Stream;
 use crate::error::{Error, ErrorKind};
 
@@ -27,11 +28,11 @@ pub struct zeph_stream {
 }
 
 impl zeph_stream {
-    fn new(stream: Stream) -> *mut Self {
-        Box::into_raw(Box::new(Self {
+    pub(crate) fn new_handle(stream: Stream) -> *mut Self {
+        into_handle(Self {
             stream,
             in_callback: AtomicU8::new(IDLE),
-        }))
+        })
     }
 }
 
@@ -40,67 +41,6 @@ impl zeph_stream {
 /// to cancel the request.
 pub type zeph_piece_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, piece: *const c_char, len: usize) -> bool>;
-
-/// Starts `zeph_engine_complete`'s work as a stream.  The request is queued
-/// now (waiting for room until its deadline: `ZEPH_STATUS_QUEUE_FULL`);
-/// pieces are read with `zeph_stream_next`.  On success `*stream_out`
-/// receives a stream the caller frees with `zeph_stream_free`.
-///
-/// Threads: any thread.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_stream_complete(
-    engine: *mut super::zeph_engine,
-    prompt: *const c_char,
-    options: *const super::zeph_generate_options,
-    stream_out: *mut *mut zeph_stream,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let prompt = str_arg(prompt, "prompt")?;
-        if stream_out.is_null() {
-            return Err(null_argument("stream_out"));
-        }
-        let options = generate_options(options)?;
-        let stream = engine.stream_complete(prompt, &options)?;
-        write_out(stream_out, zeph_stream::new(stream));
-        Ok(())
-    })
-}
-
-/// Starts `zeph_engine_chat`'s work as a stream; as
-/// `zeph_engine_stream_complete` otherwise.  The messages are only read
-/// during the call.
-///
-/// Threads: any thread.
-#[no_mangle]
-pub unsafe extern "C" fn zeph_engine_stream_chat(
-    engine: *mut super::zeph_engine,
-    messages: *const super::zeph_message,
-    n_messages: usize,
-    options: *const super::zeph_generate_options,
-    stream_out: *mut *mut zeph_stream,
-) -> zeph_status {
-    boundary(|| {
-        let engine = engine_ref(engine)?;
-        let messages = messages_arg(messages, n_messages)?;
-        if stream_out.is_null() {
-            return Err(null_argument("stream_out"));
-        }
-        let options = generate_options(options)?;
-        let stream = engine.stream_chat(&messages, &options)?;
-        write_out(stream_out, zeph_stream::new(stream));
-        Ok(())
-    })
-}
-
-/// # Safety
-/// `stream` is NULL or a live stream.
-unsafe fn stream_ref<'a>(stream: *const zeph_stream) -> Result<&'a Stream, Error> {
-    stream
-        .as_ref()
-        .map(|s| &s.stream)
-        .ok_or_else(|| null_argument("stream"))
-}
 
 /// Waits up to `timeout_ms` for the next piece of text.
 ///
@@ -124,21 +64,15 @@ pub unsafe extern "C" fn zeph_stream_next(
     piece_out: *mut *mut c_char,
 ) -> zeph_status {
     boundary(|| {
-        let s = stream_ref(stream)?;
-        if piece_out.is_null() {
-            return Err(null_argument("piece_out"));
-        }
-        if (*stream).in_callback.load(Ordering::Acquire) != IDLE {
+        let s = handle_ref(stream, "stream")?;
+        let piece_out = out_arg(piece_out, "piece_out")?;
+        if s.in_callback.load(Ordering::Acquire) != IDLE {
             return Err(Error::invalid_argument(
                 "zeph_stream_for_each is running on this stream (called from on_piece?)",
             ));
         }
-        let stream = s;
-        let piece = stream.next(Duration::from_millis(timeout_ms as u64))?;
-        write_out(
-            piece_out,
-            piece.map_or(std::ptr::null_mut(), |p| into_c_string(&p)),
-        );
+        let piece = s.stream.next(Duration::from_millis(timeout_ms as u64))?;
+        piece_out.write(piece.map_or(std::ptr::null_mut(), |p| into_c_string(&p)));
         Ok(())
     })
 }
@@ -167,7 +101,7 @@ pub unsafe extern "C" fn zeph_stream_for_each(
     user_data: *mut c_void,
 ) -> zeph_status {
     boundary(|| {
-        stream_ref(stream)?;
+        handle_ref(stream, "stream")?;
         let Some(on_piece) = on_piece else {
             return Err(null_argument("on_piece"));
         };
@@ -177,13 +111,13 @@ pub unsafe extern "C" fn zeph_stream_for_each(
             let next = (*stream).stream.next(Duration::from_secs(3600));
             match next {
                 Ok(Some(piece)) => {
-                    let c = super::to_c_string(&piece);
+                    let c = to_c_string(&piece);
                     (*stream).in_callback.store(CALLING, Ordering::Release);
                     let go_on = on_piece(user_data, c.as_ptr(), c.as_bytes().len());
                     if (*stream).in_callback.load(Ordering::Acquire) == FREED {
                         // zeph_stream_free ran inside the callback.
                         std::mem::forget(_busy);
-                        drop(Box::from_raw(stream));
+                        free_handle(stream);
                         return Err(Error::new(
                             ErrorKind::Cancelled,
                             "on_piece freed the stream; it was cancelled and freed when on_piece returned",
@@ -252,25 +186,22 @@ impl Drop for Busy<'_> {
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_usage(
     stream: *const zeph_stream,
-    usage_out: *mut super::zeph_usage,
+    usage_out: *mut zeph_usage,
 ) -> zeph_status {
     boundary(|| {
-        let stream = stream_ref(stream)?;
-        if usage_out.is_null() {
-            return Err(null_argument("usage_out"));
-        }
-        check_usage(usage_out)?;
+        let stream = &handle_ref(stream, "stream")?.stream;
+        let usage_out = versioned_out(usage_out, "usage_out")?;
         let outcome = stream.outcome();
         let mut usage = stream_usage_to_c(
             outcome.as_ref().map(|(u, _)| u),
             outcome.as_ref().and_then(|(_, e)| e.as_ref()),
         );
         if let Some(lp) = stream.logprobs().filter(|_| stream.logprobs_asked()) {
-            if usage_has_logprobs(usage_out) {
-                usage.logprobs = logprobs_out(lp);
+            if has_logprobs(Some(&usage_out)) {
+                usage.logprobs = zeph_logprobs::new_handle(lp);
             }
         }
-        write_usage(usage_out, usage);
+        usage_out.write(usage);
         Ok(())
     })
 }
@@ -283,8 +214,8 @@ pub unsafe extern "C" fn zeph_stream_usage(
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_cancel(stream: *const zeph_stream) {
     boundary_or((), || {
-        if let Ok(s) = stream_ref(stream) {
-            s.cancel();
+        if let Some(s) = stream.as_ref() {
+            s.stream.cancel();
         }
     })
 }
@@ -297,21 +228,17 @@ pub unsafe extern "C" fn zeph_stream_cancel(stream: *const zeph_stream) {
 /// freed.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_stream_free(stream: *mut zeph_stream) {
-    if !stream.is_null() {
-        boundary_or((), || {
-            // From inside zeph_stream_for_each's callback: cancel now, free
-            // when the callback returns.
-            let inside = (*stream).in_callback.compare_exchange(
-                CALLING,
-                FREED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-            if inside.is_ok() {
-                (*stream).stream.cancel();
-            } else {
-                drop(Box::from_raw(stream))
-            }
-        });
-    }
+    boundary_or((), || {
+        let Some(s) = stream.as_ref() else { return };
+        // From inside zeph_stream_for_each's callback: cancel now, free
+        // when the callback returns.
+        let inside =
+            s.in_callback
+                .compare_exchange(CALLING, FREED, Ordering::AcqRel, Ordering::Acquire);
+        if inside.is_ok() {
+            s.stream.cancel();
+        } else {
+            free_handle(stream)
+        }
+    })
 }

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use super::boundary_or;
+use super::boundary::{boundary_or, to_c_string};
 
 /// Frees a string returned by this library (`text_out` of the generation
 /// calls).  NULL is a no-op.  Passing any other pointer, or the same string
@@ -11,12 +11,14 @@ use super::boundary_or;
 /// Threads: any thread, not necessarily the one that received the string.
 #[no_mangle]
 pub unsafe extern "C" fn zeph_string_free(text: *mut c_char) {
-    if !text.is_null() {
-        boundary_or((), || drop(CString::from_raw(text)));
-    }
+    boundary_or((), || {
+        if !text.is_null() {
+            drop(CString::from_raw(text));
+        }
+    })
 }
 
 /// Moves `s` to the caller as a C string owned by it.
 pub(crate) fn into_c_string(s: &str) -> *mut c_char {
-    super::to_c_string(s).into_raw()
+    to_c_string(s).into_raw()
 }

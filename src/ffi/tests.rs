@@ -7,6 +7,7 @@
 use std::ffi::{c_char, CStr};
 use std::ptr;
 
+use super::boundary::*;
 use super::*;
 use crate::error::ErrorKind;
 
@@ -34,7 +35,7 @@ fn string_arguments_name_null_and_bad_utf8() {
     assert!(e.message.contains("at byte 2"), "{}", e.message);
     assert_eq!(unsafe { opt_str_arg(ptr::null(), "x") }.unwrap(), None);
     assert_eq!(unsafe { str_arg(c"ok".as_ptr(), "x") }.unwrap(), "ok");
-    let e = unsafe { options::bounded_str_arg(c"12345".as_ptr(), "stop", 4) }.unwrap_err();
+    let e = unsafe { bounded_str_arg(c"12345".as_ptr(), "stop", 4) }.unwrap_err();
     assert!(e.message.contains("the limit is 4"), "{}", e.message);
 }
 
@@ -53,13 +54,78 @@ fn boundary_turns_errors_and_panics_into_statuses_and_messages() {
 }
 
 #[test]
-fn write_out_skips_null() {
+fn out_parameters_are_checked_once_when_taken() {
     let mut x = 0u32;
     unsafe {
-        write_out(&mut x, 5);
-        write_out(ptr::null_mut::<u32>(), 6);
+        out_arg(&mut x, "x_out").unwrap().write(5);
+        let e = out_arg(ptr::null_mut::<u32>(), "n_out").err().unwrap();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::NullArgument, "n_out is NULL")
+        );
+        assert!(opt_out_arg(ptr::null_mut::<u32>()).is_none());
+        opt_out_arg(&mut x).unwrap().write(6);
     }
-    assert_eq!(x, 5);
+    assert_eq!(x, 6);
+}
+
+#[test]
+fn buffers_are_filled_within_their_capacity() {
+    // Exactly three elements the caller owns, the fourth of the array
+    // beside them untouched.
+    let mut buf = [0u32; 4];
+    unsafe {
+        let out = buffer_out(buf.as_mut_ptr(), 3, "ids").unwrap();
+        let e = out.check_room(4, "the text has 4 tokens").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert_eq!(e.message, "capacity 3 is too small: the text has 4 tokens");
+        out.check_room(3, "").unwrap();
+        out.write(&[7, 8, 9]).unwrap();
+        let out = buffer_out(buf.as_mut_ptr(), 3, "ids").unwrap();
+        assert!(out.write(&[1, 2, 3, 4]).is_err());
+        // NULL sizes the buffer with capacity 0, and is refused past it.
+        let out = buffer_out(ptr::null_mut::<u32>(), 0, "ids").unwrap();
+        out.write(&[]).unwrap();
+        let e = buffer_out(ptr::null_mut::<u32>(), 1, "ids").err().unwrap();
+        assert_eq!(e.message, "ids (with capacity > 0) is NULL");
+    }
+    assert_eq!(buf, [7, 8, 9, 0]);
+}
+
+#[test]
+fn input_arrays_may_be_null_only_when_empty() {
+    let v = [1u32, 2];
+    unsafe {
+        assert_eq!(slice_arg(v.as_ptr(), 2, "ids", "n_ids").unwrap(), &[1, 2]);
+        assert!(slice_arg(ptr::null::<u32>(), 0, "ids", "n_ids")
+            .unwrap()
+            .is_empty());
+        let e = slice_arg(ptr::null::<u32>(), 1, "ids", "n_ids").unwrap_err();
+        assert_eq!(e.message, "ids (with n_ids > 0) is NULL");
+        let e = bytes_arg(ptr::null(), 0, "data").unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::NullArgument, "data is NULL")
+        );
+        let b = bytes_arg(v.as_ptr().cast(), 3, "data").unwrap();
+        assert_eq!(b.len(), 3);
+    }
+}
+
+#[test]
+fn handles_round_trip_and_null_is_refused_or_ignored() {
+    struct Counted(std::rc::Rc<()>);
+    let live = std::rc::Rc::new(());
+    let h = into_handle(Counted(live.clone()));
+    unsafe {
+        assert!(std::rc::Rc::ptr_eq(&handle_ref(h, "x").unwrap().0, &live));
+        let e = handle_ref(ptr::null::<Counted>(), "stream").err().unwrap();
+        assert_eq!(e.message, "stream is NULL");
+        assert_eq!(std::rc::Rc::strong_count(&live), 2);
+        free_handle(h);
+        free_handle(ptr::null_mut::<Counted>());
+    }
+    assert_eq!(std::rc::Rc::strong_count(&live), 1);
 }
 
 /// An option struct inside exactly `size` bytes the caller owns.
@@ -84,26 +150,26 @@ fn option_structs_are_read_within_their_struct_size() {
     let mut o = zeph_generate_options_default();
     o.max_tokens = 7;
     let buf = caller_buffer(o, ours);
-    let got = unsafe { options::generate_options(buf.as_ptr() as *const _) }.unwrap();
+    let got = unsafe { generate_options::generate_options(buf.as_ptr() as *const _) }.unwrap();
     assert_eq!(got.max_tokens, 7);
     // A newer caller's larger struct, its extra bytes zero: accepted; not
     // zero: refused, naming the struct.  (The buffer is exactly that large.)
     let mut buf = caller_buffer(o, ours + 16);
-    let got = unsafe { options::generate_options(buf.as_ptr() as *const _) }.unwrap();
+    let got = unsafe { generate_options::generate_options(buf.as_ptr() as *const _) }.unwrap();
     assert_eq!(got.max_tokens, 7);
     unsafe { *(buf.as_mut_ptr() as *mut u8).add(ours + 3) = 1 };
-    let e = unsafe { options::generate_options(buf.as_ptr() as *const _) }.unwrap_err();
+    let e = unsafe { generate_options::generate_options(buf.as_ptr() as *const _) }.unwrap_err();
     assert!(e.message.contains("does not support"), "{}", e.message);
     // Too small: refused without reading past the size given.
     let buf = caller_buffer(o, 8);
-    let e = unsafe { options::generate_options(buf.as_ptr() as *const _) }.unwrap_err();
+    let e = unsafe { generate_options::generate_options(buf.as_ptr() as *const _) }.unwrap_err();
     assert!(e.message.contains("struct_size = 8"), "{}", e.message);
     // The engine options, likewise.
     let eo = zeph_engine_options_default();
     let buf = caller_buffer(eo, std::mem::size_of::<zeph_engine_options>());
-    assert!(unsafe { options::engine_options(buf.as_ptr() as *const _) }.is_ok());
+    assert!(unsafe { engine_options::engine_options(buf.as_ptr() as *const _) }.is_ok());
     let buf = caller_buffer(eo, 4);
-    assert!(unsafe { options::engine_options(buf.as_ptr() as *const _) }.is_err());
+    assert!(unsafe { engine_options::engine_options(buf.as_ptr() as *const _) }.is_err());
 }
 
 #[test]
@@ -112,11 +178,13 @@ fn too_many_stop_strings_are_refused_before_the_array_is_read() {
     let mut o = zeph_generate_options_default();
     o.stop = one.as_ptr();
     o.n_stop = crate::options::MAX_STOP_STRINGS + 1;
-    let e = unsafe { options::generate_options(&o) }.unwrap_err();
+    let e = unsafe { generate_options::generate_options(&o) }.unwrap_err();
     assert!(e.message.contains("n_stop"), "{}", e.message);
     o.n_stop = 1;
     assert_eq!(
-        unsafe { options::generate_options(&o) }.unwrap().stop,
+        unsafe { generate_options::generate_options(&o) }
+            .unwrap()
+            .stop,
         vec!["x"]
     );
 }
@@ -130,52 +198,85 @@ fn messages_are_bounded_before_they_are_read() {
     // A count past the limit with a one-element array: refused before
     // any element is touched.
     let e =
-        unsafe { engine::messages_arg(m.as_ptr(), crate::options::MAX_MESSAGES + 1) }.unwrap_err();
+        unsafe { message::messages_arg(m.as_ptr(), crate::options::MAX_MESSAGES + 1) }.unwrap_err();
     assert!(e.message.contains("65536"), "{}", e.message);
-    let got = unsafe { engine::messages_arg(m.as_ptr(), 1) }.unwrap();
+    let got = unsafe { message::messages_arg(m.as_ptr(), 1) }.unwrap();
     assert_eq!(got[0].content, "hi");
     let null_role = [zeph_message {
         role: ptr::null(),
         content: c"hi".as_ptr(),
     }];
-    let e = unsafe { engine::messages_arg(null_role.as_ptr(), 1) }.unwrap_err();
+    let e = unsafe { message::messages_arg(null_role.as_ptr(), 1) }.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NullArgument);
-    assert!(unsafe { engine::messages_arg(ptr::null(), 0) }
+    assert!(unsafe { message::messages_arg(ptr::null(), 0) }
         .unwrap()
         .is_empty());
 }
 
 #[test]
 fn usage_is_written_within_the_callers_struct_size() {
-    let usage = engine::zeph_usage {
+    let usage = zeph_usage {
         prompt_tokens: 3,
         completion_tokens: 4,
         status: zeph_status::ZEPH_STATUS_TIMEOUT,
-        ..engine::usage_to_c(None)
+        ..usage::usage_to_c(None)
     };
     // A caller built before `status` existed: exactly that many bytes.
-    let old = engine::USAGE_V1_SIZE;
+    let old = usage::USAGE_V1_SIZE;
     let mut buf = vec![0u64; old / 8];
     unsafe { (buf.as_mut_ptr() as *mut u32).write(old as u32) };
-    let out = buf.as_mut_ptr() as *mut engine::zeph_usage;
+    let out = buf.as_mut_ptr() as *mut zeph_usage;
     unsafe {
-        engine::check_usage(out).unwrap();
-        engine::write_usage(out, usage);
+        let u = versioned_out(out, "usage_out").unwrap();
+        assert!(!usage::has_logprobs(Some(&u)));
+        u.write(usage);
         let words = std::slice::from_raw_parts(buf.as_ptr() as *const u32, 3);
         assert_eq!(words, [old as u32, 3, 4]);
     }
     // The current size gets the status too.
-    let mut full = engine::usage_to_c(None);
-    full.struct_size = std::mem::size_of::<engine::zeph_usage>() as u32;
+    let mut full = usage::usage_to_c(None);
+    full.struct_size = std::mem::size_of::<zeph_usage>() as u32;
     unsafe {
-        engine::check_usage(&mut full).unwrap();
-        engine::write_usage(&mut full, usage);
+        let u = opt_versioned_out(&mut full).unwrap().unwrap();
+        assert!(usage::has_logprobs(Some(&u)));
+        u.write(usage);
     }
     assert_eq!(full.status, zeph_status::ZEPH_STATUS_TIMEOUT);
-    // Smaller than the first version: refused.
+    // Smaller than the first version: refused; NULL: absent, or refused
+    // when required.
     let mut tiny = [4u32, 0];
-    let e = unsafe { engine::check_usage(tiny.as_mut_ptr() as *mut _) }.unwrap_err();
+    let e = unsafe { opt_versioned_out(tiny.as_mut_ptr() as *mut zeph_usage) }
+        .err()
+        .unwrap();
     assert!(e.message.contains("struct_size = 4"), "{}", e.message);
+    assert!(unsafe { opt_versioned_out(ptr::null_mut::<zeph_usage>()) }
+        .unwrap()
+        .is_none());
+    let e = unsafe { versioned_out(ptr::null_mut::<zeph_usage>(), "usage_out") }
+        .err()
+        .unwrap();
+    assert_eq!(e.message, "usage_out is NULL");
+}
+
+#[test]
+fn a_versioned_write_keeps_the_callers_struct_size() {
+    // A caller's struct from a newer header, larger than ours: its
+    // struct_size and the bytes past our fields stay as they were.
+    let ours = std::mem::size_of::<zeph_usage>();
+    let mut buf = vec![u64::MAX; ours / 8 + 2];
+    unsafe { (buf.as_mut_ptr() as *mut u32).write(ours as u32 + 16) };
+    let value = zeph_usage {
+        prompt_tokens: 9,
+        ..usage::usage_to_c(None)
+    };
+    unsafe {
+        versioned_out(buf.as_mut_ptr() as *mut zeph_usage, "usage_out")
+            .unwrap()
+            .write(value);
+        let words = std::slice::from_raw_parts(buf.as_ptr() as *const u32, 2);
+        assert_eq!(words, [ours as u32 + 16, 9]);
+    }
+    assert_eq!(&buf[ours / 8..], [u64::MAX, u64::MAX]);
 }
 
 #[test]
@@ -213,13 +314,13 @@ fn a_failed_streams_usage_names_the_failure() {
             zeph_status::ZEPH_STATUS_CANCELLED,
         ),
     ] {
-        let c = engine::stream_usage_to_c(Some(&u), Some(&Error::new(kind, "x")));
+        let c = usage::stream_usage_to_c(Some(&u), Some(&Error::new(kind, "x")));
         assert_eq!(
             (c.finish_reason, c.status, c.prompt_tokens),
             (reason, status, 5)
         );
     }
-    let c = engine::stream_usage_to_c(None, None);
+    let c = usage::stream_usage_to_c(None, None);
     assert_eq!(
         (c.finish_reason, c.status),
         (
