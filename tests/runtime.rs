@@ -79,14 +79,17 @@ fn against_reference(model: &str) {
          largest logit difference {:.2}% of the largest logit",
         100.0 * worst
     );
-    // Issue 8 asks for 99% of all positions; measured 97.3-98.5% (AVX-512
-    // and AVX2) once both decoders quantize activations and cache K/V as
-    // llama.cpp does (they then agree to ~1e-7 after layer 0).  Every
-    // remaining difference is a near-tie: the runtime's choice is within
-    // 0.31 of the reference's top logit (0.15 at AVX-512), while float-order
-    // differences grown through the layers leave the logits ~0.2-0.3 apart
-    // (RMS over the vocabulary).  Clear choices must all agree; overall agreement must not
-    // fall below 90%.
+    // Issue 8 asks for 99% of all positions; measured 97.0% (SmolLM2) and
+    // 95.3% (Gemma 3), largest differences 7.6% and 8.7%.  Both decoders
+    // compute as llama.cpp does (norms, activation quantization with its
+    // rounding, f16 KV cache), and agree to ~1e-7 relative at the first
+    // positions of every layer (`cargo test --lib model::compare --
+    // --ignored` shows each stage); the rest are float-order differences
+    // (matrix-product sums, exp, attention) that flip an activation
+    // quantization or an f16 rounding at a near-tie now and then, and
+    // attention with large scores amplifies, to ~2-5% (RMS) at the last
+    // layer.  Every remaining top-1 difference is a near-tie.  Clear choices
+    // must all agree; overall agreement must not fall below 90%.
     assert_eq!(decisive_same, decisive, "{model}: a clear choice differs");
     assert!(pct >= 90.0, "{model}: top-1 agreement {pct:.1}% < 90%");
     assert!(

@@ -653,9 +653,13 @@ impl DecoderBatch {
             }
         });
 
+        #[cfg(test)]
+        super::trace::record(|| "embed".into(), &self.buf.x[..n * e]);
         for (li, layer) in m.layers.iter().enumerate() {
             // Attention.
             self.norm_quantize(n, e, &layer.attn_norm, &layer.qkv);
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.attn_norm"), &self.buf.h[..n * e]);
             let mut qkv = std::mem::take(&mut self.buf.qkv);
             {
                 let input = Input {
@@ -665,7 +669,16 @@ impl DecoderBatch {
                 self.matmuls(&layer.qkv, input, n, &mut qkv, qkv_dim);
             }
             self.buf.qkv = qkv;
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.qkv_raw"), &self.buf.qkv[..n * qkv_dim]);
             self.attention(li, layer, &rows, total);
+            #[cfg(test)]
+            {
+                super::trace::record(|| format!("{li}.q"), &self.buf.qkv[..q_dim]);
+                super::trace::record(|| format!("{li}.k"), &self.buf.qkv[q_dim..q_dim + kv_dim]);
+            }
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.att"), &self.buf.h[..n * q_dim]);
             self.quantize_h(n, q_dim, std::slice::from_ref(&layer.wo));
             let mut o = std::mem::take(&mut self.buf.o);
             {
@@ -676,10 +689,16 @@ impl DecoderBatch {
                 self.matmuls(std::slice::from_ref(&layer.wo), input, n, &mut o, e);
             }
             self.buf.o = o;
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.wo"), &self.buf.o[..n * e]);
             self.residual(n, e, layer.post_attn_norm.as_deref());
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.x_attn"), &self.buf.x[..n * e]);
 
             // Feed-forward.
             self.norm_quantize(n, e, &layer.ffn_norm, &layer.gate_up);
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.ffn_norm"), &self.buf.h[..n * e]);
             let mut gu = std::mem::take(&mut self.buf.gu);
             {
                 let input = Input {
@@ -689,6 +708,8 @@ impl DecoderBatch {
                 self.matmuls(&layer.gate_up, input, n, &mut gu, 2 * ff);
             }
             self.buf.gu = gu;
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.gu"), &self.buf.gu[..n * 2 * ff]);
             {
                 let gu = Shared::new(&mut self.buf.gu);
                 let h = Shared::new(&mut self.buf.h);
@@ -710,6 +731,8 @@ impl DecoderBatch {
                     }
                 });
             }
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.act"), &self.buf.h[..n * ff]);
             self.quantize_h(n, ff, std::slice::from_ref(&layer.down));
             let mut o = std::mem::take(&mut self.buf.o);
             {
@@ -720,7 +743,11 @@ impl DecoderBatch {
                 self.matmuls(std::slice::from_ref(&layer.down), input, n, &mut o, e);
             }
             self.buf.o = o;
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.down"), &self.buf.o[..n * e]);
             self.residual(n, e, layer.post_ffn_norm.as_deref());
+            #[cfg(test)]
+            super::trace::record(|| format!("{li}.x"), &self.buf.x[..n * e]);
         }
 
         if let Some(out) = self.hidden.as_mut() {
@@ -763,6 +790,8 @@ impl DecoderBatch {
         let Some(first) = first_dest else {
             return;
         };
+        #[cfg(test)]
+        super::trace::record(|| "out_norm".into(), &self.buf.h[..last_rows * e]);
         self.quantize_h(last_rows, e, std::slice::from_ref(&m.output));
         let mut logits = std::mem::take(&mut self.buf.logits);
         {

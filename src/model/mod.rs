@@ -7,6 +7,8 @@
 //! on candle's tensors (what the runtime is tested against).  Nothing
 //! outside this folder knows which one computes the logits.
 
+#[cfg(test)]
+mod compare;
 pub mod config;
 pub mod decoder;
 mod gemma3;
@@ -16,6 +18,8 @@ mod q4_1;
 mod qwen;
 pub mod reference;
 mod rope;
+#[cfg(test)]
+mod trace;
 
 use std::sync::Arc;
 

@@ -156,8 +156,9 @@ impl Q41Matrix {
     }
 }
 
-/// ggml's `quantize_row_q8_1_ref`: candle's `BlockQ8_1::from_float` but
-/// for the sum's rounding.
+/// ggml's `quantize_row_q8_1` as its x86 code computes it (candle's
+/// `BlockQ8_1::from_float` multiplies by `1 / d` and rounds ties away from
+/// zero, and rounds the sum differently).
 fn quantize_q8_1(xs: &[f32]) -> Q81Row {
     let nb = xs.len() / QK;
     let mut row = Q81Row {
@@ -168,13 +169,14 @@ fn quantize_q8_1(xs: &[f32]) -> Q81Row {
     for block in xs.chunks_exact(QK) {
         let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        // llama.cpp's x86 code: times 127 / amax, ties to even.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let dh = f16::from_f32(d);
         let mut qs = [0i8; QK];
         let mut sum = 0i32;
         for j in 0..QK / 2 {
-            qs[j] = f32::round(block[j] * id) as i8;
-            qs[j + QK / 2] = f32::round(block[j + QK / 2] * id) as i8;
+            qs[j] = (block[j] * id).round_ties_even() as i8;
+            qs[j + QK / 2] = (block[j + QK / 2] * id).round_ties_even() as i8;
             sum += qs[j] as i32 + qs[j + QK / 2] as i32;
         }
         row.d.push(dh.to_f32());

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
-use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::repeat_kv;
 
 use super::config::{Activation, Config, RopeStyle};
@@ -20,40 +19,132 @@ use crate::gguf::Gguf;
 
 /// A weight matrix: our Q4_1 kernel where it applies, candle's otherwise.
 pub enum Linear {
-    Candle(QMatMul),
+    /// With the blocks llama.cpp quantizes the activations to for it.
+    Candle(QMatMul, ActBlocks),
     Q41(super::q4_1::Q41Matrix),
+}
+
+/// How llama.cpp quantizes a product's activations (its `vec_dot_type`).
+#[derive(Clone, Copy)]
+pub enum ActBlocks {
+    /// Not quantized (float weights).
+    None,
+    /// Q8_0 / Q8_1: blocks of 32, scale amax / 127.
+    Q8,
+    /// Q8_K: blocks of 256, scale max / -127.
+    Q8K,
 }
 
 impl Linear {
     fn new(t: QTensor) -> candle_core::Result<Self> {
+        use candle_core::quantized::GgmlDType as G;
+        let act = match t.dtype() {
+            G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q8_1 => ActBlocks::Q8,
+            G::Q2K | G::Q3K | G::Q4K | G::Q5K | G::Q6K | G::Q8K => ActBlocks::Q8K,
+            _ => ActBlocks::None,
+        };
         match super::q4_1::Q41Matrix::from_qtensor(&t)? {
             Some(m) => Ok(Self::Q41(m)),
-            None => Ok(Self::Candle(QMatMul::from_qtensor(t)?)),
+            None => Ok(Self::Candle(QMatMul::from_qtensor(t)?, act)),
         }
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::Candle(m) => m.forward(x),
+            Self::Candle(m, act) => m.forward(&llama_cpp_grid(x, *act)?),
             Self::Q41(m) => m.forward(x),
         }
     }
 }
 
+/// `x` with each value replaced by what llama.cpp's x86 code quantizes it
+/// to for the product (its quantized value times the block's scale).
+/// candle quantizes activations with slightly different arithmetic (it
+/// multiplies by `1 / d`, rounds ties away from zero): given values already
+/// on a block's grid, it finds the same quantized values, so its product
+/// then is llama.cpp's.  The difference matters at exact rounding ties,
+/// which are common (a Q8_0 embedding's values are small integer multiples
+/// of one scale).
+fn llama_cpp_grid(x: &Tensor, act: ActBlocks) -> candle_core::Result<Tensor> {
+    let block = match act {
+        ActBlocks::None => return Ok(x.clone()),
+        ActBlocks::Q8 => 32,
+        ActBlocks::Q8K => 256,
+    };
+    let k = x.dim(D::Minus1)?;
+    if !k.is_multiple_of(block) {
+        return Ok(x.clone());
+    }
+    let mut v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    for b in v.chunks_exact_mut(block) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &y in b.iter() {
+            if y.abs() > amax {
+                amax = y.abs();
+                max = y;
+            }
+        }
+        if amax == 0.0 {
+            continue;
+        }
+        match act {
+            ActBlocks::Q8 => {
+                let (d, id) = (amax / 127.0, 127.0 / amax);
+                for y in b.iter_mut() {
+                    *y = (*y * id).round_ties_even().clamp(-127.0, 127.0) * d;
+                }
+            }
+            _ => {
+                let iscale = -127.0 / max;
+                let d = 1.0 / iscale;
+                for y in b.iter_mut() {
+                    *y = (iscale * *y).round_ties_even().clamp(-127.0, 127.0) * d;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(v, x.shape(), x.device())
+}
+
+/// RMS norm as ggml computes it: the squares in f32 summed in f64, the
+/// mean narrowed to f32, then `x · (1 / sqrt(mean + eps)) · w` (candle's
+/// `rms_norm` divides by the root instead, a last-bit difference that turns
+/// rounding ties of the next activation quantization the other way).
+pub struct Norm {
+    w: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let n = self.w.len();
+        let mut v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        for row in v.chunks_exact_mut(n) {
+            let sum: f64 = row.iter().map(|y| (y * y) as f64).sum();
+            let mean = (sum / n as f64) as f32;
+            let scale = 1.0 / (mean + self.eps).sqrt();
+            for (y, w) in row.iter_mut().zip(&self.w) {
+                *y = *y * scale * w;
+            }
+        }
+        Tensor::from_vec(v, x.shape(), x.device())
+    }
+}
+
 struct Layer {
-    attn_norm: RmsNorm,
+    attn_norm: Norm,
     /// Either one fused projection (Phi-3) or q, k, v.
     qkv: Qkv,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
     wo: Linear,
-    post_attn_norm: Option<RmsNorm>,
-    ffn_norm: RmsNorm,
+    post_attn_norm: Option<Norm>,
+    ffn_norm: Norm,
     /// Either separate gate and up projections, or one fused (Phi-3).
     gate: Option<Linear>,
     up: Linear,
     down: Linear,
-    post_ffn_norm: Option<RmsNorm>,
+    post_ffn_norm: Option<Norm>,
 }
 
 enum Qkv {
@@ -70,7 +161,7 @@ pub struct Model {
     cfg: Config,
     embed: Tensor,
     layers: Vec<Layer>,
-    out_norm: RmsNorm,
+    out_norm: Norm,
     output: Linear,
     /// Rotary frequencies and scaling (with `rope_freqs`, Llama 3.1+) per
     /// distinct base, and each layer's base.  The cos/sin tables are made
@@ -137,14 +228,15 @@ impl<'a> Loader<'a> {
             .map_err(|e| Error::model(format!("tensor {name}: {e}")))
     }
 
-    pub fn norm(&mut self, name: &str, len: usize, eps: f64) -> Result<RmsNorm> {
+    pub fn norm(&mut self, name: &str, len: usize, eps: f64) -> Result<Norm> {
         let w = self.vector(name, len)?;
-        let q =
-            QTensor::quantize(&w, candle_core::quantized::GgmlDType::F32).map_err(candle_error)?;
-        RmsNorm::from_qtensor(q, eps).map_err(candle_error)
+        Ok(Norm {
+            w: w.to_vec1::<f32>().map_err(candle_error)?,
+            eps: eps as f32,
+        })
     }
 
-    pub fn opt_norm(&mut self, name: &str, len: usize, eps: f64) -> Result<Option<RmsNorm>> {
+    pub fn opt_norm(&mut self, name: &str, len: usize, eps: f64) -> Result<Option<Norm>> {
         if self.has(name) {
             self.norm(name, len, eps).map(Some)
         } else {
@@ -305,6 +397,8 @@ impl Model {
         if let Some(s) = c.embed_scale {
             x = (x * s)?;
         }
+        #[cfg(test)]
+        super::trace::record_tensor(|| "embed".into(), &x);
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
         let ropes = self
             .ropes
@@ -314,6 +408,8 @@ impl Model {
             .collect::<candle_core::Result<Vec<_>>>()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.attn_norm"), &h);
             let (q, k, v) = match &layer.qkv {
                 Qkv::Fused(w) => {
                     let qkv = w.forward(&h)?;
@@ -333,6 +429,11 @@ impl Model {
                     (q, k, v)
                 }
             };
+            #[cfg(test)]
+            super::trace::record_tensor(
+                || format!("{i}.qkv_raw"),
+                &Tensor::cat(&[&q, &k, &v], D::Minus1)?,
+            );
             let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
                 t.reshape((1, seq, n, c.head_dim))?
                     .transpose(1, 2)?
@@ -353,10 +454,15 @@ impl Model {
                 RopeStyle::Halves => candle_nn::rotary_emb::rope(t, cos, sin),
             };
             let q = rope(&q)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.q"), &q);
             // The cache holds f16 values, as llama.cpp's (and the runtime's)
             // default KV cache does.
             let f16_round = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
-            let k = f16_round(rope(&k)?)?;
+            let k = rope(&k)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.k"), &k);
+            let k = f16_round(k)?;
             let v = f16_round(v)?;
             let (k, v) = match cache[i].take() {
                 Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
@@ -374,13 +480,21 @@ impl Model {
             }
             let att = candle_nn::ops::softmax_last_dim(&att)?;
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((1, seq, q_dim))?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.att"), &y);
             let mut y = layer.wo.forward(&y)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.wo"), &y);
             if let Some(n) = &layer.post_attn_norm {
                 y = n.forward(&y)?;
             }
             x = (x + y)?;
 
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.x_attn"), &x);
             let h = layer.ffn_norm.forward(&x)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.ffn_norm"), &h);
             let (g, u) = match &layer.gate {
                 Some(gate) => (gate.forward(&h)?, layer.up.forward(&h)?),
                 None => {
@@ -389,15 +503,24 @@ impl Model {
                     (gu.narrow(D::Minus1, 0, ff)?, gu.narrow(D::Minus1, ff, ff)?)
                 }
             };
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.gu"), &Tensor::cat(&[&g, &u], D::Minus1)?);
             let g = match c.activation {
                 Activation::Silu => candle_nn::ops::silu(&g)?,
                 Activation::GeluTanh => g.gelu()?,
             };
-            let mut y = layer.down.forward(&(g * u)?)?;
+            let a = (g * u)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.act"), &a);
+            let mut y = layer.down.forward(&a)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.down"), &y);
             if let Some(n) = &layer.post_ffn_norm {
                 y = n.forward(&y)?;
             }
             x = (x + y)?;
+            #[cfg(test)]
+            super::trace::record_tensor(|| format!("{i}.x"), &x);
         }
         if all_hidden {
             // Every position's hidden state after the output norm.
@@ -408,6 +531,8 @@ impl Model {
                 .to_dtype(DType::F32);
         }
         let x = self.out_norm.forward(&x.i((.., seq - 1, ..))?)?;
+        #[cfg(test)]
+        super::trace::record_tensor(|| "out_norm".into(), &x);
         let mut logits = self.output.forward(&x)?.squeeze(0)?;
         if let Some(cap) = c.final_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;

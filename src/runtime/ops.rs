@@ -88,9 +88,21 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// The factor 1 / sqrt(mean(x²) + eps) from the sum of the squares, as
+/// ggml computes it: each square in f32, summed in f64, the mean narrowed
+/// to f32 before the f32 square root.  The activations quantized after a
+/// norm have exact rounding ties (a Q8_0 embedding's values are small
+/// integer multiples of one scale): a scale one ulp off llama.cpp's turns
+/// some of them the other way, which the layers then amplify.
+#[inline(always)]
+fn rms_factor(sum_sq: f64, n: usize, eps: f32) -> f32 {
+    let mean = (sum_sq / n as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 fn rms_norm_scalar(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ss + eps).sqrt();
+    let ss: f64 = x.iter().map(|v| (v * v) as f64).sum();
+    let r = rms_factor(ss, x.len(), eps);
     for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
         *o = v * r * w;
     }
@@ -225,12 +237,10 @@ fn quantize_row_q8_scalar(
 }
 
 /// A block's scale and its inverse from its largest magnitude, with the
-/// same operations as `quantize_block` (a division by 127, not a product).
+/// same operations as `quantize_block`.
 #[inline(always)]
 fn q8_scale(amax: f32) -> (f32, f32) {
-    let scale = amax / 127.0;
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    (scale, inv)
+    super::quant::act::q8_scale(amax)
 }
 
 // Coefficients of exp: Cephes' expf (range reduction by ln 2 split in two
@@ -251,11 +261,10 @@ const EXP_P: [f32; 6] = [
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::quant::act::stored_scales;
-    use super::{f16, q8_scale, EXP_HI, EXP_LO, EXP_P, GELU_A, GELU_C, LN2_HI, LN2_LO};
+    use super::{f16, q8_scale, rms_factor, EXP_HI, EXP_LO, EXP_P, GELU_A, GELU_C, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
 
     const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    const ROUND_TRUNC: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
     /// Rounding immediate of the f32 → f16 conversions (3 bits, no SAE flag).
     const CVT_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
 
@@ -454,37 +463,39 @@ mod x86 {
     /// Σ x[i]² over the whole row.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sum_sq_avx2(x: &[f32]) -> f32 {
+    /// Σ x², each square in f32 and summed in f64 (see `rms_factor`).
+    unsafe fn sum_sq_avx2(x: &[f32]) -> f64 {
         let n = x.len();
         let p = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_pd(); 4];
         let mut i = 0;
-        while i + 32 <= n {
-            for j in 0..4 {
+        while i + 16 <= n {
+            for j in 0..2 {
                 let v = _mm256_loadu_ps(p.add(i + 8 * j));
-                acc[j] = _mm256_fmadd_ps(v, v, acc[j]);
+                let sq = _mm256_mul_ps(v, v);
+                acc[2 * j] = _mm256_add_pd(acc[2 * j], _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+                acc[2 * j + 1] = _mm256_add_pd(
+                    acc[2 * j + 1],
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)),
+                );
             }
-            i += 32;
+            i += 16;
         }
-        while i + 8 <= n {
-            let v = _mm256_loadu_ps(p.add(i));
-            acc[0] = _mm256_fmadd_ps(v, v, acc[0]);
-            i += 8;
+        let mut t = [0f64; 4];
+        _mm256_storeu_pd(
+            t.as_mut_ptr(),
+            _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3])),
+        );
+        let mut s = (t[0] + t[1]) + (t[2] + t[3]);
+        for &v in &x[i..] {
+            s += (v * v) as f64;
         }
-        if i < n {
-            let v = _mm256_maskload_ps(p.add(i), mask8(n - i));
-            acc[1] = _mm256_fmadd_ps(v, v, acc[1]);
-        }
-        hsum8(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        s
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn rms_norm_avx2(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-        let ss = sum_sq_avx2(x) / x.len() as f32;
-        let r = 1.0 / (ss + eps).sqrt();
+        let r = rms_factor(sum_sq_avx2(x), x.len(), eps);
         let rv = _mm256_set1_ps(r);
         let n = out.len().min(x.len()).min(w.len());
         let (px, pw, po) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
@@ -627,23 +638,11 @@ mod x86 {
         map2_avx2(y, x, |y, x| _mm256_add_ps(y, x));
     }
 
-    /// f32::round (half away from zero), exactly, for any input.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn round_away8(y: __m256) -> __m256 {
-        let t = _mm256_round_ps::<ROUND_TRUNC>(y);
-        let frac = _mm256_sub_ps(y, t); // exact
-        let absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let half = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(frac, absm), _mm256_set1_ps(0.5));
-        let one = _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(y, _mm256_set1_ps(-0.0)));
-        _mm256_add_ps(t, _mm256_and_ps(half, one))
-    }
-
     /// round(v · inv) clamped to ±127 with NaN as 0, as i32 lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_lanes8(v: __m256, inv: __m256) -> __m256i {
-        let r = round_away8(_mm256_mul_ps(v, inv));
+        let r = _mm256_round_ps::<ROUND_NEAREST>(_mm256_mul_ps(v, inv));
         let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
         let r = _mm256_min_ps(
             _mm256_max_ps(r, _mm256_set1_ps(-127.0)),
@@ -882,37 +881,39 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    unsafe fn sum_sq_avx512(x: &[f32]) -> f32 {
+    /// Σ x², each square in f32 and summed in f64 (see `rms_factor`).
+    unsafe fn sum_sq_avx512(x: &[f32]) -> f64 {
         let n = x.len();
         let p = x.as_ptr();
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = [_mm512_setzero_pd(); 4];
         let mut i = 0;
-        while i + 64 <= n {
-            for j in 0..4 {
+        while i + 32 <= n {
+            for j in 0..2 {
                 let v = _mm512_loadu_ps(p.add(i + 16 * j));
-                acc[j] = _mm512_fmadd_ps(v, v, acc[j]);
+                let sq = _mm512_mul_ps(v, v);
+                acc[2 * j] = _mm512_add_pd(acc[2 * j], _mm512_cvtps_pd(_mm512_castps512_ps256(sq)));
+                acc[2 * j + 1] = _mm512_add_pd(
+                    acc[2 * j + 1],
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                        _mm512_castps_pd(sq),
+                    ))),
+                );
             }
-            i += 64;
+            i += 32;
         }
-        while i + 16 <= n {
-            let v = _mm512_loadu_ps(p.add(i));
-            acc[0] = _mm512_fmadd_ps(v, v, acc[0]);
-            i += 16;
+        let mut s = _mm512_reduce_add_pd(_mm512_add_pd(
+            _mm512_add_pd(acc[0], acc[1]),
+            _mm512_add_pd(acc[2], acc[3]),
+        ));
+        for &v in &x[i..] {
+            s += (v * v) as f64;
         }
-        if i < n {
-            let v = _mm512_maskz_loadu_ps(mask16(n - i), p.add(i));
-            acc[1] = _mm512_fmadd_ps(v, v, acc[1]);
-        }
-        hsum16(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ))
+        s
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn rms_norm_avx512(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-        let ss = sum_sq_avx512(x) / x.len() as f32;
-        let r = 1.0 / (ss + eps).sqrt();
+        let r = rms_factor(sum_sq_avx512(x), x.len(), eps);
         let rv = _mm512_set1_ps(r);
         let n = out.len().min(x.len()).min(w.len());
         let (px, pw, po) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
@@ -1048,21 +1049,10 @@ mod x86 {
         map2_avx512(y, x, |y, x| _mm512_add_ps(y, x));
     }
 
-    /// f32::round (half away from zero), exactly, for any input.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    unsafe fn round_away16(y: __m512) -> __m512 {
-        let t = _mm512_roundscale_ps::<ROUND_TRUNC>(y);
-        let frac = _mm512_abs_ps(_mm512_sub_ps(y, t)); // exact
-        let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
-        let one = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
-        _mm512_mask_add_ps(t, half, t, one)
-    }
-
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     unsafe fn q8_lanes16(v: __m512, inv: __m512) -> __m512i {
-        let r = round_away16(_mm512_mul_ps(v, inv));
+        let r = _mm512_roundscale_ps::<ROUND_NEAREST>(_mm512_mul_ps(v, inv));
         let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r);
         let r = _mm512_maskz_mov_ps(ord, r);
         let r = _mm512_min_ps(
@@ -1382,6 +1372,32 @@ mod tests {
                     }
                 }
                 assert_eq!(got[n].to_bits(), 0xABCD, "{l:?}: wrote past the end");
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_is_ggmls_at_every_level() {
+        // ggml_compute_forward_rms_norm_f32 then the weight's product: the
+        // squares summed in f64 in order, mean and root in f32.  The f64
+        // sums' order differs per level, which cannot move the f32 mean.
+        let mut rng = Rng(7);
+        for l in levels() {
+            for n in LENS.into_iter().filter(|&n| n > 0) {
+                let x = rng.row(n, 30.0);
+                let w = rng.row(n, 2.0);
+                let eps = 1e-6;
+                let mut sum = 0f64;
+                for v in &x {
+                    sum += (v * v) as f64;
+                }
+                let mean = (sum / n as f64) as f32;
+                let scale = 1.0f32 / (mean + eps).sqrt();
+                let mut out = vec![0f32; n];
+                rms_norm_at(l, &x, &w, eps, &mut out);
+                for i in 0..n {
+                    assert_eq!(out[i], x[i] * scale * w[i], "{l:?} n={n} i={i}");
+                }
             }
         }
     }

@@ -90,7 +90,19 @@ impl ActRows {
     }
 }
 
-/// One block: round to nearest with the scale set by the largest magnitude.
+/// A Q8_0 / Q8_1 block's scale `amax / 127` and the factor its values are
+/// multiplied by, `127 / amax`: as llama.cpp's x86 code quantizes (its
+/// portable code multiplies by `1 / scale` instead, which differs in the
+/// last bit and so at rounding ties).
+#[inline(always)]
+pub fn q8_scale(amax: f32) -> (f32, f32) {
+    let scale = amax / 127.0;
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    (scale, inv)
+}
+
+/// One block: the scale set by the largest magnitude, rounded to nearest
+/// with ties to even (as llama.cpp's x86 code, `_mm256_round_ps`).
 #[inline]
 pub fn quantize_block(
     x: &[f32],
@@ -100,11 +112,10 @@ pub fn quantize_block(
     s16: &mut [i16; 2],
 ) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let scale = amax / 127.0;
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let (scale, inv) = q8_scale(amax);
     let mut sums = [0i32; 2];
     for (i, (q, v)) in qs.iter_mut().zip(x).enumerate() {
-        let r = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        let r = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
         *q = r;
         sums[i / 16] += r as i32;
     }
@@ -253,6 +264,27 @@ mod tests {
         let sum = s16[0] as i32 + s16[1] as i32;
         assert_eq!(sum, qs.iter().map(|&q| q as i32).sum::<i32>());
         assert_eq!((d, dsum), stored_scales(scale, sum));
+    }
+
+    #[test]
+    fn q8_blocks_round_as_llama_cpp_on_x86() {
+        // amax 127: the factor is 127 / 127 = 1, so the values are their own
+        // quants before rounding; ties go to even (2.5 → 2, 3.5 → 4,
+        // -2.5 → -2), not away from zero.
+        let mut x = [0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = 3.5;
+        x[3] = -2.5;
+        x[4] = 0.5;
+        let (mut qs, mut d, mut dsum, mut s16) = ([0i8; 32], 0f32, 0f32, [0i16; 2]);
+        quantize_block(&x, &mut qs, &mut d, &mut dsum, &mut s16);
+        assert_eq!(qs[..5], [127, 2, 4, -2, 0]);
+        // The factor is 127 / amax, not 1 / (amax / 127): they differ in the
+        // last bit for this amax, and so would round this value differently.
+        let amax = 11.0f32;
+        assert_ne!(127.0 / amax, 1.0 / (amax / 127.0));
+        assert_eq!(q8_scale(amax), (amax / 127.0, 127.0 / amax));
     }
 
     #[test]
