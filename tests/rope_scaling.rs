@@ -54,19 +54,36 @@ fn the_runtime_and_the_reference_agree_on_yarn_files() {
         let a = per_position(&*cpu, &seq);
         let b = per_position(&*reference, &seq);
         let (mut worst, mut worst_abs) = (0f32, 0f32);
+        let mut ties = 0;
         for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert_eq!(argmax(x), argmax(y), "{file}: top token at position {pos}");
             // Relative to the largest reference logit there, as
             // tests/runtime.rs measures it.
             let spread = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // The same top token, but for a near-tie: the two choices'
+            // reference logits within 0.1% of the largest (random weights
+            // make a few; rounding decides them).
+            let (p, q) = (argmax(x) as usize, argmax(y) as usize);
+            if p != q {
+                ties += 1;
+                assert!(
+                    (y[q] - y[p]) / spread < 1e-3,
+                    "{file}: top token at position {pos}: {p} vs the reference's {q} ({} vs {})",
+                    y[p],
+                    y[q]
+                );
+            }
             worst = worst.max(max_diff(x, y) / spread);
             worst_abs = worst_abs.max(max_diff(x, y));
         }
         println!(
-            "{file}: runtime vs reference over {} positions: top-1 equal at all, \
+            "{file}: runtime vs reference over {} positions: top-1 equal but for {ties} near-ties, \
              largest logit difference {worst_abs:.2e} = {:.3}% of the largest logit",
             seq.len(),
             100.0 * worst
+        );
+        assert!(
+            ties <= 2,
+            "{file}: {ties} positions choose another top token"
         );
         // The fixtures' 1e-3, relative (the logits reach ~40 here; the same
         // file without YaRN measures 1.4e-4 relative, 9.7e-4 absolute).
