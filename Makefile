@@ -92,15 +92,19 @@ check-header: lib
 	$(CC) $(CSTRICT) -fsyntax-only -x c include/zeph_llm.h
 	$(CXX) $(CXXSTRICT) -fsyntax-only -x c++ include/zeph_llm.h
 
+# Linted as shipped and with the reference decoder (its code and the tests
+# that use it exist only with the feature).
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --all-targets --features reference -- -D warnings
 
-# The panic-injection tests need the fault-injection feature (a production
-# build never reads ZEPH_FAULT); switching features rebuilds the crate once
-# (not its dependencies).
+# The tests that compare the runtime with the candle reference decoder need
+# the reference feature, the panic-injection tests the fault-injection
+# feature (a production build has neither); switching features rebuilds the
+# crate once (not its dependencies).
 test-rust: models
-	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release
+	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release --features reference
 	ZEPH_MODEL="$(MODEL)" $(CARGO) test --release --features fault-injection --test faults --test panic_log
 
 $(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h $(LIB) | $(BUILD)

@@ -84,11 +84,10 @@ fn compare(model: &str, file: &str) {
         let dir = std::env::var("ZEPH_MODELS_DIR").expect("ZEPH_MODELS_DIR");
         let g = Gguf::open(&std::path::Path::new(&dir).join(file)).unwrap();
         let mut t: Vec<_> = g
-            .content
-            .tensor_infos
+            .tensors()
             .iter()
-            .filter(|(n, _)| n.starts_with("blk.0.") || !n.starts_with("blk."))
-            .map(|(n, i)| format!("{n}: {:?} {:?}", i.ggml_dtype, i.shape.dims()))
+            .filter(|i| i.name.starts_with("blk.0.") || !i.name.starts_with("blk."))
+            .map(|i| format!("{}: {:?} {:?}", i.name, i.ty, i.dims))
             .collect();
         t.sort();
         println!("{model}: {}", t.join(", "));

@@ -65,29 +65,9 @@ pub struct Model {
 }
 
 fn wtype(g: &Gguf, name: &str) -> Result<WType> {
-    use candle_core::quantized::GgmlDType as G;
-    let info = &g.content.tensor_infos[name];
-    let t = match info.ggml_dtype {
-        G::F32 => WType::F32,
-        G::F16 => WType::F16,
-        G::BF16 => WType::BF16,
-        G::Q4_0 => WType::Q4_0,
-        G::Q4_1 => WType::Q4_1,
-        G::Q5_0 => WType::Q5_0,
-        G::Q5_1 => WType::Q5_1,
-        G::Q8_0 => WType::Q8_0,
-        G::Q2K => WType::Q2K,
-        G::Q3K => WType::Q3K,
-        G::Q4K => WType::Q4K,
-        G::Q5K => WType::Q5K,
-        G::Q6K => WType::Q6K,
-        other => {
-            return Err(Error::model(format!(
-                "tensor {name} has type {other:?}, which this runtime does not support"
-            )))
-        }
-    };
-    Ok(t)
+    g.tensor(name)
+        .map(|t| t.ty)
+        .ok_or_else(|| Error::model(format!("tensor {name} is missing")))
 }
 
 struct Tensors<'a> {
@@ -97,19 +77,17 @@ struct Tensors<'a> {
 
 impl Tensors<'_> {
     fn has(&self, name: &str) -> bool {
-        self.g.content.tensor_infos.contains_key(name)
+        self.g.tensor(name).is_some()
     }
 
     fn dims(&self, name: &str) -> Option<Vec<usize>> {
-        self.g
-            .content
-            .tensor_infos
-            .get(name)
-            .map(|t| t.shape.dims().to_vec())
+        self.g.tensor(name).map(|t| t.dims.clone())
     }
 
     fn offset(&self, name: &str) -> usize {
-        (self.g.content.tensor_data_offset + self.g.content.tensor_infos[name].offset) as usize
+        self.g
+            .tensor(name)
+            .map_or(0, |t| self.g.tensor_range(t).start)
     }
 
     /// A matrix of `rows` rows of `k` values (GGUF's [k, rows]).
@@ -165,7 +143,7 @@ impl Tensors<'_> {
 impl Model {
     pub fn load(cfg: Config, g: &Gguf, threads: usize) -> Result<Self> {
         let level = simd::configured();
-        let map = Mmap::map(g.reader.get_ref())
+        let map = Mmap::map(g.file())
             .map_err(|e| Error::model(format!("cannot map the model file: {e}")))?;
         let file = map.bytes();
         let t = Tensors { g, level };

@@ -3,19 +3,22 @@
 //! general decoder runs every architecture; each architecture is one file
 //! that maps its GGUF metadata onto a [`config::Config`], and `load`
 //! dispatches on `general.architecture`.  Two decoders run a `Config`:
-//! [`decoder`] on our CPU runtime (what the engine uses) and [`reference`]
-//! on candle's tensors (what the runtime is tested against).  Nothing
-//! outside this folder knows which one computes the logits.
+//! [`decoder`] on our CPU runtime (what the engine uses) and, with the
+//! `reference` feature, `reference` on candle's tensors (what the runtime
+//! is tested against).  Nothing outside this folder knows which one
+//! computes the logits.
 
-#[cfg(test)]
+#[cfg(all(test, feature = "reference"))]
 mod compare;
 pub mod config;
 pub mod decoder;
 mod gemma3;
 mod llama;
 mod phi3;
+#[cfg(feature = "reference")]
 mod q4_1;
 mod qwen;
+#[cfg(feature = "reference")]
 pub mod reference;
 mod rope;
 #[cfg(test)]
@@ -26,14 +29,14 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use config::{Config, RopeScaling};
-use reference::Loader;
 
 /// Which decoder computes the logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// Our CPU runtime, with this many threads per session (at least 1).
     Cpu { threads: usize },
-    /// The candle reference decoder (tests).
+    /// The candle reference decoder (tests; the `reference` feature).
+    #[cfg(feature = "reference")]
     Reference,
 }
 
@@ -460,8 +463,9 @@ pub fn load_with(
                 info,
             }))
         }
+        #[cfg(feature = "reference")]
         Backend::Reference => {
-            let model = reference::Model::load(cfg, &mut Loader::new(gguf))
+            let model = reference::Model::load(cfg, &mut reference::Loader::new(gguf))
                 .map_err(|e| e.context(&arch))?;
             let info = ModelInfo {
                 vocab_size: model.vocab_size(),
@@ -475,6 +479,7 @@ pub fn load_with(
     }
 }
 
+#[cfg(feature = "reference")]
 pub(crate) fn candle_error(e: candle_core::Error) -> Error {
     Error::inference(e.to_string())
 }

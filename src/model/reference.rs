@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_transformers::utils::repeat_kv;
 
@@ -16,6 +17,7 @@ use super::rope::{Rope, Ropes};
 use super::{candle_error, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
+use crate::runtime::quant::WType;
 
 /// A weight matrix: our Q4_1 kernel where it applies, candle's otherwise.
 pub enum Linear {
@@ -170,32 +172,50 @@ pub struct Model {
     ropes: Ropes,
 }
 
+/// candle's name for one of our tensor types.
+fn ggml_dtype(t: WType) -> GgmlDType {
+    match t {
+        WType::F32 => GgmlDType::F32,
+        WType::F16 => GgmlDType::F16,
+        WType::BF16 => GgmlDType::BF16,
+        WType::Q4_0 => GgmlDType::Q4_0,
+        WType::Q4_1 => GgmlDType::Q4_1,
+        WType::Q5_0 => GgmlDType::Q5_0,
+        WType::Q5_1 => GgmlDType::Q5_1,
+        WType::Q8_0 => GgmlDType::Q8_0,
+        WType::Q2K => GgmlDType::Q2K,
+        WType::Q3K => GgmlDType::Q3K,
+        WType::Q4K => GgmlDType::Q4K,
+        WType::Q5K => GgmlDType::Q5K,
+        WType::Q6K => GgmlDType::Q6K,
+    }
+}
+
 /// Reads tensors by name, with the file's name in errors.
 pub struct Loader<'a> {
-    gguf: &'a mut Gguf,
+    gguf: &'a Gguf,
 }
 
 impl<'a> Loader<'a> {
-    pub fn new(gguf: &'a mut Gguf) -> Self {
+    pub fn new(gguf: &'a Gguf) -> Self {
         Self { gguf }
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.gguf.content.tensor_infos.contains_key(name)
+        self.gguf.tensor(name).is_some()
     }
 
     pub fn dims(&self, name: &str) -> Option<Vec<usize>> {
-        self.gguf
-            .content
-            .tensor_infos
-            .get(name)
-            .map(|t| t.shape.dims().to_vec())
+        self.gguf.tensor(name).map(|t| t.dims.clone())
     }
 
+    /// A tensor as candle's, its bytes copied from the file.
     pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
-        let g = &mut *self.gguf;
-        g.content
-            .tensor(&mut g.reader, name, &Device::Cpu)
+        let g = self.gguf;
+        let (Some(t), Some(data)) = (g.tensor(name), g.tensor_data(name)) else {
+            return Err(Error::model(format!("tensor {name} is missing")));
+        };
+        qtensor_from_ggml(ggml_dtype(t.ty), data, t.dims.clone(), &Device::Cpu)
             .map_err(|e| Error::model(format!("tensor {name}: {e}")))
     }
 
