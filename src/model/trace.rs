@@ -2,6 +2,9 @@
 //! stage by stage (see `compare.rs`).  Nothing of this is compiled outside
 //! `cfg(test)`.
 
+// Only `compare.rs` (which needs the reference decoder) reads the taps.
+#![cfg_attr(not(feature = "reference"), allow(dead_code))]
+
 use std::cell::RefCell;
 
 /// What one forward pass recorded: each tap's name and values, in order.
@@ -35,6 +38,7 @@ pub fn record(name: impl FnOnce() -> String, v: &[f32]) {
 }
 
 /// Records a candle tensor (flattened) when recording is on.
+#[cfg(feature = "reference")]
 pub fn record_tensor(name: impl FnOnce() -> String, t: &candle_core::Tensor) {
     if on() {
         let v = t
