@@ -1,8 +1,9 @@
 # zeph-llm — the two commands a new user needs:
 #   make demo    fetch the default model, build, answer a prompt through the C API
 #   make test    install what is missing (scripts/setup.sh), then every test:
-#                header check, lint, Rust, C (under valgrind), C++, chat, Go,
-#                Swift, install, the README's code blocks
+#                header check, lint, Rust, C (under valgrind and under
+#                ASan+UBSan), a short stress run, short fuzzing runs, C++,
+#                chat, Go, Swift, install, the README's code blocks
 
 CARGO    ?= cargo
 CC       ?= cc
@@ -81,7 +82,7 @@ chat: models $(BUILD)/chat
 
 # ---- tests ------------------------------------------------------------------
 
-test: setup check-header lint test-rust test-c test-c-asan test-stress test-cpp test-chat test-go test-go-missing-model test-swift test-install test-readme
+test: setup check-header lint test-rust test-c test-c-asan test-stress test-fuzz test-cpp test-chat test-go test-go-missing-model test-swift test-install test-readme
 	@echo "make test: all suites passed"
 
 # The committed header must be what the build generates, and must compile on
@@ -190,7 +191,7 @@ test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
 FUZZ_TARGETS := gguf load tokenize detokenize template options
 FUZZ_SHORT   ?= 5
 FUZZ_TIME    ?= 600
-FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(CURDIR)/$(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3="$$($(CURDIR)/$(FETCH) --path gemma3)" \
+FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3="$$($(FETCH) --path gemma3)" \
                 ZEPH_FUZZ_TINY="$(CURDIR)/$(BUILD)/fixtures/tiny-llama.gguf"
 
 # The nightly toolchain with miri, and cargo-fuzz (from crates.io, a few

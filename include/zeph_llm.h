@@ -933,7 +933,9 @@ void zeph_engine_shutdown(struct zeph_engine *engine);
 
 /**
  * Shuts the engine down (if not done yet), joins its worker threads and
- * frees it.  NULL is a no-op.
+ * frees it.  NULL is a no-op.  With glibc, the memory freed is then handed
+ * back to the system (`malloc_trim(0)`: glibc would otherwise keep tens of
+ * megabytes of a freed model's heap resident for reuse).
  *
  * Call it once, after every other call on this engine has returned (call
  * `zeph_engine_shutdown` first to make blocked calls return); the handle is

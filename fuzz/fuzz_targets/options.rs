@@ -1,6 +1,7 @@
 //! The C API's option structs filled with arbitrary bytes (every field,
 //! `struct_size` included, up to the 256 bytes a caller provides), their
-//! strings and stop arrays pointing at fuzzed C strings: zeph_engine_new
+//! strings, constraints and stop arrays pointing at fuzzed C strings, its
+//! callbacks valid functions or NULL: zeph_engine_new
 //! must refuse or accept them (on a missing file: options are read first),
 //! and a stream started with the generation options must start or fail
 //! with a status, never crash or read outside what the caller provides.
@@ -31,6 +32,12 @@ fn engine() -> *mut zeph_engine {
     })
     .0
 }
+
+unsafe extern "C" fn progress(_: *mut std::ffi::c_void, done: f32) -> bool {
+    done < 0.5
+}
+
+unsafe extern "C" fn log(_: *mut std::ffi::c_void, _: zeph_log_level, _: *const c_char) {}
 
 /// 256 bytes the caller owns, the struct at the start.
 #[repr(C, align(8))]
@@ -65,6 +72,19 @@ fuzz_target!(|data: &[u8]| {
         (*eo).struct_size = (*eo).struct_size.min(256);
         (*eo).tokenizer_path = string(0);
         (*eo).chat_template = string(1);
+        // The callbacks are the caller's code: valid functions or NULL.
+        (*eo).progress = if (*eo).n_workers & 1 == 0 {
+            None
+        } else {
+            Some(progress)
+        };
+        (*eo).progress_user_data = ptr::null_mut();
+        (*eo).log = if (*eo).n_workers & 2 == 0 {
+            None
+        } else {
+            Some(log)
+        };
+        (*eo).log_user_data = ptr::null_mut();
         let mut e = ptr::null_mut();
         let st = zeph_engine_new(c"/nonexistent/fuzz.gguf".as_ptr(), eo, &mut e);
         assert_ne!(st, zeph_status::ZEPH_STATUS_OK);
@@ -90,6 +110,19 @@ fuzz_target!(|data: &[u8]| {
             token
         };
         (*go).timeout_ms = (*go).timeout_ms.min(2000);
+        // Constraints: fuzzed text, or NULL, as the seed's bits say (more
+        // than one set is refused).
+        let seed = (*go).seed;
+        let pick = |bit: u64, i: usize| {
+            if seed >> bit & 1 == 0 {
+                ptr::null()
+            } else {
+                string(i)
+            }
+        };
+        (*go).json_schema = pick(1, 66);
+        (*go).regex = pick(2, 67);
+        (*go).grammar = pick(3, 68);
         let mut s = ptr::null_mut();
         let st = zeph_engine_stream_complete(engine(), c"a".as_ptr(), go, &mut s);
         if st == zeph_status::ZEPH_STATUS_OK {
