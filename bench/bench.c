@@ -228,6 +228,7 @@ static int concurrency(const char *model, const char *list, const char *out_path
     printf("|---------|---------|------|-----------|-----------|-----------|\n");
     const char *p = list;
     int first = 1;
+    long max_n = 1;
     while (*p) {
         char *end;
         long n = strtol(p, &end, 10);
@@ -236,6 +237,7 @@ static int concurrency(const char *model, const char *list, const char *out_path
             return 2;
         }
         p = *end == ',' ? end + 1 : end;
+        max_n = n > max_n ? n : max_n;
         zeph_engine *engine = engine_open(model, (uint32_t)n);
         /* REPS rounds; each figure is the median of its rounds. */
         double walls[MAX_REPS], tgs[MAX_REPS], alls[MAX_REPS];
@@ -279,6 +281,30 @@ static int concurrency(const char *model, const char *list, const char *out_path
                     " \"speed_tg\": %.3f, \"speed\": %.3f}", first ? "" : ",", n, pp, tg, wall_s, s_tg, s_all);
         first = 0;
     }
+    /* One client alone on an engine with as many slots as the largest N
+     * (the N = 1 row ran on a one-slot engine): what running beside room
+     * for others costs a lone request. */
+    double wide[MAX_REPS];
+    {
+        zeph_engine *engine = engine_open(model, (uint32_t)max_n);
+        for (int rep = 0; rep < REPS; rep++) {
+            pthread_barrier_t start;
+            pthread_barrier_init(&start, NULL, 2);
+            client_t c = {.engine = engine, .start = &start};
+            c.prompt = prompt_of_tokens(engine, 128);
+            pthread_t t;
+            pthread_create(&t, NULL, client, &c);
+            pthread_barrier_wait(&start);
+            pthread_join(t, NULL);
+            wide[rep] = c.usage.completion_tokens / (c.usage.generation_ms / 1e3);
+            free(c.prompt);
+            pthread_barrier_destroy(&start);
+        }
+        zeph_engine_free(engine);
+    }
+    double wide_tg = median(wide, REPS);
+    printf("one client on a %ld-slot engine: S_TG %.2f t/s\n", max_n, wide_tg);
+    if (out) fprintf(out, "],\n \"one_client_wide\": {\"slots\": %ld, \"speed_tg\": %.3f}", max_n, wide_tg);
     /* Time to first token of a new request (a 128-token prompt, one token)
      * on an idle engine, then while 3 others generate; and the length of
      * one step with 4 sequences (from a 33-token answer beside them). */
@@ -308,7 +334,7 @@ static int concurrency(const char *model, const char *list, const char *out_path
     printf("ttft of a 128-token prompt: idle %.1f ms, beside 3 generating %.1f ms; one step %.1f ms\n",
            idle_med, busy_med, step_med);
     if (out) {
-        fprintf(out, "],\n \"ttft\": {\"idle_ms\": %.3f, \"busy_ms\": %.3f, \"step_ms\": %.3f}}\n",
+        fprintf(out, ",\n \"ttft\": {\"idle_ms\": %.3f, \"busy_ms\": %.3f, \"step_ms\": %.3f}}\n",
                 idle_med, busy_med, step_med);
         fclose(out);
     }
