@@ -35,7 +35,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: FORCE all bench bench-forward bench-reference bench-tokenize chat check-header clean demo fixtures fuzz fuzz-corpus install lib lint miri models nightly-tools setup stress test test-c test-c-asan test-chat test-cpp test-fuzz test-go test-go-missing-model test-install test-readme test-rust test-stress test-swift
+.PHONY: FORCE all bench bench-forward bench-reference bench-tokenize chat check-header clean demo fixtures fuzz fuzz-corpus fuzz-tools install lib lint miri models nightly-tools setup stress test test-c test-c-asan test-chat test-cpp test-fuzz test-go test-go-missing-model test-install test-readme test-rust test-stress test-swift
 
 all: lib
 
@@ -199,10 +199,13 @@ FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3
 
 # The nightly toolchain with miri, and cargo-fuzz (from crates.io, a few
 # minutes the first time); nothing when they are there.
-nightly-tools:
-	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+nightly-tools: fuzz-tools
 	rustup component list --toolchain nightly --installed | grep -q '^miri' || \
 	  rustup component add --toolchain nightly miri rust-src
+
+# What the fuzz targets alone need: the nightly toolchain and cargo-fuzz.
+fuzz-tools:
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
 fuzz-corpus: fixtures
@@ -221,7 +224,7 @@ define fuzz-run
 endef
 
 test-fuzz: SHELL := /bin/bash
-test-fuzz: nightly-tools models fuzz-corpus
+test-fuzz: fuzz-tools models fuzz-corpus
 	cd fuzz && for tr in $(FUZZ_SHORT_RUNS); do t=$${tr%%:*}; n=$${tr##*:}; \
 	  corpus=../$(BUILD)/fuzz-short/$$t; rm -rf $$corpus; mkdir -p $$corpus; \
 	  if [ $$t = load ]; then cp ../$(BUILD)/fixtures/*.gguf $$corpus/; fi; \
@@ -234,7 +237,7 @@ test-fuzz: nightly-tools models fuzz-corpus
 	done
 
 fuzz: SHELL := /bin/bash
-fuzz: nightly-tools models fuzz-corpus
+fuzz: fuzz-tools models fuzz-corpus
 	$(call fuzz-run,$(FUZZ_TIME))
 
 # The ffi layer's boundary helpers under miri (src/ffi/tests.rs).
