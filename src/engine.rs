@@ -636,12 +636,19 @@ struct GiveBackMemory;
 
 impl Drop for GiveBackMemory {
     fn drop(&mut self) {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free pages of the heaps; it may
-        // be called at any time from any thread.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        give_back_memory();
+    }
+}
+
+/// Returns the free pages of every malloc heap (all threads' arenas) to the
+/// system; on glibc only, elsewhere nothing.  Called when an engine is freed
+/// and when a worker has been idle for a while (`scheduler::IDLE_TRIM`).
+pub(crate) fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of the heaps; it may be
+    // called at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -7,6 +7,9 @@
 //! `ffi`.
 
 /// cbindgen:ignore
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod alloc;
+/// cbindgen:ignore
 pub mod cancel;
 /// cbindgen:ignore
 pub mod chat;
@@ -42,6 +45,15 @@ pub mod stop;
 pub mod tokenizer;
 
 pub mod ffi;
+
+#[cfg(all(
+    feature = "own-allocator",
+    not(test),
+    target_os = "linux",
+    target_env = "gnu"
+))]
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 pub use cancel::CancelToken;
 pub use chat::Message;

@@ -31,6 +31,12 @@ use crate::model::{Batch, SeqInput, Weights};
 use crate::options::GenerateOptions;
 use crate::tokenizer::Tokenizer;
 
+/// How long a worker stays idle after work before it hands the memory its
+/// requests freed back to the system (`engine::give_back_memory`): long
+/// enough that a steady stream of requests never pays for it, short enough
+/// that a host's resident memory settles soon after a burst.
+pub const IDLE_TRIM: Duration = Duration::from_secs(1);
+
 /// What the workers share, read-only but for the shutdown flag and the KV
 /// memory account.
 pub struct Shared {
@@ -284,22 +290,40 @@ pub fn run(
         admitted: 0,
     };
     w.publish();
+    let mut worked = false;
     loop {
         let busy = w.slots.iter().any(|s| s.active.is_some())
             || w.waiting.is_some()
             || !w.unsent.is_empty();
         if !busy {
-            // Nothing to do: sleep until a request or shutdown comes.
-            let job = select! {
-                recv(private) -> job => job.ok(),
-                recv(queue) -> job => job.ok(),
-                recv(shutdown) -> _ => None,
+            // Nothing to do: sleep until a request or shutdown comes.  After
+            // work, the first IDLE_TRIM of quiet hands the memory the
+            // requests freed back to the system, once.
+            let job = if worked {
+                select! {
+                    recv(private) -> job => Some(job.ok()),
+                    recv(queue) -> job => Some(job.ok()),
+                    recv(shutdown) -> _ => Some(None),
+                    default(IDLE_TRIM) => None,
+                }
+            } else {
+                select! {
+                    recv(private) -> job => Some(job.ok()),
+                    recv(queue) -> job => Some(job.ok()),
+                    recv(shutdown) -> _ => Some(None),
+                }
             };
             match job {
-                Some(job) => w.admit(job),
-                None => return,
+                Some(Some(job)) => w.admit(job),
+                Some(None) => return,
+                None => {
+                    crate::engine::give_back_memory();
+                    worked = false;
+                    continue;
+                }
             }
         }
+        worked = true;
         if w.shared.shutting_down.load(Ordering::Acquire) {
             w.stop_all();
             return;

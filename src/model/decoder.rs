@@ -21,7 +21,7 @@ use super::{Batch, ModelInfo, SeqInput, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::runtime::matmul::{matmul_rows, Input, Matrix, Out};
-use crate::runtime::mmap::{AnonBuf, Mmap};
+use crate::runtime::mmap::{AnonBuf, F16Buf, Mmap};
 use crate::runtime::ops;
 use crate::runtime::pool::{share, Pool};
 use crate::runtime::quant::{act, dequantize_row, ActRows, WType};
@@ -325,8 +325,8 @@ const KV_STEP: usize = 256;
 /// `p` in row `p % ring`.
 #[derive(Default)]
 struct KvLayer {
-    k: Vec<f16>,
-    v: Vec<f16>,
+    k: F16Buf,
+    v: F16Buf,
     ring: Option<usize>,
 }
 
@@ -555,7 +555,7 @@ impl DecoderBatch {
 
     /// Runs the rows of `self.buf.items` (parts of the inputs) in one
     /// pass, and writes the logits rows they ask for.
-    fn forward_pass(&mut self, inputs: &[SeqInput<'_>]) {
+    fn forward_pass(&mut self, inputs: &[SeqInput<'_>]) -> Result<()> {
         let model = self.model.clone();
         let m = &*model;
         let c = &m.cfg;
@@ -593,10 +593,10 @@ impl DecoderBatch {
                 }) * kv_dim;
                 if kv.k.len() < want {
                     // Exactly: the KV memory bound counts this storage.
-                    kv.k.reserve_exact(want - kv.k.len());
-                    kv.v.reserve_exact(want - kv.v.len());
-                    kv.k.resize(want, f16::ZERO);
-                    kv.v.resize(want, f16::ZERO);
+                    let grown = kv.k.grow_to(want).and_then(|_| kv.v.grow_to(want));
+                    grown.map_err(|e| {
+                        Error::inference(format!("cannot grow the KV cache to {want} values: {e}"))
+                    })?;
                 }
             }
             if let Some(r) = it.logits {
@@ -766,7 +766,7 @@ impl DecoderBatch {
         self.buf.rows = rows;
         self.buf.tokens = tokens;
         let Some(first) = first_dest else {
-            return;
+            return Ok(());
         };
         #[cfg(test)]
         super::trace::record(|| "out_norm".into(), &self.buf.h[..last_rows * e]);
@@ -792,6 +792,7 @@ impl DecoderBatch {
                 .for_each(|v| *v = (*v / cap).tanh() * cap);
         }
         self.buf.logits = logits;
+        Ok(())
     }
 
     /// h = norm(x) · w, quantized into `act` for the products `ws`.
@@ -1051,7 +1052,7 @@ impl Batch for DecoderBatch {
         self.seqs.get(slot).map_or(0, |s| {
             s.layers
                 .iter()
-                .map(|kv| (kv.k.capacity() + kv.v.capacity()) * 2)
+                .map(|kv| (kv.k.len() + kv.v.len()) * 2)
                 .sum()
         })
     }
@@ -1110,7 +1111,7 @@ impl Batch for DecoderBatch {
             if done {
                 break;
             }
-            self.forward_pass(inputs);
+            self.forward_pass(inputs)?;
             if step == usize::MAX {
                 break;
             }

@@ -139,3 +139,95 @@ impl Drop for AnonBuf {
         }
     }
 }
+
+/// A zeroed, growable buffer of f16 values in an anonymous mapping of its
+/// own, for the KV cache.  Freed, its pages go straight back to the system:
+/// held in malloc's heaps instead, caches of every size growing and freed
+/// by the thousand fragmented them (measured: resident memory 15–22% above
+/// its warmed-up level after a stress run, with the live heap flat).
+#[derive(Default)]
+pub struct F16Buf {
+    mem: Option<AnonBuf>,
+    len: usize,
+}
+
+impl F16Buf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Grows the buffer to `len` values (never shrinks); new values are
+    /// zero.  The old values are copied into a new mapping of exactly the
+    /// new size (growth comes in large steps, so copies are rare).
+    pub fn grow_to(&mut self, len: usize) -> std::io::Result<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        let bytes = len
+            .checked_mul(2)
+            .ok_or_else(|| std::io::Error::other("KV buffer size overflows"))?;
+        let mut mem = AnonBuf::zeroed(bytes)?;
+        if let Some(old) = &self.mem {
+            mem.bytes_mut()[..self.len * 2].copy_from_slice(&old.bytes()[..self.len * 2]);
+        }
+        self.mem = Some(mem);
+        self.len = len;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for F16Buf {
+    type Target = [half::f16];
+    fn deref(&self) -> &[half::f16] {
+        match &self.mem {
+            // SAFETY: the mapping is page-aligned, holds `len` values, and
+            // every bit pattern is an f16.
+            Some(m) => unsafe {
+                std::slice::from_raw_parts(m.bytes().as_ptr() as *const half::f16, self.len)
+            },
+            None => &[],
+        }
+    }
+}
+
+impl std::ops::DerefMut for F16Buf {
+    fn deref_mut(&mut self) -> &mut [half::f16] {
+        let len = self.len;
+        match &mut self.mem {
+            // SAFETY: as above; `&mut self` makes the access exclusive.
+            Some(m) => unsafe {
+                std::slice::from_raw_parts_mut(m.bytes_mut().as_mut_ptr() as *mut half::f16, len)
+            },
+            None => &mut [],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    #[test]
+    fn f16_buffer_grows_zeroed_and_keeps_its_values() {
+        let mut b = F16Buf::default();
+        assert!(b.is_empty());
+        assert_eq!(&*b, &[] as &[f16]);
+        b.grow_to(3).unwrap();
+        assert_eq!(&*b, &[f16::ZERO; 3]);
+        b[1] = f16::from_f32(1.5);
+        b[2] = f16::from_f32(-2.0);
+        b.grow_to(5000).unwrap();
+        assert_eq!(b.len(), 5000);
+        assert_eq!(b[1].to_f32(), 1.5);
+        assert_eq!(b[2].to_f32(), -2.0);
+        assert!(b[3..].iter().all(|v| v.to_bits() == 0));
+        b.grow_to(10).unwrap();
+        assert_eq!(b.len(), 5000, "never shrinks");
+        assert!(b.grow_to(usize::MAX).is_err());
+    }
+}
