@@ -188,11 +188,12 @@ test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
 # fixed seed from the committed seeds alone, so that it is the same run on
 # every machine: a passing commit passes in CI too.  `make fuzz` explores
 # for FUZZ_TIME seconds per target, its corpus growing in build/fuzz/<target>
-# from the committed seeds (fuzz/seeds/<target>, and the fixture models for
-# the loader).  A crash leaves its input in build/fuzz/artifacts/<target>/
-# and fails the target; commit it as a seed once fixed.
+# from the committed seeds (fuzz/seeds/<target>, and for the loader the
+# fixture models written a tenth of the tests' size, fuzz-*.gguf).  A crash
+# leaves its input in build/fuzz/artifacts/<target>/ and fails the target;
+# commit it as a seed once fixed.
 FUZZ_TARGETS    := gguf load tokenize detokenize template options
-FUZZ_SHORT_RUNS ?= gguf:20000 load:300 tokenize:2000 detokenize:50000 template:20000 options:2000
+FUZZ_SHORT_RUNS ?= gguf:20000 load:1000 tokenize:2000 detokenize:50000 template:20000 options:2000
 FUZZ_TIME       ?= 600
 FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3="$$($(FETCH) --path gemma3)" \
                 ZEPH_FUZZ_TINY="$(CURDIR)/$(BUILD)/fixtures/tiny-llama.gguf"
@@ -210,7 +211,7 @@ fuzz-tools:
 
 fuzz-corpus: fixtures
 	for t in $(FUZZ_TARGETS); do mkdir -p $(BUILD)/fuzz/$$t $(BUILD)/fuzz/artifacts/$$t; done
-	cp $(BUILD)/fixtures/*.gguf $(BUILD)/fuzz/load/
+	cp $(BUILD)/fixtures/fuzz-*.gguf $(BUILD)/fuzz/load/
 
 define fuzz-run
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
@@ -227,7 +228,7 @@ test-fuzz: SHELL := /bin/bash
 test-fuzz: fuzz-tools models fuzz-corpus
 	cd fuzz && for tr in $(FUZZ_SHORT_RUNS); do t=$${tr%%:*}; n=$${tr##*:}; \
 	  corpus=../$(BUILD)/fuzz-short/$$t; rm -rf $$corpus; mkdir -p $$corpus; \
-	  if [ $$t = load ]; then cp ../$(BUILD)/fixtures/*.gguf $$corpus/; fi; \
+	  if [ $$t = load ]; then cp ../$(BUILD)/fixtures/fuzz-*.gguf $$corpus/; fi; \
 	  echo "fuzz: $$t, $$n inputs (seed 1)"; \
 	  $(FUZZ_ENV) $(CARGO) +nightly fuzz run $$t $$corpus seeds/$$t -- \
 	    -runs=$$n -seed=1 -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \

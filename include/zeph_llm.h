@@ -259,6 +259,13 @@ typedef struct zeph_cancel_token zeph_cancel_token;
  *
  * Threads: every `zeph_engine_*` call except `zeph_engine_free` may be made
  * on the same engine from any number of threads at once.
+ *
+ * Memory: the model file is memory-mapped (its pages are shared with the
+ * page cache); KV caches and other large buffers live in mappings of their
+ * own, returned to the system when freed.  With glibc, a worker that has
+ * been idle for 1 s after work hands the memory freed by its requests back
+ * to the system (`malloc_trim(0)`), so the host's resident memory settles
+ * after a burst of calls instead of staying at its peak.
  */
 typedef struct zeph_engine zeph_engine;
 

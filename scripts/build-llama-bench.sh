@@ -56,10 +56,21 @@ export PATH="$venv/bin:$PATH"
 
 # 3. Configure and build the two tools only: static, native, no curl, no
 #    tests, examples or server.
+# On a CPU with AMX, -march=native also compiles ggml's AMX kernels, which
+# crash on this machine kind (SIGSEGV at their first ldtilecfg; zeph_llm does
+# not use AMX): they are left out, and llama.cpp runs its AVX-512 VNNI code
+# with its repacked weights, every other native feature kept.  GCC keeps an
+# explicit -mno-* whatever -march comes later.
 obj="$dir/obj"
+no_amx=""
+if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  log "this CPU has AMX: building without ggml's AMX kernels ($no_amx)"
+fi
 log "configuring llama.cpp (GGML_NATIVE=ON, Release, static)"
 cmake -S "$src" -B "$obj" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
   -DGGML_NATIVE=ON \
   -DGGML_CCACHE=OFF \
   -DLLAMA_CURL=OFF \
