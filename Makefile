@@ -192,9 +192,11 @@ test-cpp: models $(BUILD)/example_cpp $(BUILD)/test_cpp
 # fixture models written a tenth of the tests' size, fuzz-*.gguf).  A crash
 # leaves its input in build/fuzz/artifacts/<target>/ and fails the target;
 # commit it as a seed once fixed.
-FUZZ_TARGETS    := gguf load tokenize detokenize template options
+FUZZ_TARGETS    ?= gguf load tokenize detokenize template options
 FUZZ_SHORT_RUNS ?= gguf:20000 load:1000 tokenize:2000 detokenize:50000 template:20000 options:2000
 FUZZ_TIME       ?= 600
+# FUZZ_RUNS=N: `make fuzz` runs N inputs per target instead of FUZZ_TIME.
+FUZZ_RUNS       ?=
 FUZZ_ENV      = ZEPH_FUZZ_SMOLLM2="$$($(FETCH) --path smollm2)" ZEPH_FUZZ_GEMMA3="$$($(FETCH) --path gemma3)" \
                 ZEPH_FUZZ_TINY="$(CURDIR)/$(BUILD)/fixtures/tiny-llama.gguf"
 
@@ -215,9 +217,9 @@ fuzz-corpus: fixtures
 
 define fuzz-run
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
-	  echo "fuzz: $$t for $(1) s"; \
+	  echo "fuzz: $$t, $(if $(FUZZ_RUNS),$(FUZZ_RUNS) inputs,for $(1) s)"; \
 	  $(FUZZ_ENV) $(CARGO) +nightly fuzz run $$t ../$(BUILD)/fuzz/$$t seeds/$$t -- \
-	    -max_total_time=$(1) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
+	    $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS),-max_total_time=$(1)) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
 	    -artifact_prefix=../$(BUILD)/fuzz/artifacts/$$t/ 2>&1 | \
 	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)|panicked|deadly' ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
