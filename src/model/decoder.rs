@@ -979,11 +979,7 @@ impl DecoderBatch {
                 // SAFETY: (t, h) is this thread's.
                 let out = unsafe { att.slice(t * q_dim + h * hd, hd) };
                 out.iter_mut().for_each(|v| *v = 0.0);
-                for (j, &w) in s.iter().enumerate() {
-                    let r = kv.row(lo + j);
-                    let val = &kv.v[r * kv_dim + g * hd..r * kv_dim + (g + 1) * hd];
-                    ops::axpy_f16(out, w, val);
-                }
+                ops::axpy_rows_f16(out, s, &kv.v, |j| kv.row(lo + j) * kv_dim + g * hd);
                 i += stride;
             }
         };

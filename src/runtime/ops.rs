@@ -54,6 +54,40 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     }
 }
 
+/// y += Σ_j w[j] · x_j, where row x_j is `x[start(j)..start(j) + y.len()]`
+/// (attention's output over the V cache): the same sums, element by element
+/// in the same order, as [`axpy_f16`] once per row — bit-identical — but at
+/// AVX-512 with `y` held in registers for the common head sizes (64, 128,
+/// 256) instead of loaded and stored once per row.  `start` is inlined (a
+/// call would spill every vector register, all caller-saved).
+pub fn axpy_rows_f16(y: &mut [f32], w: &[f32], x: &[f16], start: impl Fn(usize) -> usize) {
+    let n = y.len();
+    for j in 0..w.len() {
+        let s = start(j);
+        assert!(
+            s <= x.len() && x.len() - s >= n,
+            "axpy_rows_f16: row {j} outside x"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd::configured() == SimdLevel::Avx512 {
+        // SAFETY: AVX-512 is this CPU's configured level; every row was
+        // checked to lie inside `x`.
+        unsafe {
+            match n {
+                256 => return x86::axpy_rows_f16_avx512::<16>(y, w, x, &start),
+                128 => return x86::axpy_rows_f16_avx512::<8>(y, w, x, &start),
+                64 => return x86::axpy_rows_f16_avx512::<4>(y, w, x, &start),
+                _ => {}
+            }
+        }
+    }
+    for (j, &a) in w.iter().enumerate() {
+        let s = start(j);
+        axpy_f16(y, a, &x[s..s + n]);
+    }
+}
+
 fn axpy_f16_scalar(y: &mut [f32], a: f32, x: &[f16]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x.to_f32();
@@ -862,6 +896,38 @@ mod x86 {
         }
     }
 
+    /// `axpy_f16_avx512` over rows of exactly `R` · 16 values, `y` in `R`
+    /// registers throughout: per element the same fused multiply-adds in the
+    /// same order.
+    ///
+    /// # Safety
+    /// AVX-512 is available; `y.len() == 16 · R` and every row
+    /// `start(j)..start(j) + 16 · R` lies inside `x`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_rows_f16_avx512<const R: usize>(
+        y: &mut [f32],
+        w: &[f32],
+        x: &[f16],
+        start: &impl Fn(usize) -> usize,
+    ) {
+        debug_assert_eq!(y.len(), 16 * R);
+        let py = y.as_mut_ptr();
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_loadu_ps(py.add(16 * i));
+        }
+        for (j, &wj) in w.iter().enumerate() {
+            let px = x.as_ptr().add(start(j));
+            let av = _mm512_set1_ps(wj);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(av, ldh16(px.add(16 * i)), *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(py.add(16 * i), *a);
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn f32_to_f16_avx512(src: &[f32], dst: &mut [f16]) {
         let n = src.len().min(dst.len());
@@ -1240,6 +1306,40 @@ mod tests {
             err <= rel * want.abs() + abs || (got.is_nan() && want.is_nan()),
             "{what}: got {got}, want {want} (err {err})"
         );
+    }
+
+    #[test]
+    fn weighted_rows_are_repeated_axpys_bit_for_bit() {
+        // At the configured level (the one `axpy_rows_f16` dispatches on).
+        let mut rng = Rng(0x0bad_cafe_1234_5678);
+        for n in [64usize, 128, 256, 100, 16] {
+            let rows = 37;
+            let x: Vec<f16> = rng
+                .row(rows * n + 7, 2.0)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            let w = rng.row(rows, 1.0);
+            // Rows out of order, as a sliding window's ring holds them.
+            let start = |j: usize| ((j * 11) % rows) * n + 3;
+            let y0 = rng.row(n, 1.0);
+            let mut want = y0.clone();
+            for (j, &a) in w.iter().enumerate() {
+                axpy_f16(&mut want, a, &x[start(j)..start(j) + n]);
+            }
+            let mut got = y0.clone();
+            axpy_rows_f16(&mut got, &w, &x, start);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "n = {n}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside x")]
+    fn weighted_rows_outside_x_panic() {
+        let x = vec![f16::ZERO; 100];
+        let mut y = vec![0f32; 64];
+        axpy_rows_f16(&mut y, &[1.0], &x, |_| 40);
     }
 
     #[test]
