@@ -373,7 +373,7 @@ struct Buffers {
     o: Vec<f32>,
     gu: Vec<f32>,
     act: ActRows,
-    /// Attention scores, one row of keys per thread.
+    /// Attention scores: per thread, a row of keys for each head of a KV group.
     scores: Vec<f32>,
     /// cos and sin of each rotary pair of each row, per rotary base.
     rope: Vec<Vec<f32>>,
@@ -611,7 +611,11 @@ impl DecoderBatch {
             fit(&mut b.qkv, n * qkv_dim);
             fit(&mut b.o, n * e);
             fit(&mut b.gu, n * 2 * ff);
-            fit(&mut b.scores, self.pool.threads() * total);
+            // A row of keys per head of a KV group, per thread.
+            fit(
+                &mut b.scores,
+                self.pool.threads() * total * (c.n_head / c.n_kv_head).max(1),
+            );
             fit(&mut b.logits, n_logits * vocab);
         }
         self.rope_tables(&rows);
@@ -958,32 +962,43 @@ impl DecoderBatch {
         let scale = c.attn_scale as f32;
         let window = c.window[li];
         let threads = self.pool.threads();
+        // Work items: a row and `hc` heads of one KV group, which read each
+        // cached key once.  Whole groups when there are enough rows to keep
+        // every thread busy; one head per item otherwise (generation).
+        let hc = if n * c.n_kv_head >= 2 * threads {
+            group
+        } else {
+            1
+        };
+        let items = n * (c.n_head / hc);
         let work = |tid: usize, stride: usize| {
-            // SAFETY: each thread has its own row of scores.
-            let s_all = unsafe { scores.slice(tid * total, total) };
+            // SAFETY: each thread has its own `hc` rows of scores.
+            let s_all = unsafe { scores.slice(tid * hc * total, hc * total) };
             let mut i = tid;
-            while i < n * c.n_head {
-                let (t, h) = (i / c.n_head, i % c.n_head);
+            while i < items {
+                let (t, h0) = (i / (c.n_head / hc), (i % (c.n_head / hc)) * hc);
                 let Row { slot, pos: p } = rows[t];
                 let kv = &seqs[slot].layers[li];
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                let q = &qkv[t * qkv_dim + h * hd..t * qkv_dim + (h + 1) * hd];
-                let g = h / group;
-                let s = &mut s_all[lo..=p];
-                for (j, sv) in s.iter_mut().enumerate() {
-                    let r = kv.row(lo + j);
-                    let key = &kv.k[r * kv_dim + g * hd..r * kv_dim + (g + 1) * hd];
-                    *sv = ops::dot_f16(key, q) * scale;
+                let len = p + 1 - lo;
+                let g = h0 / group;
+                let q = &qkv[t * qkv_dim + h0 * hd..t * qkv_dim + (h0 + hc) * hd];
+                let key_at = |j: usize| kv.row(lo + j) * kv_dim + g * hd;
+                ops::dot_rows_f16(&kv.k, key_at, len, q, hc, hd, s_all, total);
+                for hh in 0..hc {
+                    let h = h0 + hh;
+                    let s = &mut s_all[hh * total..hh * total + len];
+                    s.iter_mut().for_each(|v| *v *= scale);
+                    ops::softmax(s);
+                    // SAFETY: (t, h) is this thread's.
+                    let out = unsafe { att.slice(t * q_dim + h * hd, hd) };
+                    out.iter_mut().for_each(|v| *v = 0.0);
+                    ops::axpy_rows_f16(out, s, &kv.v, key_at);
                 }
-                ops::softmax(s);
-                // SAFETY: (t, h) is this thread's.
-                let out = unsafe { att.slice(t * q_dim + h * hd, hd) };
-                out.iter_mut().for_each(|v| *v = 0.0);
-                ops::axpy_rows_f16(out, s, &kv.v, |j| kv.row(lo + j) * kv_dim + g * hd);
                 i += stride;
             }
         };
-        if threads == 1 || n * c.n_head < 2 {
+        if threads == 1 || items < 2 {
             work(0, 1);
         } else {
             self.pool.run(&|tid| work(tid, threads));

@@ -54,6 +54,67 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     }
 }
 
+/// Attention scores of `heads` query vectors (`q`, `heads` · `hd` values,
+/// the heads that share one KV head) over `n_keys` cached key rows (row j at
+/// `k[start(j)..start(j) + hd]`): `s[h * ld + j] = dot_f16(key_j, q_h)`, bit
+/// for bit, but at AVX-512 each key is read and converted once for all the
+/// heads (up to 4 at a time) when `hd` is a multiple of 64.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_rows_f16(
+    k: &[f16],
+    start: impl Fn(usize) -> usize,
+    n_keys: usize,
+    q: &[f32],
+    heads: usize,
+    hd: usize,
+    s: &mut [f32],
+    ld: usize,
+) {
+    assert!(
+        q.len() >= heads * hd,
+        "dot_rows_f16: q holds fewer than {heads} heads"
+    );
+    assert!(
+        heads == 0 || (n_keys <= ld && s.len() >= (heads - 1) * ld + n_keys),
+        "dot_rows_f16: scores too short"
+    );
+    for j in 0..n_keys {
+        let st = start(j);
+        assert!(
+            st <= k.len() && k.len() - st >= hd,
+            "dot_rows_f16: key {j} outside k"
+        );
+    }
+    let mut h0 = 0;
+    while h0 < heads {
+        let g = (heads - h0).min(4);
+        let qh = &q[h0 * hd..(h0 + g) * hd];
+        let sh = &mut s[h0 * ld..];
+        #[cfg(target_arch = "x86_64")]
+        if simd::configured() == SimdLevel::Avx512 && hd.is_multiple_of(64) {
+            // SAFETY: AVX-512 is the configured level; keys, queries and
+            // scores were checked to lie inside their slices.
+            unsafe {
+                match g {
+                    1 => x86::dot_rows_f16_avx512::<1>(k, &start, n_keys, qh, hd, sh, ld),
+                    2 => x86::dot_rows_f16_avx512::<2>(k, &start, n_keys, qh, hd, sh, ld),
+                    3 => x86::dot_rows_f16_avx512::<3>(k, &start, n_keys, qh, hd, sh, ld),
+                    _ => x86::dot_rows_f16_avx512::<4>(k, &start, n_keys, qh, hd, sh, ld),
+                }
+            }
+            h0 += g;
+            continue;
+        }
+        for h in 0..g {
+            for j in 0..n_keys {
+                let st = start(j);
+                sh[h * ld + j] = dot_f16(&k[st..st + hd], &qh[h * hd..(h + 1) * hd]);
+            }
+        }
+        h0 += g;
+    }
+}
+
 /// y += Σ_j w[j] · x_j, where row x_j is `x[start(j)..start(j) + y.len()]`
 /// (attention's output over the V cache): the same sums, element by element
 /// in the same order, as [`axpy_f16`] once per row — bit-identical — but at
@@ -896,6 +957,50 @@ mod x86 {
         }
     }
 
+    /// `dot_f16_avx512` of each key row with `G` query vectors, the key
+    /// converted once: per head the same four accumulators over the same
+    /// 64-value steps and the same final sum (`hd` is a multiple of 64, so
+    /// that kernel has no tail either).
+    ///
+    /// # Safety
+    /// AVX-512 is available; `hd` is a multiple of 64; every key row lies
+    /// inside `k`, `q` holds `G` · `hd` values, `s` holds `(G - 1) · ld +
+    /// n_keys` scores.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn dot_rows_f16_avx512<const G: usize>(
+        k: &[f16],
+        start: &impl Fn(usize) -> usize,
+        n_keys: usize,
+        q: &[f32],
+        hd: usize,
+        s: &mut [f32],
+        ld: usize,
+    ) {
+        let pq = q.as_ptr();
+        let ps = s.as_mut_ptr();
+        for j in 0..n_keys {
+            let pk = k.as_ptr().add(start(j));
+            let mut acc = [[_mm512_setzero_ps(); 4]; G];
+            let mut i = 0;
+            while i < hd {
+                for jj in 0..4 {
+                    let o = i + 16 * jj;
+                    let kv = ldh16(pk.add(o));
+                    for (h, a) in acc.iter_mut().enumerate() {
+                        a[jj] = _mm512_fmadd_ps(kv, _mm512_loadu_ps(pq.add(h * hd + o)), a[jj]);
+                    }
+                }
+                i += 64;
+            }
+            for (h, a) in acc.iter().enumerate() {
+                *ps.add(h * ld + j) = hsum16(_mm512_add_ps(
+                    _mm512_add_ps(a[0], a[1]),
+                    _mm512_add_ps(a[2], a[3]),
+                ));
+            }
+        }
+    }
+
     /// `axpy_f16_avx512` over rows of exactly `R` · 16 values, `y` in `R`
     /// registers throughout: per element the same fused multiply-adds in the
     /// same order.
@@ -1331,6 +1436,41 @@ mod tests {
             axpy_rows_f16(&mut got, &w, &x, start);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn grouped_scores_are_single_dots_bit_for_bit() {
+        let mut rng = Rng(0x5151_2323_4545_6767);
+        for (hd, heads) in [
+            (256usize, 4usize),
+            (64, 3),
+            (128, 6),
+            (64, 1),
+            (100, 2),
+            (256, 1),
+        ] {
+            let keys = 29;
+            let k: Vec<f16> = rng
+                .row(keys * hd + 5, 2.0)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            let q = rng.row(heads * hd, 1.0);
+            let start = |j: usize| ((j * 7) % keys) * hd + 2;
+            let ld = keys + 3;
+            let mut got = vec![0f32; heads * ld];
+            dot_rows_f16(&k, start, keys, &q, heads, hd, &mut got, ld);
+            for h in 0..heads {
+                for j in 0..keys {
+                    let want = dot_f16(&k[start(j)..start(j) + hd], &q[h * hd..(h + 1) * hd]);
+                    assert_eq!(
+                        got[h * ld + j].to_bits(),
+                        want.to_bits(),
+                        "hd {hd}, head {h} of {heads}, key {j}"
+                    );
+                }
+            }
         }
     }
 
