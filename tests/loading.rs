@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{fixtures, greedy, model_path};
-use zeph_llm::log::{LogLevel, Logger};
+use zeph_llm::log::LogLevel;
 use zeph_llm::{Engine, EngineOptions, ErrorKind};
 
 #[test]
@@ -79,14 +79,7 @@ fn progress_goes_from_0_to_1_and_false_cancels_the_load() {
 
 #[test]
 fn the_log_callback_receives_the_load_summary() {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    let options = EngineOptions {
-        logger: Logger(Some(Arc::new(move |level, message: &str| {
-            l.lock().unwrap().push((level, message.to_string()))
-        }))),
-        ..Default::default()
-    };
+    let (options, lines) = common::logging_options();
     let e = Engine::new(&model_path("smollm2"), options).unwrap();
     let lines = lines.lock().unwrap();
     assert!(

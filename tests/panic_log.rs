@@ -4,22 +4,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use common::{fixtures, greedy};
-use zeph_llm::log::{LogLevel, Logger};
-use zeph_llm::{Engine, EngineOptions, ErrorKind};
+use zeph_llm::log::LogLevel;
+use zeph_llm::{Engine, ErrorKind};
 
 #[test]
 fn a_worker_panic_goes_to_the_log_callback() {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    let options = EngineOptions {
-        logger: Logger(Some(Arc::new(move |level, message: &str| {
-            l.lock().unwrap().push((level, message.to_string()))
-        }))),
-        ..Default::default()
-    };
+    let (options, lines) = common::logging_options();
     std::env::set_var("ZEPH_FAULT", "worker-panic");
     let e = Engine::new(&fixtures().join("tiny-llama.gguf"), options).unwrap();
     std::env::remove_var("ZEPH_FAULT");

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use common::fixtures;
 use zeph_llm::gguf::Gguf;
-use zeph_llm::log::{LogLevel, Logger};
+use zeph_llm::log::LogLevel;
 use zeph_llm::model::{load_with, Backend, Weights};
 use zeph_llm::sampling::argmax;
 use zeph_llm::{Engine, EngineOptions, ErrorKind};
@@ -301,14 +299,7 @@ fn an_unknown_scaling_type_runs_unscaled_with_a_warning() {
         plain.new_session().forward(&seq, 0).unwrap(),
         "an unknown type scales nothing"
     );
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    let options = EngineOptions {
-        logger: Logger(Some(Arc::new(move |level, message: &str| {
-            l.lock().unwrap().push((level, message.to_string()))
-        }))),
-        ..Default::default()
-    };
+    let (options, lines) = common::logging_options();
     Engine::from_memory(&unknown, options).unwrap();
     let lines = lines.lock().unwrap();
     assert!(

@@ -5,9 +5,10 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use zeph_llm::{GenerateOptions, SamplingOptions};
+use zeph_llm::log::{LogLevel, Logger};
+use zeph_llm::{EngineOptions, GenerateOptions, SamplingOptions};
 
 /// Path of a test model.  `ZEPH_MODEL` overrides the default (smollm2)
 /// model; otherwise the fetch script downloads it if needed.  A model that
@@ -88,4 +89,20 @@ pub fn greedy(max_tokens: usize) -> GenerateOptions {
         },
         ..Default::default()
     }
+}
+
+/// The lines an engine logged, in order: (level, message).
+pub type LogLines = Arc<Mutex<Vec<(LogLevel, String)>>>;
+
+/// Default engine options whose log callback records every line.
+pub fn logging_options() -> (EngineOptions, LogLines) {
+    let lines = LogLines::default();
+    let l = lines.clone();
+    let options = EngineOptions {
+        logger: Logger(Some(Arc::new(move |level, message: &str| {
+            l.lock().unwrap().push((level, message.to_string()))
+        }))),
+        ..Default::default()
+    };
+    (options, lines)
 }
