@@ -221,7 +221,7 @@ define fuzz-run
 	  $(FUZZ_ENV) $(CARGO) +nightly fuzz run $$t ../$(BUILD)/fuzz/$$t seeds/$$t -- \
 	    $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS),-max_total_time=$(1)) -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
 	    -artifact_prefix=../$(BUILD)/fuzz/artifacts/$$t/ 2>&1 | \
-	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)|panicked|deadly' ; \
+	    grep -a -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)|panicked|deadly' ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 endef
@@ -235,7 +235,7 @@ test-fuzz: fuzz-tools models fuzz-corpus
 	  $(FUZZ_ENV) $(CARGO) +nightly fuzz run $$t $$corpus seeds/$$t -- \
 	    -runs=$$n -seed=1 -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
 	    -artifact_prefix=../$(BUILD)/fuzz/artifacts/$$t/ 2>&1 | \
-	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)|panicked|deadly' ; \
+	    grep -a -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)|panicked|deadly' ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 
