@@ -14,29 +14,86 @@ fn engine() -> &'static Engine {
     })
 }
 
+/// A near-tie: two logits closer than this are ordered by the last bits of
+/// the sums, which differ between SIMD levels (AVX2 and AVX-512 add their
+/// lanes in different orders, as do llama.cpp's kernels and ours).
+const NEAR_TIE: f32 = 0.1;
+
+/// Teacher-forced on llama.cpp's continuation: the first position whose
+/// reference token is not the runtime's top choice, if any.  Every such
+/// position must be a near-tie (the reference token within NEAR_TIE of the
+/// top logit).
+fn first_near_tie_flip(prompt: &[u32], greedy: &[u32]) -> Option<usize> {
+    use zeph_llm::gguf::Gguf;
+    use zeph_llm::model::{load_with, Backend};
+    let mut g = Gguf::open(&common::model_path("smollm2")).unwrap();
+    let w = load_with(&mut g, 0, Backend::Cpu { threads: 2 }).unwrap();
+    let mut s = w.new_session();
+    let seq: Vec<u32> = prompt.iter().chain(greedy).copied().collect();
+    let mut first = None;
+    for i in 0..seq.len() - 1 {
+        let l = s.forward(&seq[i..i + 1], i).unwrap();
+        if i + 1 < prompt.len() {
+            continue;
+        }
+        let want = seq[i + 1] as usize;
+        let top = zeph_llm::sampling::argmax(&l) as usize;
+        if top != want {
+            let gap = l[top] - l[want];
+            println!(
+                "position {}: llama.cpp {want}, runtime {top}, {gap:.4} apart",
+                i + 1
+            );
+            assert!(
+                gap < NEAR_TIE,
+                "position {}: llama.cpp's token {want} is {gap} below the top logit ({top})",
+                i + 1
+            );
+            first.get_or_insert(i + 1 - prompt.len());
+        }
+    }
+    first
+}
+
 #[test]
 fn greedy_completion_equals_llama_cpp() {
     let reference = common::reference();
     let case = &reference["models"]["smollm2"]["greedy"][0];
     assert_eq!(case["prompt"], "The capital of France is");
     let want_ids = common::ids(&case["greedy_ids"]);
-    let want_text: Vec<u8> = case["greedy_piece_bytes"]
+    let pieces: Vec<Vec<u8>> = case["greedy_piece_bytes"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|p| {
+        .map(|p| {
             p.as_array()
                 .unwrap()
                 .iter()
                 .map(|b| b.as_u64().unwrap() as u8)
+                .collect()
         })
         .collect();
 
     let c = engine()
         .complete("The capital of France is", &greedy(24))
         .unwrap();
-    assert_eq!(c.tokens, want_ids);
-    assert_eq!(c.text.as_bytes(), want_text.as_slice());
+    // The same tokens and text as llama.cpp, up to the first near-tie the
+    // two order differently (measured here: none at AVX2; at AVX-512 the
+    // 15th generated token, 0.041 apart out of 29.8).
+    let agreed =
+        first_near_tie_flip(&common::ids(&case["prompt_ids"]), &want_ids).unwrap_or(want_ids.len());
+    assert!(agreed >= 12, "only {agreed} tokens before a near-tie");
+    assert_eq!(c.tokens[..agreed], want_ids[..agreed]);
+    let want_text: Vec<u8> = pieces[..agreed].concat();
+    assert!(
+        c.text.as_bytes().starts_with(&want_text),
+        "{:?} does not start with {:?}",
+        c.text,
+        String::from_utf8_lossy(&want_text)
+    );
+    if agreed == want_ids.len() {
+        assert_eq!(c.text.as_bytes(), pieces.concat().as_slice());
+    }
     assert_eq!(c.usage.prompt_tokens, 5);
     assert_eq!(c.usage.completion_tokens, 24);
     assert_eq!(c.usage.finish_reason, FinishReason::Length);
