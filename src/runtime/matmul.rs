@@ -159,7 +159,18 @@ pub unsafe fn matmul_rows(
         let mut res = [0f32; MAX_COLS * PACK_ROWS];
         // The activation rows' views, made once: made again for every group
         // of weight rows they cost ~10% of Gemma 3's prompt processing.
-        let acts: Vec<ActRow<'_>> = (0..n).map(|t| x.q.row(t)).collect();
+        // On the stack when they fit (generation: no allocation per step).
+        let mut stack: [ActRow<'_>; MAX_COLS] = [x.q.row(0); MAX_COLS];
+        let heap: Vec<ActRow<'_>>;
+        let acts: &[ActRow<'_>] = if n <= MAX_COLS {
+            for (t, slot) in stack.iter_mut().enumerate().take(n) {
+                *slot = x.q.row(t);
+            }
+            &stack[..n]
+        } else {
+            heap = (0..n).map(|t| x.q.row(t)).collect();
+            &heap
+        };
         for g in rows.start / PACK_ROWS..rows.end / PACK_ROWS {
             let src = &packed[w.offset + g * group..w.offset + (g + 1) * group];
             let mut t0 = 0;
