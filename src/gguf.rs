@@ -720,6 +720,21 @@ impl Gguf {
         Some(out)
     }
 
+    /// The strings of an array, borrowed from the file where they are valid
+    /// UTF-8 (invalid sequences become U+FFFD, as in [`Gguf::string_array`]).
+    pub fn strings(&self, key: &str) -> Option<impl Iterator<Item = Cow<'_, str>> + '_> {
+        let a = self.array(key)?;
+        if a.ty != ValueType::String {
+            return None;
+        }
+        let mut r = Reader {
+            bytes: &self.map.bytes()[..a.end],
+            pos: a.start,
+        };
+        // The array was walked at open: its `len` strings are in the file.
+        Some((0..a.len).map_while(move |_| r.string_bytes(&String::new).ok().map(decode_str)))
+    }
+
     /// An array of integers of any width (each must fit an i64).
     pub fn int_array(&self, key: &str) -> Option<Vec<i64>> {
         let a = self.array(key)?;

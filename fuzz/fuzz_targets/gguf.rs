@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(g) = Gguf::open(&path) {
         let _ = g.architecture();
         let _ = g.string_array("tokenizer.ggml.tokens");
+        let _ = g.strings("tokenizer.ggml.tokens").map(|s| s.count());
         let _ = g.int_array("tokenizer.ggml.token_type");
         let _ = g.float_array("tokenizer.ggml.scores");
         let _ = g.string("tokenizer.chat_template");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use fancy_regex::Regex;
 use parking_lot::Mutex;
 
+use super::vocab::Vocab;
 use crate::error::{Error, Result};
 
 /// End of the symbol list.
@@ -72,10 +73,6 @@ impl std::hash::Hasher for PairHasher {
 }
 
 type PairMap = HashMap<u64, (u32, u32), std::hash::BuildHasherDefault<PairHasher>>;
-
-/// Token text -> id, with the fast hash (the keys are the vocabulary's;
-/// looking up a caller's text cannot make the table degrade).
-pub(crate) type TokenMap = HashMap<String, u32, std::hash::BuildHasherDefault<PairHasher>>;
 
 /// Bytes or merges between two calls of the interrupt check.
 pub(crate) const CHECK_EVERY: usize = 4096;
@@ -166,7 +163,7 @@ pub struct Bpe {
 }
 
 impl Bpe {
-    pub fn new(patterns: &[&str], merges: &[String], token_to_id: &TokenMap) -> Result<Self> {
+    pub fn new(patterns: &[&str], merges: &[String], vocab: &Vocab) -> Result<Self> {
         let pre = patterns
             .iter()
             .map(|p| compiled(p))
@@ -177,13 +174,13 @@ impl Bpe {
             let Some((l, r)) = line.split_once(' ') else {
                 continue;
             };
-            let (Some(&lid), Some(&rid)) = (token_to_id.get(l), token_to_id.get(r)) else {
+            let (Some(lid), Some(rid)) = (vocab.id(l), vocab.id(r)) else {
                 continue;
             };
             buf.clear();
             buf.push_str(l);
             buf.push_str(r);
-            if let Some(&merged) = token_to_id.get(buf.as_str()) {
+            if let Some(merged) = vocab.id(buf.as_str()) {
                 map.entry(pair_key(lid, rid))
                     .or_insert((rank as u32, merged));
             }
@@ -194,7 +191,7 @@ impl Bpe {
         for b in 0..256 {
             s.clear();
             s.push(byte_chars[b]);
-            byte_ids[b] = token_to_id.get(s.as_str()).copied();
+            byte_ids[b] = vocab.id(s.as_str());
         }
         Ok(Self {
             pre,
@@ -394,7 +391,7 @@ mod tests {
     fn smollm_splits_digits_one_by_one() {
         let (patterns, known) = pre_tokenizer_patterns("smollm");
         assert!(known);
-        let bpe = Bpe::new(&patterns, &[], &TokenMap::default()).unwrap();
+        let bpe = Bpe::new(&patterns, &[], &Vocab::default()).unwrap();
         assert_eq!(
             bpe.pre_tokenize("ab 123  x", &|| Ok(())).unwrap(),
             vec!["ab", " ", "1", "2", "3", " ", " x"]
@@ -403,11 +400,7 @@ mod tests {
 
     #[test]
     fn merges_apply_lowest_rank_first() {
-        let vocab: TokenMap = ["a", "b", "c", "ab", "bc", "abc"]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.to_string(), i as u32))
-            .collect();
+        let vocab = Vocab::new(["a", "b", "c", "ab", "bc", "abc"]).unwrap();
         // "b c" outranks "a b", so "abc" becomes a + bc, and there is no "a bc".
         let merges = vec!["b c".to_string(), "a b".to_string()];
         let bpe = Bpe::new(&[GPT2], &merges, &vocab).unwrap();
@@ -451,11 +444,7 @@ mod tests {
     /// merge across it.
     #[test]
     fn a_byte_without_a_token_is_left_out_and_blocks_merges() {
-        let vocab: TokenMap = ["a", "b", "ab"]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.to_string(), i as u32))
-            .collect();
+        let vocab = Vocab::new(["a", "b", "ab"]).unwrap();
         let bpe = Bpe::new(&[r"[\s\S]+"], &["a b".to_string()], &vocab).unwrap();
         let mut out = Vec::new();
         bpe.encode("ab", &mut out, &|| Ok(())).unwrap();
@@ -493,11 +482,7 @@ mod tests {
             }
             merges.push(format!("{l} {r}"));
         }
-        let map: TokenMap = vocab
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), i as u32))
-            .collect();
+        let map = Vocab::new(&vocab).unwrap();
         let bpe = Bpe::new(&[GPT2], &merges, &map).unwrap();
         for _ in 0..500 {
             let len = (rand() % 40) as usize;
@@ -516,11 +501,7 @@ mod tests {
 
     #[test]
     fn the_interrupt_stops_a_long_piece() {
-        let vocab: TokenMap = ["a", "aa"]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.to_string(), i as u32))
-            .collect();
+        let vocab = Vocab::new(["a", "aa"]).unwrap();
         let bpe = Bpe::new(&[GPT2], &["a a".to_string()], &vocab).unwrap();
         let calls = std::cell::Cell::new(0);
         let text = "a".repeat(1 << 16);

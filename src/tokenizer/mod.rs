@@ -6,7 +6,9 @@
 
 mod bpe;
 mod hf;
+mod specials;
 mod spm;
+mod vocab;
 
 pub use bpe::byte_to_char_table;
 
@@ -41,7 +43,6 @@ impl TokenType {
 
 struct SpmState {
     spm: spm::Spm,
-    token_to_id: bpe::TokenMap,
     add_space_prefix: bool,
 }
 
@@ -53,13 +54,18 @@ enum Algorithm {
 
 pub struct Tokenizer {
     algorithm: Algorithm,
-    texts: Vec<String>,
+    /// Every entry's text, and the index from text to id.
+    texts: vocab::Vocab,
     types: Vec<TokenType>,
     /// What each token stands for, as bytes (control tokens: their text).
-    pieces: Vec<Vec<u8>>,
+    /// (all entries' bytes one after the other, and where each ends)
+    pieces: (Vec<u8>, Vec<u32>),
     /// Control, user-defined and unknown tokens, longest text first: the
     /// order in which llama.cpp partitions text around them.
     specials: Vec<u32>,
+    /// Their texts in a trie, and each one's distinct text there.
+    special_index: specials::Specials,
+    special_text: Vec<u32>,
     bos: Option<u32>,
     eos: Option<u32>,
     unk: Option<u32>,
@@ -107,8 +113,10 @@ impl Tokenizer {
     /// rules always come from the GGUF file.
     pub fn load(gguf: &Gguf, external: Option<&Path>) -> Result<Self> {
         let texts = gguf
-            .string_array("tokenizer.ggml.tokens")
+            .strings("tokenizer.ggml.tokens")
             .ok_or_else(|| Error::tokenizer("metadata tokenizer.ggml.tokens is missing"))?;
+        let texts = vocab::Vocab::new(texts)
+            .ok_or_else(|| Error::tokenizer("metadata tokenizer.ggml.tokens is 4 GiB or more"))?;
         if texts.is_empty() {
             return Err(Error::tokenizer("metadata tokenizer.ggml.tokens is empty"));
         }
@@ -128,15 +136,10 @@ impl Tokenizer {
         let eos = id("tokenizer.ggml.eos_token_id");
         let unk = id("tokenizer.ggml.unknown_token_id");
         let model = gguf.string("tokenizer.ggml.model").unwrap_or("");
-        let mut token_to_id = bpe::TokenMap::with_capacity_and_hasher(n, Default::default());
-        for (i, t) in texts.iter().enumerate() {
-            token_to_id.entry(t.clone()).or_insert(i as u32);
-        }
-        // Looked up now: the SentencePiece state takes the map itself.
         let named_eog: Vec<u32> = EOG_TEXTS
             .iter()
             .chain(FIM_TEXTS)
-            .filter_map(|t| token_to_id.get(*t).copied())
+            .filter_map(|t| texts.id(t))
             .collect();
 
         let mut warning = None;
@@ -158,7 +161,7 @@ impl Tokenizer {
                         Error::tokenizer("metadata tokenizer.ggml.merges is missing")
                     })?;
                     (
-                        Algorithm::Bpe(Box::new(bpe::Bpe::new(&patterns, &merges, &token_to_id)?)),
+                        Algorithm::Bpe(Box::new(bpe::Bpe::new(&patterns, &merges, &texts)?)),
                         false,
                     )
                 }
@@ -172,8 +175,7 @@ impl Tokenizer {
                         };
                     (
                         Algorithm::Spm(Box::new(SpmState {
-                            spm: spm::Spm::new(scores, &token_to_id),
-                            token_to_id: std::mem::take(&mut token_to_id),
+                            spm: spm::Spm::new(scores, &texts),
                             add_space_prefix: gguf
                                 .bool("tokenizer.ggml.add_space_prefix")
                                 .unwrap_or(true),
@@ -194,26 +196,36 @@ impl Tokenizer {
             .unwrap_or(add_bos_default);
         let add_eos = gguf.bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
 
-        let pieces = texts
-            .iter()
-            .zip(&types)
-            .map(|(text, ty)| match (&algorithm, ty) {
-                (_, TokenType::Control | TokenType::UserDefined) => text.as_bytes().to_vec(),
-                (Algorithm::Bpe(b), _) => b.token_bytes(text),
-                (Algorithm::Spm(_), ty) => spm::Spm::token_bytes(text, *ty == TokenType::Byte),
-                (Algorithm::Hf(h), _) => h.token_bytes(text),
-            })
-            .collect();
+        let mut pieces = (Vec::with_capacity(texts.bytes()), Vec::with_capacity(n));
+        for (id, ty) in types.iter().enumerate() {
+            let text = texts.text(id as u32);
+            let out = &mut pieces.0;
+            match (&algorithm, ty) {
+                (_, TokenType::Control | TokenType::UserDefined) => {
+                    out.extend_from_slice(text.as_bytes())
+                }
+                (Algorithm::Bpe(b), _) => out.extend(b.token_bytes(text)),
+                (Algorithm::Spm(_), ty) => {
+                    spm::Spm::append_token_bytes(text, *ty == TokenType::Byte, out)
+                }
+                (Algorithm::Hf(h), _) => out.extend(h.token_bytes(text)),
+            }
+            let end = u32::try_from(out.len())
+                .map_err(|_| Error::tokenizer("the vocabulary's bytes are 4 GiB or more"))?;
+            pieces.1.push(end);
+        }
 
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&i| {
                 matches!(
                     types[i as usize],
                     TokenType::Control | TokenType::UserDefined | TokenType::Unknown
-                ) && !texts[i as usize].is_empty()
+                ) && !texts.text(i).is_empty()
             })
             .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(texts[i as usize].len()));
+        specials.sort_by_key(|&i| std::cmp::Reverse(texts.text(i).len()));
+        let (special_index, special_text) =
+            specials::Specials::new(specials.iter().map(|&i| texts.text(i)));
 
         let mut eog: Vec<u32> = [
             eos,
@@ -233,6 +245,8 @@ impl Tokenizer {
             types,
             pieces,
             specials,
+            special_index,
+            special_text,
             bos,
             eos,
             unk,
@@ -261,11 +275,11 @@ impl Tokenizer {
 
     /// The id of the vocabulary entry whose text is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.texts.iter().position(|t| t == text).map(|i| i as u32)
+        self.texts.id(text)
     }
 
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize).map(String::as_str)
+        self.texts.get(id)
     }
 
     /// Whether generating `id` ends generation.
@@ -329,7 +343,6 @@ impl Tokenizer {
                         Algorithm::Spm(state) => {
                             let SpmState {
                                 spm,
-                                token_to_id,
                                 add_space_prefix,
                             } = state.as_ref();
                             let prefix = if *add_space_prefix && after_special {
@@ -338,7 +351,7 @@ impl Tokenizer {
                                 ""
                             };
                             let escaped = format!("{prefix}{t}").replace(' ', "\u{2581}");
-                            spm.encode(&escaped, token_to_id, &mut out, self.unk, interrupt)?;
+                            spm.encode(&escaped, &self.texts, &mut out, self.unk, interrupt)?;
                         }
                         Algorithm::Hf(h) => {
                             interrupt()?;
@@ -367,17 +380,17 @@ impl Tokenizer {
         interrupt: &dyn Fn() -> Result<()>,
     ) -> Result<Vec<Fragment<'t>>> {
         let mut fragments = vec![Fragment::Text(text)];
-        // Each special token is one scan of the text.
+        // Only the special tokens that occur (one pass over the text) are
+        // split around; each of those is one scan of the text.
+        let occurring = self.special_index.occurring(text, interrupt)?;
         let mut budget = bpe::CHECK_EVERY;
-        for &id in &self.specials {
+        for (k, &id) in self.specials.iter().enumerate() {
+            if !occurring[self.special_text[k] as usize] || (!parse_special && self.is_control(id))
+            {
+                continue;
+            }
             bpe::spend(&mut budget, text.len() / 64 + 1, interrupt)?;
-            if !parse_special && self.is_control(id) {
-                continue;
-            }
-            let needle = self.texts[id as usize].as_str();
-            if !text.contains(needle) {
-                continue;
-            }
+            let needle = self.texts.text(id);
             let mut next = Vec::with_capacity(fragments.len() + 2);
             for f in fragments {
                 match f {
@@ -403,10 +416,12 @@ impl Tokenizer {
 
     /// The bytes token `id` stands for; empty for an id outside the vocabulary.
     pub fn piece(&self, id: u32) -> &[u8] {
-        self.pieces
-            .get(id as usize)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        let (bytes, ends) = &self.pieces;
+        let i = id as usize;
+        match ends.get(i) {
+            Some(&end) => &bytes[if i == 0 { 0 } else { ends[i - 1] as usize }..end as usize],
+            None => &[],
+        }
     }
 
     /// The bytes of a whole id sequence; control tokens are dropped when

@@ -7,14 +7,21 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use super::bpe::{spend, TokenMap, CHECK_EVERY};
+use super::bpe::{spend, CHECK_EVERY};
+use super::vocab::Vocab;
 use crate::error::Result;
 
 pub struct Spm {
     scores: Vec<f32>,
     /// Token id of each `<0xNN>` byte token.
     byte_ids: [Option<u32>; 256],
+    /// The characters other than '▁' that some vocabulary entry has right
+    /// before a '▁' (Gemma 3: only '>', in `>▁</`).  Before any other
+    /// character, a '▁' starts a piece of text that no merge crosses.
+    before_space: Vec<char>,
 }
+
+const SPACE: char = '\u{2581}';
 
 #[derive(PartialEq)]
 struct Bigram {
@@ -49,19 +56,42 @@ struct Symbol {
 }
 
 impl Spm {
-    pub fn new(scores: Vec<f32>, token_to_id: &TokenMap) -> Self {
+    pub fn new(scores: Vec<f32>, vocab: &Vocab) -> Self {
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
-            *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied();
+            *slot = vocab.id(&format!("<0x{b:02X}>"));
         }
-        Self { scores, byte_ids }
+        let mut before_space = Vec::new();
+        for t in vocab.iter() {
+            // '▁' is E2 96 81, and 0xE2 only ever starts a character.
+            let b = t.as_bytes();
+            let mut from = 1;
+            while let Some(k) = b
+                .get(from..)
+                .and_then(|r| r.iter().position(|&x| x == 0xE2))
+            {
+                let i = from + k;
+                from = i + 1;
+                if t[i..].starts_with(SPACE) {
+                    let p = t[..i].chars().next_back();
+                    if let Some(p) = p.filter(|&p| p != SPACE && !before_space.contains(&p)) {
+                        before_space.push(p);
+                    }
+                }
+            }
+        }
+        Self {
+            scores,
+            byte_ids,
+            before_space,
+        }
     }
 
     /// Appends the ids of `text` (already with '▁' for spaces) to `out`.
     pub fn encode(
         &self,
         text: &str,
-        token_to_id: &TokenMap,
+        vocab: &Vocab,
         out: &mut Vec<u32>,
         unk: Option<u32>,
         interrupt: &dyn Fn() -> Result<()>,
@@ -77,7 +107,60 @@ impl Spm {
             )));
         }
         let mut budget = CHECK_EVERY;
-        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+        // Merges join only pairs whose text is a vocabulary entry, so none
+        // crosses a '▁' that follows a character no entry has before one:
+        // the pieces between such spaces are merged one after the other
+        // (the same result, with a small queue instead of one as long as
+        // the text).
+        let mut symbols = Vec::new();
+        let mut queue = BinaryHeap::new();
+        let mut from = 0;
+        let mut prev = SPACE;
+        for (i, c) in text.char_indices() {
+            if c == SPACE && prev != SPACE && !self.before_space.contains(&prev) {
+                self.encode_piece(
+                    &text[from..i],
+                    vocab,
+                    out,
+                    unk,
+                    &mut symbols,
+                    &mut queue,
+                    &mut budget,
+                    interrupt,
+                )?;
+                from = i;
+            }
+            prev = c;
+        }
+        self.encode_piece(
+            &text[from..],
+            vocab,
+            out,
+            unk,
+            &mut symbols,
+            &mut queue,
+            &mut budget,
+            interrupt,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode_piece(
+        &self,
+        text: &str,
+        vocab: &Vocab,
+        out: &mut Vec<u32>,
+        unk: Option<u32>,
+        symbols: &mut Vec<Symbol>,
+        queue: &mut BinaryHeap<Bigram>,
+        budget: &mut usize,
+        interrupt: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        symbols.clear();
+        queue.clear();
         for (i, (start, c)) in text.char_indices().enumerate() {
             symbols.push(Symbol {
                 start,
@@ -89,7 +172,6 @@ impl Spm {
                 symbols[i - 1].next = Some(i);
             }
         }
-        let mut queue = BinaryHeap::new();
         let try_add = |queue: &mut BinaryHeap<Bigram>,
                        symbols: &[Symbol],
                        l: Option<usize>,
@@ -97,7 +179,7 @@ impl Spm {
             let (Some(l), Some(r)) = (l, r) else { return };
             let (a, b) = (&symbols[l], &symbols[r]);
             let joined = &text[a.start..b.start + b.len];
-            if let Some(&id) = token_to_id.get(joined) {
+            if let Some(id) = vocab.id(joined) {
                 if let Some(&score) = self.scores.get(id as usize) {
                     queue.push(Bigram {
                         score,
@@ -109,8 +191,8 @@ impl Spm {
             }
         };
         for i in 1..symbols.len() {
-            try_add(&mut queue, &symbols, Some(i - 1), Some(i));
-            spend(&mut budget, 1, interrupt)?;
+            try_add(queue, symbols, Some(i - 1), Some(i));
+            spend(budget, 1, interrupt)?;
         }
         while let Some(bigram) = queue.pop() {
             let (l, r) = (bigram.left as usize, bigram.right as usize);
@@ -121,7 +203,7 @@ impl Spm {
             {
                 continue;
             }
-            spend(&mut budget, 1, interrupt)?;
+            spend(budget, 1, interrupt)?;
             symbols[l].len += symbols[r].len;
             symbols[r].len = 0;
             symbols[l].next = symbols[r].next;
@@ -129,15 +211,15 @@ impl Spm {
                 symbols[n].prev = Some(l);
             }
             let (prev, next) = (symbols[l].prev, symbols[l].next);
-            try_add(&mut queue, &symbols, prev, Some(l));
-            try_add(&mut queue, &symbols, Some(l), next);
+            try_add(queue, symbols, prev, Some(l));
+            try_add(queue, symbols, Some(l), next);
         }
         let mut i = Some(0);
         while let Some(idx) = i {
             let s = &symbols[idx];
             let piece = &text[s.start..s.start + s.len];
-            match token_to_id.get(piece) {
-                Some(&id) => out.push(id),
+            match vocab.id(piece) {
+                Some(id) => out.push(id),
                 None => {
                     for &b in piece.as_bytes() {
                         if let Some(id) = self.byte_ids[b as usize].or(unk) {
@@ -153,22 +235,30 @@ impl Spm {
 
     /// The bytes a vocabulary entry stands for: `<0xNN>` is the byte NN,
     /// '▁' is a space.
+    #[cfg(test)]
     pub fn token_bytes(text: &str, is_byte: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        Self::append_token_bytes(text, is_byte, &mut out);
+        out
+    }
+
+    /// [`Spm::token_bytes`] appended to `out`.
+    pub fn append_token_bytes(text: &str, is_byte: bool, out: &mut Vec<u8>) {
         if is_byte {
             if let Some(b) = text
                 .strip_prefix("<0x")
                 .and_then(|t| t.strip_suffix('>'))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
             {
-                return vec![b];
+                out.push(b);
+                return;
             }
         }
         // '▁' is E2 96 81 in UTF-8 (0xE2 only ever starts a character):
-        // replaced byte by byte into one allocation of the right size, which
-        // for Gemma 3's 262k entries takes a fraction of `str::replace`'s
-        // time (a searcher and a growing String per entry).
+        // replaced byte by byte, which for Gemma 3's 262k entries takes a
+        // fraction of `str::replace`'s time (a searcher and a growing
+        // String per entry).
         let b = text.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
         let mut i = 0;
         while i < b.len() {
             if b[i] == 0xE2 && b.get(i + 1) == Some(&0x96) && b.get(i + 2) == Some(&0x81) {
@@ -179,7 +269,6 @@ impl Spm {
                 i += 1;
             }
         }
-        out
     }
 }
 
@@ -209,12 +298,8 @@ mod tests {
         assert_eq!(Spm::token_bytes("<0xZZ>", true), b"<0xZZ>");
     }
 
-    fn vocab(entries: &[(&str, f32)]) -> (TokenMap, Vec<f32>) {
-        let map = entries
-            .iter()
-            .enumerate()
-            .map(|(i, (t, _))| (t.to_string(), i as u32))
-            .collect();
+    fn vocab(entries: &[(&str, f32)]) -> (Vocab, Vec<f32>) {
+        let map = Vocab::new(entries.iter().map(|e| e.0)).unwrap();
         (map, entries.iter().map(|e| e.1).collect())
     }
 
@@ -254,5 +339,48 @@ mod tests {
         assert_eq!(out, vec![256, 0xC3, 0xA9]);
         assert_eq!(Spm::token_bytes("<0x0A>", true), vec![10]);
         assert_eq!(Spm::token_bytes("\u{2581}the", false), b" the".to_vec());
+    }
+
+    #[test]
+    fn merges_across_a_space_only_where_an_entry_has_one_inside() {
+        // ">▁<" has a space after '>': pieces are cut before a space after
+        // any other character only, and the merge across it still happens.
+        let entries = [
+            ("a", 0.0),
+            ("\u{2581}", 0.0),
+            ("b", 0.0),
+            (">", 0.0),
+            ("<", 0.0),
+            (">\u{2581}", -1.0),
+            (">\u{2581}<", -0.5),
+            ("a\u{2581}", -9.0),
+        ];
+        let (map, scores) = vocab(&entries);
+        let spm = Spm::new(scores, &map);
+        assert_eq!(spm.before_space, vec!['>', 'a']);
+        let mut out = Vec::new();
+        spm.encode(
+            "b\u{2581}>\u{2581}<a\u{2581}b",
+            &map,
+            &mut out,
+            None,
+            &|| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(out, vec![2, 1, 6, 7, 2]);
+        // Without "a▁", the text is cut before that space: the same ids.
+        let (map, scores) = vocab(&entries[..7]);
+        let spm = Spm::new(scores, &map);
+        assert_eq!(spm.before_space, vec!['>']);
+        out.clear();
+        spm.encode(
+            "b\u{2581}>\u{2581}<a\u{2581}b",
+            &map,
+            &mut out,
+            None,
+            &|| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(out, vec![2, 1, 6, 0, 1, 2]);
     }
 }
