@@ -14,8 +14,10 @@ pub struct Vocab {
     buf: String,
     /// Where entry `i` ends in `buf` (it starts where `i - 1` ends).
     ends: Vec<u32>,
-    /// Open addressing: id + 1 of the text hashed there, 0 for empty.
-    slots: Vec<u32>,
+    /// Open addressing: per slot, id + 1 of the text hashed there (0 for
+    /// empty) and the hash's high half, so that a probe reads a text only
+    /// when the hashes agree.
+    slots: Vec<(u32, u32)>,
 }
 
 /// The fast hash of the token maps, then mixed so that the low bits (the
@@ -41,18 +43,20 @@ impl Vocab {
             v.ends.push(u32::try_from(v.buf.len()).ok()?);
         }
         let size = (v.ends.len() * 2).next_power_of_two().max(16);
-        v.slots = vec![0; size];
+        v.slots = vec![(0, 0); size];
         for id in 0..v.ends.len() {
             let text = v.text(id as u32);
-            let mut s = hash(text) as usize & (size - 1);
+            let h = hash(text);
+            let tag = (h >> 32) as u32;
+            let mut s = h as usize & (size - 1);
             loop {
                 match v.slots[s] {
                     // The first of equal texts keeps the text's id.
-                    0 => {
-                        v.slots[s] = id as u32 + 1;
+                    (0, _) => {
+                        v.slots[s] = (id as u32 + 1, tag);
                         break;
                     }
-                    other if v.text(other - 1) == text => break,
+                    (other, t) if t == tag && v.text(other - 1) == text => break,
                     _ => s = (s + 1) & (size - 1),
                 }
             }
@@ -89,11 +93,13 @@ impl Vocab {
     #[inline]
     pub fn id(&self, text: &str) -> Option<u32> {
         let mask = self.slots.len().checked_sub(1)?;
-        let mut s = hash(text) as usize & mask;
+        let h = hash(text);
+        let tag = (h >> 32) as u32;
+        let mut s = h as usize & mask;
         loop {
             match self.slots[s] {
-                0 => return None,
-                id if self.text(id - 1) == text => return Some(id - 1),
+                (0, _) => return None,
+                (id, t) if t == tag && self.text(id - 1) == text => return Some(id - 1),
                 _ => s = (s + 1) & mask,
             }
         }
