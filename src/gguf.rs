@@ -703,21 +703,7 @@ impl Gguf {
 
     /// An array of strings (the token list, the merges).
     pub fn string_array(&self, key: &str) -> Option<Vec<String>> {
-        let a = self.array(key)?;
-        if a.ty != ValueType::String {
-            return None;
-        }
-        // Decoded here rather than through `items`: no `Value` per string.
-        let mut r = Reader {
-            bytes: &self.map.bytes()[..a.end],
-            pos: a.start,
-        };
-        // The array was walked at open: its `len` strings are in the file.
-        let mut out = Vec::with_capacity(a.len);
-        for _ in 0..a.len {
-            out.push(decode_str(r.string_bytes(&String::new).ok()?).into_owned());
-        }
-        Some(out)
+        Some(self.strings(key)?.map(Cow::into_owned).collect())
     }
 
     /// The strings of an array, borrowed from the file where they are valid
@@ -727,6 +713,7 @@ impl Gguf {
         if a.ty != ValueType::String {
             return None;
         }
+        // Decoded here rather than through `items`: no `Value` per string.
         let mut r = Reader {
             bytes: &self.map.bytes()[..a.end],
             pos: a.start,

@@ -112,36 +112,23 @@ impl Spm {
         // the pieces between such spaces are merged one after the other
         // (the same result, with a small queue instead of one as long as
         // the text).
-        let mut symbols = Vec::new();
-        let mut queue = BinaryHeap::new();
+        let mut scratch = (Vec::new(), BinaryHeap::new());
+        let cuts = text
+            .char_indices()
+            .scan(SPACE, |prev, (i, c)| {
+                let cut = c == SPACE && *prev != SPACE && !self.before_space.contains(prev);
+                *prev = c;
+                Some((i, cut))
+            })
+            .filter_map(|(i, cut)| cut.then_some(i))
+            .chain([text.len()]);
         let mut from = 0;
-        let mut prev = SPACE;
-        for (i, c) in text.char_indices() {
-            if c == SPACE && prev != SPACE && !self.before_space.contains(&prev) {
-                self.encode_piece(
-                    &text[from..i],
-                    vocab,
-                    out,
-                    unk,
-                    &mut symbols,
-                    &mut queue,
-                    &mut budget,
-                    interrupt,
-                )?;
-                from = i;
-            }
-            prev = c;
+        for to in cuts {
+            let piece = &text[from..to];
+            self.encode_piece(piece, vocab, out, unk, &mut scratch, &mut budget, interrupt)?;
+            from = to;
         }
-        self.encode_piece(
-            &text[from..],
-            vocab,
-            out,
-            unk,
-            &mut symbols,
-            &mut queue,
-            &mut budget,
-            interrupt,
-        )
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -151,8 +138,7 @@ impl Spm {
         vocab: &Vocab,
         out: &mut Vec<u32>,
         unk: Option<u32>,
-        symbols: &mut Vec<Symbol>,
-        queue: &mut BinaryHeap<Bigram>,
+        (symbols, queue): &mut (Vec<Symbol>, BinaryHeap<Bigram>),
         budget: &mut usize,
         interrupt: &dyn Fn() -> Result<()>,
     ) -> Result<()> {
@@ -355,32 +341,16 @@ mod tests {
             (">\u{2581}<", -0.5),
             ("a\u{2581}", -9.0),
         ];
-        let (map, scores) = vocab(&entries);
-        let spm = Spm::new(scores, &map);
-        assert_eq!(spm.before_space, vec!['>', 'a']);
-        let mut out = Vec::new();
-        spm.encode(
-            "b\u{2581}>\u{2581}<a\u{2581}b",
-            &map,
-            &mut out,
-            None,
-            &|| Ok(()),
-        )
-        .unwrap();
-        assert_eq!(out, vec![2, 1, 6, 7, 2]);
-        // Without "a▁", the text is cut before that space: the same ids.
-        let (map, scores) = vocab(&entries[..7]);
-        let spm = Spm::new(scores, &map);
-        assert_eq!(spm.before_space, vec!['>']);
-        out.clear();
-        spm.encode(
-            "b\u{2581}>\u{2581}<a\u{2581}b",
-            &map,
-            &mut out,
-            None,
-            &|| Ok(()),
-        )
-        .unwrap();
-        assert_eq!(out, vec![2, 1, 6, 0, 1, 2]);
+        let run = |entries: &[(&str, f32)]| {
+            let (map, scores) = vocab(entries);
+            let spm = Spm::new(scores, &map);
+            let mut out = Vec::new();
+            let text = "b\u{2581}>\u{2581}<a\u{2581}b";
+            spm.encode(text, &map, &mut out, None, &|| Ok(())).unwrap();
+            (spm.before_space, out)
+        };
+        assert_eq!(run(&entries), (vec!['>', 'a'], vec![2, 1, 6, 7, 2]));
+        // Without "a▁", 'a' and the space after it stay apart.
+        assert_eq!(run(&entries[..7]), (vec!['>'], vec![2, 1, 6, 0, 1, 2]));
     }
 }
