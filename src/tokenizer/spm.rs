@@ -18,6 +18,7 @@ pub struct Spm {
     /// The characters other than '▁' that some vocabulary entry has right
     /// before a '▁' (Gemma 3: only '>', in `>▁</`).  Before any other
     /// character, a '▁' starts a piece of text that no merge crosses.
+    /// Sorted (a hostile vocabulary may have many).
     before_space: Vec<char>,
 }
 
@@ -61,7 +62,7 @@ impl Spm {
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = vocab.id(&format!("<0x{b:02X}>"));
         }
-        let mut before_space = Vec::new();
+        let mut before_space = std::collections::HashSet::new();
         for t in vocab.iter() {
             // '▁' is E2 96 81, and 0xE2 only ever starts a character.
             let b = t.as_bytes();
@@ -74,8 +75,8 @@ impl Spm {
                 from = i + 1;
                 if t[i..].starts_with(SPACE) {
                     let p = t[..i].chars().next_back();
-                    if let Some(p) = p.filter(|&p| p != SPACE && !before_space.contains(&p)) {
-                        before_space.push(p);
+                    if let Some(p) = p.filter(|&p| p != SPACE) {
+                        before_space.insert(p);
                     }
                 }
             }
@@ -83,7 +84,11 @@ impl Spm {
         Self {
             scores,
             byte_ids,
-            before_space,
+            before_space: {
+                let mut v: Vec<char> = before_space.into_iter().collect();
+                v.sort_unstable();
+                v
+            },
         }
     }
 
@@ -116,7 +121,8 @@ impl Spm {
         let cuts = text
             .char_indices()
             .scan(SPACE, |prev, (i, c)| {
-                let cut = c == SPACE && *prev != SPACE && !self.before_space.contains(prev);
+                let cut =
+                    c == SPACE && *prev != SPACE && self.before_space.binary_search(prev).is_err();
                 *prev = c;
                 Some((i, cut))
             })
