@@ -417,10 +417,10 @@ impl Tokenizer {
     /// The bytes token `id` stands for; empty for an id outside the vocabulary.
     pub fn piece(&self, id: u32) -> &[u8] {
         let (bytes, ends) = &self.pieces;
-        let i = id as usize;
-        match ends.get(i) {
-            Some(&end) => &bytes[if i == 0 { 0 } else { ends[i - 1] as usize }..end as usize],
-            None => &[],
+        if (id as usize) < ends.len() {
+            &bytes[vocab::span(ends, id as usize)]
+        } else {
+            &[]
         }
     }
 

@@ -33,6 +33,13 @@ fn hash(text: &str) -> u64 {
     x
 }
 
+/// Where entry `i` of a buffer of entries one after the other lies, given
+/// where each ends.
+#[inline]
+pub fn span(ends: &[u32], i: usize) -> std::ops::Range<usize> {
+    (if i == 0 { 0 } else { ends[i - 1] as usize })..ends[i] as usize
+}
+
 impl Vocab {
     /// Entries in order, id = position.  `None` when the texts together
     /// are 4 GiB or more.
@@ -80,9 +87,7 @@ impl Vocab {
     /// The text of `id`, which must be below `len()`.
     #[inline]
     pub fn text(&self, id: u32) -> &str {
-        let i = id as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.buf[start..self.ends[i] as usize]
+        &self.buf[span(&self.ends, id as usize)]
     }
 
     pub fn get(&self, id: u32) -> Option<&str> {
