@@ -235,3 +235,71 @@ fn smollm2_hidden_states_agree_with_the_reference() {
 fn gemma3_hidden_states_agree_with_the_reference() {
     hidden_states_agree("gemma3");
 }
+
+/// A digest of the logits' bits: a pass over the first sequence, then one
+/// token at a time over the second.
+fn logits_digest(model: &str) -> u64 {
+    let w = weights(model, Backend::Cpu { threads: 2 });
+    let seqs = sequences(model);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |l: &[f32]| {
+        for v in l {
+            h = (h ^ v.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(&w.new_session().forward(&seqs[0], 0).unwrap());
+    for l in per_position(&*w, &seqs[1]) {
+        eat(&l);
+    }
+    h
+}
+
+/// Every SIMD level this CPU has gives the same logits, bit for bit (each
+/// kernel and operation computes one specified order; see `runtime::ops`):
+/// the test runs itself again with the runtime forced to each lower level
+/// (`ZEPH_SIMD`, read once per process) and compares the digests.
+fn same_bits_at_every_level(model: &str, test: &str) {
+    let digest = logits_digest(model);
+    if std::env::var_os("ZEPH_TEST_CHILD").is_some() {
+        println!("digest {digest:016x}");
+        return;
+    }
+    let levels = zeph_llm::runtime::simd::available();
+    assert!(!levels.is_empty());
+    let here = zeph_llm::runtime::simd::configured();
+    for level in levels.into_iter().filter(|&l| l != here) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("ZEPH_SIMD", level.name())
+            .env("ZEPH_TEST_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{model} at {}: {stdout}",
+            level.name()
+        );
+        let theirs = stdout
+            .lines()
+            .find_map(|l| l.split_once("digest ").map(|(_, d)| d.trim()))
+            .unwrap_or_else(|| panic!("{model} at {}: no digest in {stdout}", level.name()));
+        assert_eq!(
+            theirs,
+            format!("{digest:016x}"),
+            "{model}: {} and {} give different logits",
+            here.name(),
+            level.name()
+        );
+    }
+}
+
+#[test]
+fn smollm2_same_bits_at_every_simd_level() {
+    same_bits_at_every_level("smollm2", "smollm2_same_bits_at_every_simd_level");
+}
+
+#[test]
+fn gemma3_same_bits_at_every_simd_level() {
+    same_bits_at_every_level("gemma3", "gemma3_same_bits_at_every_simd_level");
+}

@@ -2,11 +2,24 @@
 //! row's result never depends on other rows).  Each picks its SIMD path
 //! from [`simd::detected`](super::simd::detected).
 //!
-//! Every path is deterministic: the same row gives the same bits on every
-//! call (the operation order depends only on the row's length and on the
-//! SIMD level, which is fixed for the process).  The SIMD paths may differ
-//! from the scalar ones in the last bits (other summation order, FMA, a
-//! polynomial `exp`).
+//! Every path computes the same bits at every SIMD level: each operation
+//! has one specified order, which the scalar code spells out and the SIMD
+//! code follows lane for lane, so an answer does not depend on the CPU it
+//! ran on (and the reference decoder can compute it too).  The order:
+//!
+//! * **Sums of products** (`dot_f32`, `dot_f16`): 64 lanes, element `i`
+//!   fused-multiply-added into lane `i % 64` in increasing `i`; then lane
+//!   `l < 16` takes `(s[l] + s[l + 16]) + (s[l + 32] + s[l + 48])`, and the
+//!   16 are summed pairwise: `l + 8`, then `l + 4`, `l + 2`, `l + 1`
+//!   ([`fold64`]).  Softmax's sum of exponentials is the same with a plain
+//!   add.
+//! * **Sums of squares** (RMS norm): each square in f32, summed in f64 in 32
+//!   lanes (`i % 32`) over the whole groups of 32; lane `l < 8` takes
+//!   `(s[l] + s[l + 8]) + (s[l + 16] + s[l + 24])`, summed pairwise (`l +
+//!   4`, `l + 2`, `l + 1`); then the rest one after the other.
+//! * **`exp`**: one polynomial (Cephes' range reduction and coefficients,
+//!   with fused multiply-adds), see [`exp_spec`].
+//! * Everything else is elementwise, the same operations in the same order.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -25,7 +38,32 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0f32; 64];
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        acc[i % 64] = x.mul_add(*y, acc[i % 64]);
+    }
+    fold64(&acc)
+}
+
+/// The 64 lanes of a sum folded to one, in the specified order (module
+/// doc).
+pub(crate) fn fold64(acc: &[f32; 64]) -> f32 {
+    let mut v = [0f32; 16];
+    for l in 0..16 {
+        v[l] = (acc[l] + acc[l + 16]) + (acc[l + 32] + acc[l + 48]);
+    }
+    fold16(&v)
+}
+
+/// 16 lanes summed pairwise: `l + 8`, then `l + 4`, `l + 2`, `l + 1` (what
+/// the SIMD code's horizontal sums compute).
+pub(crate) fn fold16(v: &[f32; 16]) -> f32 {
+    let mut a = [0f32; 8];
+    for l in 0..8 {
+        a[l] = v[l] + v[l + 8];
+    }
+    let b = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (b[0] + b[2]) + (b[1] + b[3])
 }
 
 /// Σ k[i] · q[i] with `k` in f16 (attention scores over the KV cache).
@@ -40,7 +78,11 @@ pub fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
 }
 
 fn dot_f16_scalar(k: &[f16], q: &[f32]) -> f32 {
-    k.iter().zip(q).map(|(x, y)| x.to_f32() * y).sum()
+    let mut acc = [0f32; 64];
+    for (i, (x, y)) in k.iter().zip(q).enumerate() {
+        acc[i % 64] = x.to_f32().mul_add(*y, acc[i % 64]);
+    }
+    fold64(&acc)
 }
 
 /// y[i] += a · x[i] with `x` in f16 (attention output over the V cache).
@@ -151,7 +193,7 @@ pub fn axpy_rows_f16(y: &mut [f32], w: &[f32], x: &[f16], start: impl Fn(usize) 
 
 fn axpy_f16_scalar(y: &mut [f32], a: f32, x: &[f16]) {
     for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x.to_f32();
+        *y = a.mul_add(x.to_f32(), *y);
     }
 }
 
@@ -195,9 +237,28 @@ fn rms_factor(sum_sq: f64, n: usize, eps: f32) -> f32 {
     1.0 / (mean + eps).sqrt()
 }
 
+/// Σ x², each square in f32, summed in f64 in the specified order (module
+/// doc).
+pub(crate) fn sum_sq_scalar(x: &[f32]) -> f64 {
+    let whole = x.len() / 32 * 32;
+    let mut acc = [0f64; 32];
+    for (i, v) in x[..whole].iter().enumerate() {
+        acc[i % 32] += (v * v) as f64;
+    }
+    let mut t = [0f64; 8];
+    for l in 0..8 {
+        t[l] = (acc[l] + acc[l + 8]) + (acc[l + 16] + acc[l + 24]);
+    }
+    let u = [t[0] + t[4], t[1] + t[5], t[2] + t[6], t[3] + t[7]];
+    let mut s = (u[0] + u[2]) + (u[1] + u[3]);
+    for v in &x[whole..] {
+        s += (v * v) as f64;
+    }
+    s
+}
+
 fn rms_norm_scalar(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f64 = x.iter().map(|v| (v * v) as f64).sum();
-    let r = rms_factor(ss, x.len(), eps);
+    let r = rms_factor(sum_sq_scalar(x), x.len(), eps);
     for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
         *o = v * r * w;
     }
@@ -216,12 +277,12 @@ pub fn softmax(x: &mut [f32]) {
 
 fn softmax_scalar(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+    let mut acc = [0f32; 64];
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = exp_spec(*v - max);
+        acc[i % 64] += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / fold64(&acc);
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -240,14 +301,13 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
 
 fn silu_mul_scalar(g: &mut [f32], u: &[f32]) {
     for (g, u) in g.iter_mut().zip(u) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = *g / (1.0 + exp_spec(-*g)) * u;
     }
 }
 
-/// g[i] = gelu(g[i]) · u[i], with GELU's tanh approximation.
-///
-/// The SIMD paths use the identity `0.5·x·(1 + tanh(y)) = x / (1 + e^(-2y))`,
-/// which is also accurate where `1 + tanh(y)` cancels (x well below 0).
+/// g[i] = gelu(g[i]) · u[i], with GELU's tanh approximation, computed by
+/// the identity `0.5·x·(1 + tanh(y)) = x / (1 + e^(-2y))`, which is also
+/// accurate where `1 + tanh(y)` cancels (x well below 0).
 pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
     match simd::configured() {
         #[cfg(target_arch = "x86_64")]
@@ -264,9 +324,12 @@ const GELU_C: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044_715;
 
 fn gelu_mul_scalar(g: &mut [f32], u: &[f32]) {
+    let (k0, k1) = (-2.0 * GELU_C, -2.0 * GELU_C * GELU_A);
     for (g, u) in g.iter_mut().zip(u) {
         let x = *g;
-        *g = 0.5 * x * (1.0 + (GELU_C * (x + GELU_A * x * x * x)).tanh()) * u;
+        // -2y = x · (-2C - 2C·A·x²)
+        let e = exp_spec(x * (x * x).mul_add(k1, k0));
+        *g = x / (1.0 + e) * u;
     }
 }
 
@@ -352,6 +415,32 @@ const EXP_P: [f32; 6] = [
     1.666_666_5e-1,
     0.5,
 ];
+
+/// e^x in the specified order, what `exp8` and `exp16` compute in each
+/// lane: relative error about 2e-7 over the whole range (underflows to 0
+/// below about -103.9, overflows to inf above 88.72, NaN stays NaN).
+pub(crate) fn exp_spec(x: f32) -> f32 {
+    let x = if x.is_nan() {
+        x
+    } else {
+        x.clamp(EXP_LO, EXP_HI)
+    };
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = (-n).mul_add(LN2_HI, x);
+    let r = (-n).mul_add(LN2_LO, r);
+    let mut p = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        p = p.mul_add(r, c);
+    }
+    let y = p.mul_add(r * r, r + 1.0);
+    // 2^n as 2^n1 · 2^n2 so that n in [-151, 128] stays representable.
+    let ni = n as i32;
+    let n1 = ni >> 1;
+    let n2 = ni - n1;
+    let s1 = f32::from_bits(((n1 + 127) << 23) as u32);
+    let s2 = f32::from_bits(((n2 + 127) << 23) as u32);
+    y * s1 * s2
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -444,74 +533,80 @@ mod x86 {
         _mm256_mul_ps(_mm256_mul_ps(y, s1), s2)
     }
 
+    /// The 64 lanes of a sum (vector `m` = lanes `8m..8m + 8`) folded to
+    /// one as `fold64` does.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fold64_avx2(r: &[__m256; 8]) -> f32 {
+        let lo = _mm256_add_ps(_mm256_add_ps(r[0], r[2]), _mm256_add_ps(r[4], r[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(r[1], r[3]), _mm256_add_ps(r[5], r[7]));
+        hsum8(_mm256_add_ps(lo, hi))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); 8];
         let mut i = 0;
-        while i + 32 <= n {
-            for j in 0..4 {
+        while i + 64 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
                 let o = i + 8 * j;
-                acc[j] = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(pa.add(o)),
-                    _mm256_loadu_ps(pb.add(o)),
-                    acc[j],
-                );
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *a);
             }
-            i += 32;
+            i += 64;
         }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
+        // The rest into the lanes they belong to (zeros past the end).
+        let mut j = 0;
+        while i < n {
+            acc[j] = if n - i >= 8 {
+                _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i)),
+                    _mm256_loadu_ps(pb.add(i)),
+                    acc[j],
+                )
+            } else {
+                let m = mask8(n - i);
+                _mm256_fmadd_ps(
+                    _mm256_maskload_ps(pa.add(i), m),
+                    _mm256_maskload_ps(pb.add(i), m),
+                    acc[j],
+                )
+            };
             i += 8;
+            j += 1;
         }
-        if i < n {
-            let m = mask8(n - i);
-            acc[1] = _mm256_fmadd_ps(
-                _mm256_maskload_ps(pa.add(i), m),
-                _mm256_maskload_ps(pb.add(i), m),
-                acc[1],
-            );
-        }
-        hsum8(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        fold64_avx2(&acc)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_f16_avx2(k: &[f16], q: &[f32]) -> f32 {
         let n = k.len().min(q.len());
         let (pk, pq) = (k.as_ptr(), q.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); 8];
         let mut i = 0;
-        while i + 32 <= n {
-            for j in 0..4 {
+        while i + 64 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
                 let o = i + 8 * j;
-                acc[j] = _mm256_fmadd_ps(ldh8(pk.add(o)), _mm256_loadu_ps(pq.add(o)), acc[j]);
+                *a = _mm256_fmadd_ps(ldh8(pk.add(o)), _mm256_loadu_ps(pq.add(o)), *a);
             }
-            i += 32;
+            i += 64;
         }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(ldh8(pk.add(i)), _mm256_loadu_ps(pq.add(i)), acc[0]);
+        let mut j = 0;
+        while i < n {
+            acc[j] = if n - i >= 8 {
+                _mm256_fmadd_ps(ldh8(pk.add(i)), _mm256_loadu_ps(pq.add(i)), acc[j])
+            } else {
+                _mm256_fmadd_ps(
+                    ldh8_part(pk.add(i), n - i),
+                    _mm256_maskload_ps(pq.add(i), mask8(n - i)),
+                    acc[j],
+                )
+            };
             i += 8;
+            j += 1;
         }
-        if i < n {
-            let m = mask8(n - i);
-            acc[1] = _mm256_fmadd_ps(
-                ldh8_part(pk.add(i), n - i),
-                _mm256_maskload_ps(pq.add(i), m),
-                acc[1],
-            );
-        }
-        hsum8(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        fold64_avx2(&acc)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -562,10 +657,11 @@ mod x86 {
     unsafe fn sum_sq_avx2(x: &[f32]) -> f64 {
         let n = x.len();
         let p = x.as_ptr();
-        let mut acc = [_mm256_setzero_pd(); 4];
+        // 32 f64 lanes: vector m = lanes 4m..4m + 4.
+        let mut acc = [_mm256_setzero_pd(); 8];
         let mut i = 0;
-        while i + 16 <= n {
-            for j in 0..2 {
+        while i + 32 <= n {
+            for j in 0..4 {
                 let v = _mm256_loadu_ps(p.add(i + 8 * j));
                 let sq = _mm256_mul_ps(v, v);
                 acc[2 * j] = _mm256_add_pd(acc[2 * j], _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
@@ -574,14 +670,13 @@ mod x86 {
                     _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)),
                 );
             }
-            i += 16;
+            i += 32;
         }
-        let mut t = [0f64; 4];
-        _mm256_storeu_pd(
-            t.as_mut_ptr(),
-            _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3])),
-        );
-        let mut s = (t[0] + t[1]) + (t[2] + t[3]);
+        let lo = _mm256_add_pd(_mm256_add_pd(acc[0], acc[2]), _mm256_add_pd(acc[4], acc[6]));
+        let hi = _mm256_add_pd(_mm256_add_pd(acc[1], acc[3]), _mm256_add_pd(acc[5], acc[7]));
+        let mut u = [0f64; 4];
+        _mm256_storeu_pd(u.as_mut_ptr(), _mm256_add_pd(lo, hi));
+        let mut s = (u[0] + u[2]) + (u[1] + u[3]);
         for &v in &x[i..] {
             s += (v * v) as f64;
         }
@@ -645,32 +740,31 @@ mod x86 {
         ));
         let mv = _mm256_set1_ps(max);
         // Exponentials and their sum.
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); 8];
         let mut i = 0;
-        while i + 32 <= n {
-            for j in 0..4 {
+        while i + 64 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
                 let q = p.add(i + 8 * j);
                 let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(q), mv));
                 _mm256_storeu_ps(q, e);
-                acc[j] = _mm256_add_ps(acc[j], e);
+                *a = _mm256_add_ps(*a, e);
             }
-            i += 32;
+            i += 64;
         }
+        let mut j = 0;
         while i + 8 <= n {
             let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
             _mm256_storeu_ps(p.add(i), e);
-            acc[0] = _mm256_add_ps(acc[0], e);
+            acc[j] = _mm256_add_ps(acc[j], e);
             i += 8;
+            j += 1;
         }
         if tail > 0 {
             let e = exp8(_mm256_sub_ps(tail_ld(p.add(i)), mv));
             _mm256_maskstore_ps(p.add(i), tm, e);
-            acc[1] = _mm256_add_ps(acc[1], _mm256_and_ps(e, _mm256_castsi256_ps(tm)));
+            acc[j] = _mm256_add_ps(acc[j], _mm256_and_ps(e, _mm256_castsi256_ps(tm)));
         }
-        let sum = hsum8(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
+        let sum = fold64_avx2(&acc);
         let inv = _mm256_set1_ps(1.0 / sum);
         let mut i = 0;
         while i + 8 <= n {
@@ -800,7 +894,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     unsafe fn mask16(rem: usize) -> __mmask16 {
-        ((1u32 << rem) - 1) as __mmask16
+        ((1u32 << rem) - 1) as __mmask16 // rem <= 16
     }
 
     #[inline]
@@ -882,21 +976,17 @@ mod x86 {
             }
             i += 64;
         }
-        while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(
-                _mm512_loadu_ps(pa.add(i)),
-                _mm512_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            i += 16;
-        }
-        if i < n {
-            let m = mask16(n - i);
-            acc[1] = _mm512_fmadd_ps(
+        // The rest into the lanes they belong to (zeros past the end).
+        let mut j = 0;
+        while i < n {
+            let m = mask16((n - i).min(16));
+            acc[j] = _mm512_fmadd_ps(
                 _mm512_maskz_loadu_ps(m, pa.add(i)),
                 _mm512_maskz_loadu_ps(m, pb.add(i)),
-                acc[1],
+                acc[j],
             );
+            i += 16;
+            j += 1;
         }
         hsum16(_mm512_add_ps(
             _mm512_add_ps(acc[0], acc[1]),
@@ -917,17 +1007,16 @@ mod x86 {
             }
             i += 64;
         }
-        while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(ldh16(pk.add(i)), _mm512_loadu_ps(pq.add(i)), acc[0]);
-            i += 16;
-        }
-        if i < n {
-            let m = mask16(n - i);
-            acc[1] = _mm512_fmadd_ps(
+        let mut j = 0;
+        while i < n {
+            let m = mask16((n - i).min(16));
+            acc[j] = _mm512_fmadd_ps(
                 ldh16_mask(pk.add(i), m),
                 _mm512_maskz_loadu_ps(m, pq.add(i)),
-                acc[1],
+                acc[j],
             );
+            i += 16;
+            j += 1;
         }
         hsum16(_mm512_add_ps(
             _mm512_add_ps(acc[0], acc[1]),
@@ -1072,10 +1161,13 @@ mod x86 {
             }
             i += 32;
         }
-        let mut s = _mm512_reduce_add_pd(_mm512_add_pd(
-            _mm512_add_pd(acc[0], acc[1]),
-            _mm512_add_pd(acc[2], acc[3]),
-        ));
+        let t = _mm512_add_pd(_mm512_add_pd(acc[0], acc[1]), _mm512_add_pd(acc[2], acc[3]));
+        let mut u = [0f64; 4];
+        _mm256_storeu_pd(
+            u.as_mut_ptr(),
+            _mm256_add_pd(_mm512_castpd512_pd256(t), _mm512_extractf64x4_pd::<1>(t)),
+        );
+        let mut s = (u[0] + u[2]) + (u[1] + u[3]);
         for &v in &x[i..] {
             s += (v * v) as f64;
         }
@@ -1145,16 +1237,18 @@ mod x86 {
             }
             i += 64;
         }
+        let mut j = 0;
         while i + 16 <= n {
             let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), mv));
             _mm512_storeu_ps(p.add(i), e);
-            acc[0] = _mm512_add_ps(acc[0], e);
+            acc[j] = _mm512_add_ps(acc[j], e);
             i += 16;
+            j += 1;
         }
         if tail > 0 {
             let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tm, p.add(i)), mv));
             _mm512_mask_storeu_ps(p.add(i), tm, e);
-            acc[1] = _mm512_add_ps(acc[1], _mm512_maskz_mov_ps(tm, e));
+            acc[j] = _mm512_add_ps(acc[j], _mm512_maskz_mov_ps(tm, e));
         }
         let sum = hsum16(_mm512_add_ps(
             _mm512_add_ps(acc[0], acc[1]),
@@ -1777,8 +1871,15 @@ mod tests {
                         _mm256_storeu_ps(o.as_mut_ptr(), x86::exp8(_mm256_set1_ps(x)));
                         o[0]
                     },
-                    SimdLevel::Scalar => continue,
+                    SimdLevel::Scalar => exp_spec(x),
                 };
+                if !x.is_nan() {
+                    assert_eq!(
+                        got.to_bits(),
+                        exp_spec(x).to_bits(),
+                        "exp({x}) {l:?}: not the scalar bits"
+                    );
+                }
                 let want = (x as f64).exp();
                 if x.is_nan() {
                     assert!(got.is_nan());
@@ -1789,6 +1890,66 @@ mod tests {
                     close(got, want, 0.0, 2e-45, &format!("exp({x}) {l:?}"));
                 } else {
                     close(got, want, 3e-7, 0.0, &format!("exp({x}) {l:?}"));
+                }
+            }
+        }
+    }
+
+    /// The specified order (module doc) at every level: the SIMD paths give
+    /// the scalar code's bits, on every length (tails included) and on
+    /// values spanning many magnitudes (where the order shows).
+    #[test]
+    fn every_level_gives_the_scalar_bits() {
+        let mut rng = Rng(0x5eed_0bad_f00d_1234);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let mut lens: Vec<usize> = LENS.to_vec();
+        lens.extend([63, 65, 127, 128, 200, 256, 1000]);
+        for l in levels() {
+            for &n in &lens {
+                for scale in [1.0f32, 1e3, 1e-3] {
+                    // Magnitudes spread over 2^±8, so that sums round.
+                    let spread = |r: &mut Rng| -> Vec<f32> {
+                        (0..n)
+                            .map(|_| r.f() * scale * 2f32.powi((r.next() % 17) as i32 - 8))
+                            .collect()
+                    };
+                    let a = spread(&mut rng);
+                    let b = spread(&mut rng);
+                    let k: Vec<f16> = spread(&mut rng).into_iter().map(f16::from_f32).collect();
+                    let what = format!("{l:?} n={n} scale={scale}");
+                    assert_eq!(
+                        dot_f32_at(l, &a, &b).to_bits(),
+                        dot_f32_scalar(&a, &b).to_bits(),
+                        "dot_f32 {what}"
+                    );
+                    assert_eq!(
+                        dot_f16_at(l, &k, &b).to_bits(),
+                        dot_f16_scalar(&k, &b).to_bits(),
+                        "dot_f16 {what}"
+                    );
+                    let (mut y1, mut y2) = (a.clone(), a.clone());
+                    axpy_f16_at(l, &mut y1, 0.37, &k);
+                    axpy_f16_scalar(&mut y2, 0.37, &k);
+                    assert_eq!(bits(&y1), bits(&y2), "axpy {what}");
+                    if n > 0 {
+                        let (mut o1, mut o2) = (vec![0f32; n], vec![0f32; n]);
+                        rms_norm_at(l, &a, &b, 1e-6, &mut o1);
+                        rms_norm_scalar(&a, &b, 1e-6, &mut o2);
+                        assert_eq!(bits(&o1), bits(&o2), "rms_norm {what}");
+                    }
+                    let x: Vec<f32> = a.iter().map(|v| v / scale * 8.0).collect();
+                    let (mut s1, mut s2) = (x.clone(), x.clone());
+                    softmax_at(l, &mut s1);
+                    softmax_scalar(&mut s2);
+                    assert_eq!(bits(&s1), bits(&s2), "softmax {what}");
+                    let (mut g1, mut g2) = (x.clone(), x.clone());
+                    silu_mul_at(l, &mut g1, &b);
+                    silu_mul_scalar(&mut g2, &b);
+                    assert_eq!(bits(&g1), bits(&g2), "silu {what}");
+                    let (mut g1, mut g2) = (x.clone(), x.clone());
+                    gelu_mul_at(l, &mut g1, &b);
+                    gelu_mul_scalar(&mut g2, &b);
+                    assert_eq!(bits(&g1), bits(&g2), "gelu {what}");
                 }
             }
         }

@@ -6,6 +6,11 @@
 //! in the same order whatever `N` is and wherever the column sits, so a
 //! column's result is bit-identical whether it is computed alone or beside
 //! others.  Weight bytes may be unaligned; rows may have any length.
+//!
+//! Every level computes one specified order, so a result is the same bits
+//! on every CPU: 16 lanes, value `i` fused-multiply-added into lane
+//! `i % 16` in increasing `i`, the lanes then summed pairwise (`l + 8`,
+//! `l + 4`, `l + 2`, `l + 1`; `ops::fold16`).
 
 #![allow(clippy::needless_range_loop)]
 
@@ -109,9 +114,8 @@ fn check<const T: u8>(w: &[u8], a: &[&[f32]], out: &[f32]) -> usize {
 
 // ---------------------------------------------------------------- scalar
 
-/// Lanes of the scalar kernel: independent partial sums per column, which
-/// the compiler can keep in SSE/NEON registers without reassociating.
-const SL: usize = 8;
+/// Lanes of the specified order.
+const SL: usize = 16;
 
 unsafe fn entry_scalar<const T: u8>(w: &[u8], a: &[&[f32]], out: &mut [f32]) {
     let n = check::<T>(w, a, out);
@@ -135,19 +139,18 @@ fn dot_scalar<const T: u8, const N: usize>(w: &[u8], a: &[&[f32]], out: &mut [f3
         for c in 0..N {
             let ac = &a[c][k * SL..k * SL + SL];
             for l in 0..SL {
-                acc[c][l] += wv[l] * ac[l];
+                acc[c][l] = wv[l].mul_add(ac[l], acc[c][l]);
             }
         }
     }
     for j in full..n {
         let wv = load_scalar::<T>(w, j);
         for c in 0..N {
-            acc[c][j - full] += wv * a[c][j];
+            acc[c][j - full] = wv.mul_add(a[c][j], acc[c][j - full]);
         }
     }
     for c in 0..N {
-        let s = &acc[c];
-        out[c] = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+        out[c] = crate::runtime::ops::fold16(&acc[c]);
     }
 }
 
@@ -217,12 +220,14 @@ mod x86 {
             }
             i += 16;
         }
+        let mut high = false;
         if i + 8 <= n {
             let w0 = ld8::<T>(wp, i);
             for c in 0..N {
                 acc0[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(ap[c].add(i)), acc0[c]);
             }
             i += 8;
+            high = true;
         }
         if i < n {
             // Tail of 1..=7 values, zero-padded to a whole vector.
@@ -235,9 +240,14 @@ mod x86 {
                 _mm256_set1_epi32(rem as i32),
                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
             );
+            // Lanes 8.. after a whole 8, lanes 0.. otherwise.
             for c in 0..N {
                 let av = _mm256_maskload_ps(ap[c].add(i), m);
-                acc1[c] = _mm256_fmadd_ps(w1, av, acc1[c]);
+                if high {
+                    acc1[c] = _mm256_fmadd_ps(w1, av, acc1[c]);
+                } else {
+                    acc0[c] = _mm256_fmadd_ps(w1, av, acc0[c]);
+                }
             }
         }
         for c in 0..N {
@@ -308,27 +318,12 @@ mod x86 {
         for c in 0..N {
             ap[c] = a[c].as_ptr();
         }
-        let z = _mm512_setzero_ps();
-        let mut acc = [[z; 4]; N];
+        let mut acc = [_mm512_setzero_ps(); N];
         let mut i = 0;
-        while i + 64 <= n {
-            let w0 = ld16::<T>(wp, i);
-            let w1 = ld16::<T>(wp, i + 16);
-            let w2 = ld16::<T>(wp, i + 32);
-            let w3 = ld16::<T>(wp, i + 48);
-            for c in 0..N {
-                let p = ap[c].add(i);
-                acc[c][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), acc[c][0]);
-                acc[c][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), acc[c][1]);
-                acc[c][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(p.add(32)), acc[c][2]);
-                acc[c][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(p.add(48)), acc[c][3]);
-            }
-            i += 64;
-        }
         while i + 16 <= n {
             let w0 = ld16::<T>(wp, i);
             for c in 0..N {
-                acc[c][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(ap[c].add(i)), acc[c][0]);
+                acc[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(ap[c].add(i)), acc[c]);
             }
             i += 16;
         }
@@ -337,15 +332,11 @@ mod x86 {
             let w1 = ld16_mask::<T>(wp, i, m);
             for c in 0..N {
                 let av = _mm512_maskz_loadu_ps(m, ap[c].add(i));
-                acc[c][1] = _mm512_fmadd_ps(w1, av, acc[c][1]);
+                acc[c] = _mm512_fmadd_ps(w1, av, acc[c]);
             }
         }
         for c in 0..N {
-            let s = _mm512_add_ps(
-                _mm512_add_ps(acc[c][0], acc[c][1]),
-                _mm512_add_ps(acc[c][2], acc[c][3]),
-            );
-            out[c] = hsum512(s);
+            out[c] = hsum512(acc[c]);
         }
     }
 }
@@ -538,6 +529,35 @@ mod tests {
                                 "{ty:?} {level:?} n={n} order={ord:?}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The specified order (module doc): every level gives the portable
+    /// kernel's bits, on every length.
+    #[test]
+    fn every_level_gives_the_portable_bits() {
+        let mut rng = Rng(0x51ab_1e00_0000_0004);
+        for ty in TYPES {
+            let portable = dot_fn(ty, SimdLevel::Scalar);
+            for n in LENS.iter().copied().chain([63, 65, 100, 1000]) {
+                let wb = weights(ty, n, &mut rng);
+                let w = &wb[1..];
+                let cols: Vec<Vec<f32>> = (0..4).map(|_| acts(n, &mut rng)).collect();
+                let a: Vec<&[f32]> = cols.iter().map(|c| c.as_slice()).collect();
+                let mut want = [0f32; 4];
+                unsafe { portable(w, &a, &mut want) };
+                for level in simd::available() {
+                    let mut got = [1f32; 4];
+                    unsafe { dot_fn(ty, level)(w, &a, &mut got) };
+                    for c in 0..4 {
+                        assert_eq!(
+                            got[c].to_bits(),
+                            want[c].to_bits(),
+                            "{ty:?} {level:?} n={n}"
+                        );
                     }
                 }
             }

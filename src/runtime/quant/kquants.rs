@@ -24,6 +24,7 @@
 
 use super::act::ActRow;
 use super::{QuantDot, WType};
+use crate::runtime::ops::fold16;
 use crate::runtime::simd::SimdLevel;
 
 /// Values per super-block.
@@ -259,25 +260,27 @@ pub fn dequantize_row(ty: WType, w: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The best dot kernel for `ty` at or below `level`.
+/// The dot kernel for `ty` at `level`.  Every level computes the same bits
+/// in one specified order:
+///
+/// * Q4_K, Q5_K and Q6_K in the packed kernels' order (`kquants_gemm`, whose
+///   AVX2 and AVX-512 code computes it for whole groups of 8 rows): per
+///   row, two float accumulators `h`, fed in turn (Q4_K / Q5_K: sub-block
+///   `j` of 32 into `j % 2`; Q6_K: the two groups of 16 of sub-block `j`
+///   into 0 and 1), each with `fma(I, (sc · d) · d_a, acc)` of the exact
+///   integer sum `I` of its values (Q6_K: `Σ code·q − 32·Σ q`), the
+///   minimums of Q4_K / Q5_K in two more by `fma(m · dmin, dsum, accm)`;
+///   then `(acc₀ − accm₀) + (acc₁ − accm₁)`.  This portable code is the one
+///   kernel for a row on its own (a matrix whose rows are not a whole
+///   number of groups of 8).
+/// * Q2_K and Q3_K in the AVX-512 kernel's order ([`g16_spec`]).
 pub fn dot_fn(ty: WType, level: SimdLevel) -> QuantDot {
     #[cfg(target_arch = "x86_64")]
     {
         if level >= SimdLevel::Avx512 {
             match ty {
-                WType::Q4K => return x86::q4k_avx512_dispatch,
-                WType::Q5K => return x86::q5k_avx512_dispatch,
-                WType::Q6K => return x86::q6k_avx512_dispatch,
                 WType::Q2K => return x86::q2k_avx512_dispatch,
                 WType::Q3K => return x86::q3k_avx512_dispatch,
-                _ => {}
-            }
-        }
-        if level >= SimdLevel::Avx2 {
-            match ty {
-                WType::Q4K => return x86::q4k_avx2_dispatch,
-                WType::Q5K => return x86::q5k_avx2_dispatch,
-                WType::Q6K => return x86::q6k_avx2_dispatch,
                 _ => {}
             }
         }
@@ -296,71 +299,140 @@ pub fn dot_fn(ty: WType, level: SimdLevel) -> QuantDot {
 // ---------------------------------------------------------------- scalar
 
 macro_rules! scalar_entry {
-    ($name:ident, $ty:expr) => {
+    ($name:ident, $kernel:ident, $ty:expr) => {
         unsafe fn $name(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
             match a.len() {
-                1 => scalar_dot::<1>($ty, w, a, out),
-                2 => scalar_dot::<2>($ty, w, a, out),
-                3 => scalar_dot::<3>($ty, w, a, out),
-                4 => scalar_dot::<4>($ty, w, a, out),
+                1 => $kernel::<1>($ty, w, a, out),
+                2 => $kernel::<2>($ty, w, a, out),
+                3 => $kernel::<3>($ty, w, a, out),
+                4 => $kernel::<4>($ty, w, a, out),
                 n => panic!("kquants: {n} columns"),
             }
         }
     };
 }
-scalar_entry!(scalar_q2k, WType::Q2K);
-scalar_entry!(scalar_q3k, WType::Q3K);
-scalar_entry!(scalar_q4k, WType::Q4K);
-scalar_entry!(scalar_q5k, WType::Q5K);
-scalar_entry!(scalar_q6k, WType::Q6K);
+scalar_entry!(scalar_q2k, g16_spec, WType::Q2K);
+scalar_entry!(scalar_q3k, g16_spec, WType::Q3K);
+scalar_entry!(scalar_q4k, q45k_spec, WType::Q4K);
+scalar_entry!(scalar_q5k, q45k_spec, WType::Q5K);
+scalar_entry!(scalar_q6k, q6k_spec, WType::Q6K);
 
-/// Portable kernel, any K type: per block of 32 activations `j`,
-/// `I = Σ_g sc_g·(Σ code·q − off·s16_g)` exactly in integers, then
-/// `acc += d_a · (d·I − Σ_g mn_g·s16_g)`.
-fn scalar_dot<const C: usize>(ty: WType, w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
-    let bb = block_bytes(ty);
-    let mins32 = matches!(ty, WType::Q4K | WType::Q5K);
+/// Σ x·y of codes and activations, exactly.
+#[inline(always)]
+fn idot(x: &[u8], y: &[i8]) -> i32 {
+    x.iter().zip(y).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// Q4_K / Q5_K in the specified order (see [`dot_fn`]).
+fn q45k_spec<const C: usize>(ty: WType, w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
     let mut dec = Decoded::new();
-    let mut acc = [0f32; C];
-    for (b, blk) in w.chunks_exact(bb).enumerate() {
+    let mut acc = [[0f32; 2]; C];
+    let mut accm = [[0f32; 2]; C];
+    for (b, blk) in w.chunks_exact(block_bytes(ty)).enumerate() {
         decode(ty, blk, &mut dec);
         for c in 0..C {
             let ar = &a[c];
             let qs = &ar.qs[b * QK..b * QK + QK];
             for j in 0..8 {
-                let mut isum = 0i32;
-                let mut msum = 0f32;
-                for g in 2 * j..2 * j + 2 {
-                    let dot: i32 = dec.codes[16 * g..16 * g + 16]
-                        .iter()
-                        .zip(&qs[16 * g..16 * g + 16])
-                        .map(|(&x, &y)| x as i32 * y as i32)
-                        .sum();
-                    let s = ar.s16[b * 16 + g] as i32;
-                    isum += dec.sc[g] * (dot - dec.off * s);
-                    msum += dec.mn[g] * s as f32;
-                }
-                acc[c] += if mins32 {
-                    // One minimum per 32 (Q4_K, Q5_K): times the stored
-                    // `dsum`, as the SIMD kernels take it.
-                    ar.d[b * 8 + j] * (dec.d * isum as f32) - dec.mn[2 * j] * ar.dsum[b * 8 + j]
-                } else {
-                    ar.d[b * 8 + j] * (dec.d * isum as f32 - msum)
-                };
+                let h = j % 2;
+                let i = idot(&dec.codes[32 * j..32 * j + 32], &qs[32 * j..32 * j + 32]);
+                let fsc = dec.sc[2 * j] as f32 * dec.d;
+                acc[c][h] = (i as f32).mul_add(fsc * ar.d[b * 8 + j], acc[c][h]);
+                accm[c][h] = dec.mn[2 * j].mul_add(ar.dsum[b * 8 + j], accm[c][h]);
             }
         }
     }
-    out[..C].copy_from_slice(&acc);
+    for c in 0..C {
+        out[c] = (acc[c][0] - accm[c][0]) + (acc[c][1] - accm[c][1]);
+    }
+}
+
+/// Q6_K in the specified order (see [`dot_fn`]).
+fn q6k_spec<const C: usize>(ty: WType, w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
+    let mut dec = Decoded::new();
+    let mut acc = [[0f32; 2]; C];
+    for (b, blk) in w.chunks_exact(block_bytes(ty)).enumerate() {
+        decode(ty, blk, &mut dec);
+        for c in 0..C {
+            let ar = &a[c];
+            let qs = &ar.qs[b * QK..b * QK + QK];
+            for j in 0..8 {
+                for h in 0..2 {
+                    let g = 2 * j + h;
+                    let i = idot(&dec.codes[16 * g..16 * g + 16], &qs[16 * g..16 * g + 16])
+                        - dec.off * ar.s16[b * 16 + g] as i32;
+                    let fsc = dec.sc[g] as f32 * dec.d;
+                    acc[c][h] = (i as f32).mul_add(fsc * ar.d[b * 8 + j], acc[c][h]);
+                }
+            }
+        }
+    }
+    for c in 0..C {
+        out[c] = acc[c][0] + acc[c][1];
+    }
+}
+
+/// Q2_K and Q3_K (groups of 16) in the AVX-512 kernel's order: 16 lanes;
+/// lane `l` of step `i < 4` takes the exact sum of the four products of
+/// values `64i + 4l ..`, as a float times `f_g = (d · sc_g) · d_a` of its
+/// group `g = 4i + l/4`, steps 0 and 1 multiplied, 2 and 3 fused onto them,
+/// the two then added to the lane's sum.  The activations' group sums in 16
+/// more lanes, `fma(fm_g · d_a, Σ q, acco)` (`fm_g`: Q2_K `dmin · m_g`,
+/// Q3_K `4 · d · sc_g`, its offset); both folded by `ops::fold16` and
+/// subtracted.
+fn g16_spec<const C: usize>(ty: WType, w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
+    let mut dec = Decoded::new();
+    let mut acc = [[0f32; 16]; C];
+    let mut acco = [[0f32; 16]; C];
+    for (b, blk) in w.chunks_exact(block_bytes(ty)).enumerate() {
+        decode(ty, blk, &mut dec);
+        let mut fw = [0f32; 16];
+        let mut fm = [0f32; 16];
+        for g in 0..16 {
+            fw[g] = dec.d * dec.sc[g] as f32;
+            fm[g] = if ty == WType::Q3K {
+                4.0 * fw[g]
+            } else {
+                dec.mn[g]
+            };
+        }
+        for c in 0..C {
+            let ar = &a[c];
+            let qs = &ar.qs[b * QK..b * QK + QK];
+            let ad = |g: usize| ar.d[b * 8 + g / 2];
+            let mut x = [[0f32; 16]; 2];
+            for i in 0..4 {
+                for l in 0..16 {
+                    let at = 64 * i + 4 * l;
+                    let v = idot(&dec.codes[at..at + 4], &qs[at..at + 4]) as f32;
+                    let g = 4 * i + l / 4;
+                    let f = fw[g] * ad(g);
+                    x[i % 2][l] = if i < 2 {
+                        v * f
+                    } else {
+                        v.mul_add(f, x[i % 2][l])
+                    };
+                }
+            }
+            for l in 0..16 {
+                acc[c][l] += x[0][l] + x[1][l];
+            }
+            for g in 0..16 {
+                let s = ar.s16[b * 16 + g] as f32;
+                acco[c][g] = (fm[g] * ad(g)).mul_add(s, acco[c][g]);
+            }
+        }
+    }
+    for c in 0..C {
+        out[c] = fold16(&acc[c]) - fold16(&acco[c]);
+    }
 }
 
 // ---------------------------------------------------------------- x86
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{
-        q3k_scales, q4k_scales_mins, ActRow, Q2K_BYTES, Q3K_BYTES, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES,
-        QK,
-    };
+    use super::{q3k_scales, ActRow, Q2K_BYTES, Q3K_BYTES, QK};
     use std::arch::x86_64::*;
 
     macro_rules! entry {
@@ -376,27 +448,14 @@ mod x86 {
             }
         };
     }
-    entry!(q4k_avx512_dispatch, q4k_avx512);
-    entry!(q5k_avx512_dispatch, q5k_avx512);
-    entry!(q6k_avx512_dispatch, q6k_avx512);
     entry!(q2k_avx512_dispatch, q2k_avx512);
     entry!(q3k_avx512_dispatch, q3k_avx512);
-    entry!(q4k_avx2_dispatch, q4k_avx2);
-    entry!(q5k_avx2_dispatch, q5k_avx2);
-    entry!(q6k_avx2_dispatch, q6k_avx2);
 
     /// Two consecutive f16 at `p` as f32 in lanes 0 and 1.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn f16x2(p: *const u8) -> __m128 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()))
-    }
-
-    /// 8 bytes (little-endian u64) as 8 f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn u8x8_ps(x: u64) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(x as i64)))
     }
 
     #[inline]
@@ -421,21 +480,8 @@ mod x86 {
         _mm512_loadu_si512(v.as_ptr().cast())
     }
 
-    /// Lane `l` of zmm `i` of a 256-value block belongs to sub-block
-    /// `2i + l/8` (32 values) and to group `4i + l/4` (16 values).
-    const SUB32: [[i32; 16]; 4] = {
-        let mut t = [[0i32; 16]; 4];
-        let mut i = 0;
-        while i < 4 {
-            let mut l = 0;
-            while l < 16 {
-                t[i][l] = (2 * i + l / 8) as i32;
-                l += 1;
-            }
-            i += 1;
-        }
-        t
-    };
+    /// Lane `l` of zmm `i` of a 256-value block belongs to group `4i + l/4`
+    /// (16 values).
     const SUB16: [[i32; 16]; 4] = {
         let mut t = [[0i32; 16]; 4];
         let mut i = 0;
@@ -453,187 +499,6 @@ mod x86 {
     const DUP2: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
 
     // ------------------------------------------------------------ AVX-512
-
-    /// Q4_K / Q5_K after decoding: `wv[i]` are the codes of values
-    /// 64i..64i+64, `dsc` = d·sc_j and `dmn` = dmin·m_j per sub-block j.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn q45k_cols_avx512<const C: usize>(
-        b: usize,
-        wv: &[__m512i; 4],
-        dsc: __m256,
-        dmn: __m256,
-        idx: &[__m512i; 4],
-        a: &[ActRow<'_>],
-        acc: &mut [__m512; C],
-        accm: &mut [__m256; C],
-    ) {
-        for c in 0..C {
-            let ar = a.get_unchecked(c);
-            let aq = ar.qs.as_ptr().add(b * QK);
-            let s = _mm512_castps256_ps512(_mm256_mul_ps(
-                dsc,
-                _mm256_loadu_ps(ar.d.as_ptr().add(b * 8)),
-            ));
-            let mut x = [_mm512_setzero_ps(); 2];
-            for i in 0..4 {
-                let av = _mm512_loadu_si512(aq.add(64 * i).cast());
-                let dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], av);
-                let f = _mm512_cvtepi32_ps(dp);
-                let si = _mm512_permutexvar_ps(idx[i], s);
-                x[i & 1] = if i < 2 {
-                    _mm512_mul_ps(f, si)
-                } else {
-                    _mm512_fmadd_ps(f, si, x[i & 1])
-                };
-            }
-            acc[c] = _mm512_add_ps(acc[c], _mm512_add_ps(x[0], x[1]));
-            accm[c] = _mm256_fmadd_ps(dmn, _mm256_loadu_ps(ar.dsum.as_ptr().add(b * 8)), accm[c]);
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q45k_scales(p: *const u8) -> (__m256, __m256) {
-        let dd = f16x2(p);
-        let (sc, mn) = q4k_scales_mins(std::slice::from_raw_parts(p.add(4), 12));
-        let dsc = _mm256_mul_ps(_mm256_broadcastss_ps(dd), u8x8_ps(sc));
-        let dmn = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), u8x8_ps(mn));
-        (dsc, dmn)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4k_avx512<const C: usize>(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
-        let nb = w.len() / Q4K_BYTES;
-        // Low nibbles in the low half, high nibbles kept in place (16 × code)
-        // in the high half; odd sub-blocks' scales are divided by 16 (exact).
-        let m_nib = _mm512_inserti64x4(_mm512_set1_epi8(0x0f), _mm256_set1_epi8(0xf0u8 as i8), 1);
-        let sixteenth = _mm256_setr_ps(1.0, 0.0625, 1.0, 0.0625, 1.0, 0.0625, 1.0, 0.0625);
-        let idx = [
-            idx512(&SUB32[0]),
-            idx512(&SUB32[1]),
-            idx512(&SUB32[2]),
-            idx512(&SUB32[3]),
-        ];
-        let mut acc = [_mm512_setzero_ps(); C];
-        let mut accm = [_mm256_setzero_ps(); C];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * Q4K_BYTES);
-            let (dsc, dmn) = q45k_scales(p);
-            let dsc = _mm256_mul_ps(dsc, sixteenth);
-            let mut wv = [_mm512_setzero_si512(); 4];
-            for (i, v) in wv.iter_mut().enumerate() {
-                // [low nibbles | 16 × high nibbles] of qs[32i..32i+32]
-                let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16 + 32 * i).cast()));
-                *v = _mm512_and_si512(x, m_nib);
-            }
-            q45k_cols_avx512::<C>(b, &wv, dsc, dmn, &idx, a, &mut acc, &mut accm);
-        }
-        for c in 0..C {
-            *out.get_unchecked_mut(c) = hsum512(acc[c]) - hsum256(accm[c]);
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q5k_avx512<const C: usize>(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
-        let nb = w.len() / Q5K_BYTES;
-        let m4 = _mm512_set1_epi8(0x0f);
-        let m16 = _mm512_set1_epi8(0x10);
-        let idx = [
-            idx512(&SUB32[0]),
-            idx512(&SUB32[1]),
-            idx512(&SUB32[2]),
-            idx512(&SUB32[3]),
-        ];
-        let mut acc = [_mm512_setzero_ps(); C];
-        let mut accm = [_mm256_setzero_ps(); C];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * Q5K_BYTES);
-            let (dsc, dmn) = q45k_scales(p);
-            // qh in both halves; the upper half shifted right by one so that
-            // bit 2i (low half) / 2i+1 (high half) is tested with the same bit.
-            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast()));
-            let qh = _mm512_mask_srli_epi16(qh, 0xffff_0000, qh, 1);
-            let mut wv = [_mm512_setzero_si512(); 4];
-            for (i, v) in wv.iter_mut().enumerate() {
-                let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(48 + 32 * i).cast()));
-                let x = _mm512_mask_srli_epi16(x, 0xffff_0000, x, 4);
-                let x = _mm512_and_si512(x, m4);
-                let k = _mm512_test_epi8_mask(qh, _mm512_set1_epi8(1 << (2 * i)));
-                *v = _mm512_mask_add_epi8(x, k, x, m16);
-            }
-            q45k_cols_avx512::<C>(b, &wv, dsc, dmn, &idx, a, &mut acc, &mut accm);
-        }
-        for c in 0..C {
-            *out.get_unchecked_mut(c) = hsum512(acc[c]) - hsum256(accm[c]);
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q6k_avx512<const C: usize>(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
-        let nb = w.len() / Q6K_BYTES;
-        let m4 = _mm512_set1_epi8(0x0f);
-        let m30 = _mm512_set1_epi8(0x30);
-        let idx = [
-            idx512(&SUB16[0]),
-            idx512(&SUB16[1]),
-            idx512(&SUB16[2]),
-            idx512(&SUB16[3]),
-        ];
-        let dup2 = idx512(&DUP2);
-        let mut acc = [_mm512_setzero_ps(); C];
-        let mut acco = [_mm512_setzero_ps(); C];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * Q6K_BYTES);
-            let d = _mm_cvtss_f32(f16x2(p.add(208)));
-            // d · sc_g, g = 0..16
-            let fw = _mm512_mul_ps(
-                _mm512_set1_ps(d),
-                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(192).cast()))),
-            );
-            let mut wv = [_mm512_setzero_si512(); 4];
-            for h in 0..2 {
-                let l = _mm512_loadu_si512(p.add(64 * h).cast());
-                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h).cast()));
-                // [qh | qh >> 2]: bits 0-1 for values 0..32, 2-3 for 32..64;
-                // bits 4-5 of it for values 64..96 and 96..128.
-                let qh = _mm512_mask_srli_epi16(qh, 0xffff_0000, qh, 2);
-                let lo = _mm512_and_si512(l, m4);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(l, 4), m4);
-                // A | (B & C)
-                wv[2 * h] = _mm512_ternarylogic_epi32(lo, _mm512_slli_epi16(qh, 4), m30, 0xf8);
-                wv[2 * h + 1] = _mm512_ternarylogic_epi32(hi, qh, m30, 0xf8);
-            }
-            for c in 0..C {
-                let ar = a.get_unchecked(c);
-                let aq = ar.qs.as_ptr().add(b * QK);
-                let ad = _mm512_castps256_ps512(_mm256_loadu_ps(ar.d.as_ptr().add(b * 8)));
-                // d · sc_g · d_a(g/2)
-                let f = _mm512_mul_ps(fw, _mm512_permutexvar_ps(dup2, ad));
-                let mut x = [_mm512_setzero_ps(); 2];
-                for i in 0..4 {
-                    let av = _mm512_loadu_si512(aq.add(64 * i).cast());
-                    let dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], av);
-                    let fi = _mm512_permutexvar_ps(idx[i], f);
-                    let v = _mm512_cvtepi32_ps(dp);
-                    x[i & 1] = if i < 2 {
-                        _mm512_mul_ps(v, fi)
-                    } else {
-                        _mm512_fmadd_ps(v, fi, x[i & 1])
-                    };
-                }
-                acc[c] = _mm512_add_ps(acc[c], _mm512_add_ps(x[0], x[1]));
-                let s16 = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256(
-                    ar.s16.as_ptr().add(b * 16).cast(),
-                )));
-                acco[c] = _mm512_fmadd_ps(f, s16, acco[c]);
-            }
-        }
-        for c in 0..C {
-            *out.get_unchecked_mut(c) = hsum512(acc[c]) - 32.0 * hsum512(acco[c]);
-        }
-    }
 
     /// Q2_K / Q3_K after decoding (groups of 16 like Q6_K): `wv[i]` are the
     /// codes of values 64i..64i+64, `fw` = d·sc_g and `fm` the per-group
@@ -770,187 +635,6 @@ mod x86 {
         }
         for c in 0..C {
             *out.get_unchecked_mut(c) = hsum512(acc[c]) - hsum512(acco[c]);
-        }
-    }
-
-    // ------------------------------------------------------------ AVX2
-
-    /// Q4_K / Q5_K after decoding: `wv[j]` are the codes of sub-block j.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q45k_cols_avx2<const C: usize>(
-        b: usize,
-        wv: &[__m256i; 8],
-        dsc: __m256,
-        dmn: __m256,
-        a: &[ActRow<'_>],
-        acc: &mut [__m256; C],
-        accm: &mut [__m256; C],
-    ) {
-        let ones = _mm256_set1_epi16(1);
-        for c in 0..C {
-            let ar = a.get_unchecked(c);
-            let aq = ar.qs.as_ptr().add(b * QK);
-            let mut s = [0f32; 8];
-            _mm256_storeu_ps(
-                s.as_mut_ptr(),
-                _mm256_mul_ps(dsc, _mm256_loadu_ps(ar.d.as_ptr().add(b * 8))),
-            );
-            let mut x = [_mm256_setzero_ps(); 2];
-            for j in 0..8 {
-                let av = _mm256_loadu_si256(aq.add(32 * j).cast());
-                let dp = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[j], av), ones);
-                let v = _mm256_cvtepi32_ps(dp);
-                let sj = _mm256_set1_ps(s[j]);
-                x[j & 1] = if j < 2 {
-                    _mm256_mul_ps(v, sj)
-                } else {
-                    _mm256_fmadd_ps(v, sj, x[j & 1])
-                };
-            }
-            acc[c] = _mm256_add_ps(acc[c], _mm256_add_ps(x[0], x[1]));
-            accm[c] = _mm256_fmadd_ps(dmn, _mm256_loadu_ps(ar.dsum.as_ptr().add(b * 8)), accm[c]);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4k_avx2<const C: usize>(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
-        let nb = w.len() / Q4K_BYTES;
-        let m4 = _mm256_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); C];
-        let mut accm = [_mm256_setzero_ps(); C];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * Q4K_BYTES);
-            let (dsc, dmn) = q45k_scales(p);
-            let mut wv = [_mm256_setzero_si256(); 8];
-            for i in 0..4 {
-                let x = _mm256_loadu_si256(p.add(16 + 32 * i).cast());
-                wv[2 * i] = _mm256_and_si256(x, m4);
-                wv[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-            }
-            q45k_cols_avx2::<C>(b, &wv, dsc, dmn, a, &mut acc, &mut accm);
-        }
-        for c in 0..C {
-            *out.get_unchecked_mut(c) = hsum256(acc[c]) - hsum256(accm[c]);
-        }
-    }
-
-    /// Bit `j` of each byte of `qh` moved to bit 4 (other bits: garbage).
-    /// Shifts are on 16-bit lanes, but for these counts no bit that crosses
-    /// a byte boundary lands on bit 4.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn qh_bit_to_4(qh: __m256i, j: usize) -> __m256i {
-        match j {
-            0 => _mm256_slli_epi16(qh, 4),
-            1 => _mm256_slli_epi16(qh, 3),
-            2 => _mm256_slli_epi16(qh, 2),
-            3 => _mm256_slli_epi16(qh, 1),
-            4 => qh,
-            5 => _mm256_srli_epi16(qh, 1),
-            6 => _mm256_srli_epi16(qh, 2),
-            _ => _mm256_srli_epi16(qh, 3),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q5k_avx2<const C: usize>(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
-        let nb = w.len() / Q5K_BYTES;
-        let m4 = _mm256_set1_epi8(0x0f);
-        let m16 = _mm256_set1_epi8(0x10);
-        let mut acc = [_mm256_setzero_ps(); C];
-        let mut accm = [_mm256_setzero_ps(); C];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * Q5K_BYTES);
-            let (dsc, dmn) = q45k_scales(p);
-            let qh = _mm256_loadu_si256(p.add(16).cast());
-            let mut wv = [_mm256_setzero_si256(); 8];
-            for i in 0..4 {
-                let x = _mm256_loadu_si256(p.add(48 + 32 * i).cast());
-                let lo = _mm256_and_si256(x, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-                wv[2 * i] = _mm256_or_si256(lo, _mm256_and_si256(qh_bit_to_4(qh, 2 * i), m16));
-                wv[2 * i + 1] =
-                    _mm256_or_si256(hi, _mm256_and_si256(qh_bit_to_4(qh, 2 * i + 1), m16));
-            }
-            q45k_cols_avx2::<C>(b, &wv, dsc, dmn, a, &mut acc, &mut accm);
-        }
-        for c in 0..C {
-            *out.get_unchecked_mut(c) = hsum256(acc[c]) - hsum256(accm[c]);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q6k_avx2<const C: usize>(w: &[u8], a: &[ActRow<'_>], out: &mut [f32]) {
-        let nb = w.len() / Q6K_BYTES;
-        let m4 = _mm256_set1_epi8(0x0f);
-        let m30 = _mm256_set1_epi8(0x30);
-        let ones = _mm256_set1_epi16(1);
-        let dup_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-        let dup_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-        let mut acc = [_mm256_setzero_ps(); C];
-        let mut acco = [_mm256_setzero_ps(); C];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * Q6K_BYTES);
-            let d = _mm256_set1_ps(_mm_cvtss_f32(f16x2(p.add(208))));
-            let sc = _mm_loadu_si128(p.add(192).cast());
-            let fw_lo = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
-            let fw_hi = _mm256_mul_ps(
-                d,
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))),
-            );
-            let mut wv = [_mm256_setzero_si256(); 8];
-            for h in 0..2 {
-                let l0 = _mm256_loadu_si256(p.add(64 * h).cast());
-                let l1 = _mm256_loadu_si256(p.add(64 * h + 32).cast());
-                let qh = _mm256_loadu_si256(p.add(128 + 32 * h).cast());
-                let hb = |v: __m256i| _mm256_and_si256(v, m30);
-                wv[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), hb(_mm256_slli_epi16(qh, 4)));
-                wv[4 * h + 1] =
-                    _mm256_or_si256(_mm256_and_si256(l1, m4), hb(_mm256_slli_epi16(qh, 2)));
-                wv[4 * h + 2] =
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), hb(qh));
-                wv[4 * h + 3] = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                    hb(_mm256_srli_epi16(qh, 2)),
-                );
-            }
-            for c in 0..C {
-                let ar = a.get_unchecked(c);
-                let aq = ar.qs.as_ptr().add(b * QK);
-                let ad = _mm256_loadu_ps(ar.d.as_ptr().add(b * 8));
-                // d · sc_g · d_a(g/2) for g = 0..8 and 8..16
-                let f = [
-                    _mm256_mul_ps(fw_lo, _mm256_permutevar8x32_ps(ad, dup_lo)),
-                    _mm256_mul_ps(fw_hi, _mm256_permutevar8x32_ps(ad, dup_hi)),
-                ];
-                let mut fs = [0f32; 16];
-                _mm256_storeu_ps(fs.as_mut_ptr(), f[0]);
-                _mm256_storeu_ps(fs.as_mut_ptr().add(8), f[1]);
-                let mut x = [_mm256_setzero_ps(); 2];
-                for j in 0..8 {
-                    let av = _mm256_loadu_si256(aq.add(32 * j).cast());
-                    let dp = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[j], av), ones);
-                    let v = _mm256_cvtepi32_ps(dp);
-                    // lanes 0-3: group 2j, lanes 4-7: group 2j+1
-                    let sj = _mm256_setr_m128(_mm_set1_ps(fs[2 * j]), _mm_set1_ps(fs[2 * j + 1]));
-                    x[j & 1] = if j < 2 {
-                        _mm256_mul_ps(v, sj)
-                    } else {
-                        _mm256_fmadd_ps(v, sj, x[j & 1])
-                    };
-                }
-                acc[c] = _mm256_add_ps(acc[c], _mm256_add_ps(x[0], x[1]));
-                let s = ar.s16.as_ptr().add(b * 16);
-                let s_lo = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128(s.cast())));
-                let s_hi =
-                    _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128(s.add(8).cast())));
-                let o = _mm256_fmadd_ps(f[1], s_hi, _mm256_mul_ps(f[0], s_lo));
-                acco[c] = _mm256_add_ps(acco[c], o);
-            }
-        }
-        for c in 0..C {
-            *out.get_unchecked_mut(c) = hsum256(acc[c]) - 32.0 * hsum256(acco[c]);
         }
     }
 }
@@ -1097,6 +781,39 @@ pub(crate) mod tests {
                                 ty.name(),
                                 level.name(),
                                 out[c]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every level gives the portable kernel's bits (the specified order,
+    /// see `dot_fn`).
+    #[test]
+    fn every_level_gives_the_portable_bits() {
+        let mut rng = Rng(0x51ab_1e00_0000_0003);
+        for &ty in &TYPES {
+            let portable = dot_fn(ty, SimdLevel::Scalar);
+            for &k in &[256usize, 1024, 2560] {
+                let w = random_row(ty, k / QK, &mut rng);
+                let x = random_acts(4, k, &mut rng);
+                let mut acts = ActRows::new();
+                acts.quantize(&x, 4, k);
+                for n in 1..=4 {
+                    let rows: Vec<_> = (0..n).map(|i| acts.row(i)).collect();
+                    let mut want = vec![0f32; n];
+                    unsafe { portable(&w, &rows, &mut want) };
+                    for level in simd::available() {
+                        let mut got = vec![1f32; n];
+                        unsafe { dot_fn(ty, level)(&w, &rows, &mut got) };
+                        for c in 0..n {
+                            assert_eq!(
+                                got[c].to_bits(),
+                                want[c].to_bits(),
+                                "{} {level:?} k={k} n={n} col {c}",
+                                ty.name()
                             );
                         }
                     }

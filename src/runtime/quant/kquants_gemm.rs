@@ -806,6 +806,49 @@ mod tests {
         }
     }
 
+    /// The specified order (`kquants::dot_fn`): every packed kernel gives
+    /// the portable per-row kernel's bits.
+    #[test]
+    fn packed_kernels_give_the_portable_bits() {
+        let mut rng = Rng(0x51ab_1e00_0000_0002);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for &ty in &TYPES {
+            let portable = crate::runtime::quant::kquants::dot_fn(ty, simd::SimdLevel::Scalar);
+            let rb = |k: usize| ty.row_bytes(k);
+            for &k in &[256usize, 1024, 2560] {
+                let w = random_rows(ty, k / QK, &mut rng);
+                let x = random_acts(4, k, &mut rng);
+                let mut acts = ActRows::new();
+                acts.quantize(&x, 4, k);
+                for level in simd::available() {
+                    let Some((pack, f)) = gemm(ty, level) else {
+                        continue;
+                    };
+                    let p = packed(pack, &w, k);
+                    for n in 1..=4 {
+                        let cols: Vec<_> = (0..n).map(|i| acts.row(i)).collect();
+                        let mut got = vec![0f32; n * R];
+                        unsafe { f(&p, &cols, &mut got) };
+                        let mut want = vec![0f32; n * R];
+                        for r in 0..R {
+                            let mut o = vec![0f32; n];
+                            unsafe { portable(&w[r * rb(k)..(r + 1) * rb(k)], &cols, &mut o) };
+                            for c in 0..n {
+                                want[c * R + r] = o[c];
+                            }
+                        }
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{} {level:?} k={k} n={n}",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn zero_and_full_rows() {
         let k = 512;

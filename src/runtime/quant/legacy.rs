@@ -21,13 +21,8 @@
 //! its own accumulators, fed in the same order whatever the number of
 //! columns, so a column's result is the same bits in any tile.
 //!
-//! The AVX-512 kernels work on two blocks (64 values) per 512-bit VNNI
-//! instruction (`vpdpbusd`, unsigned × signed bytes): the types with an
-//! offset (Q4_0, Q5_0, Q8_0) decode to signed weights `s` and flip the
-//! activations to unsigned `q + 128`, so the product is
-//! `Σ (q + 128) · s − 128 · Σ s`, the correction coming from the weights
-//! alone (once per block, shared by the columns); Q4_1 and Q5_1 multiply
-//! their unsigned codes by the signed activations directly.
+//! The SIMD code for these types is the packed kernels of `legacy_gemm`;
+//! this module's portable kernel follows their order (see [`dot_fn`]).
 
 use super::act::ActRow;
 use super::{QuantDot, WType};
@@ -153,33 +148,17 @@ fn dequantize<const T: u8>(w: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The dot kernel for legacy type `ty`: the best one at or below `level`.
+/// The dot kernel for legacy type `ty` at `level`: at every level the one
+/// specified order, which the packed kernels (`legacy_gemm`) compute for
+/// whole groups of 8 rows at AVX2 and AVX-512, and this portable code for a
+/// row on its own (a matrix whose rows are not a whole number of groups):
+/// per row, `acc = fma(I_b, d_w · d_a, acc)` over the blocks `b` in order
+/// with the exact integer sum `I_b` of the block, the minimums of Q4_1 and
+/// Q5_1 in a second accumulator, `macc = fma(m_b, dsum_b, macc)`, then
+/// `acc + macc`.
 pub fn dot_fn(ty: WType, level: SimdLevel) -> QuantDot {
-    let t = type_code(ty);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if level >= SimdLevel::Avx512 {
-            return match t {
-                Q4_0 => avx512::dot::<Q4_0>,
-                Q4_1 => avx512::dot::<Q4_1>,
-                Q5_0 => avx512::dot::<Q5_0>,
-                Q5_1 => avx512::dot::<Q5_1>,
-                _ => avx512::dot::<Q8_0>,
-            };
-        }
-        if level >= SimdLevel::Avx2 {
-            return match t {
-                Q4_0 => avx2::dot::<Q4_0>,
-                Q4_1 => avx2::dot::<Q4_1>,
-                Q5_0 => avx2::dot::<Q5_0>,
-                Q5_1 => avx2::dot::<Q5_1>,
-                _ => avx2::dot::<Q8_0>,
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
     let _ = level;
-    match t {
+    match type_code(ty) {
         Q4_0 => dot_scalar::<Q4_0>,
         Q4_1 => dot_scalar::<Q4_1>,
         Q5_0 => dot_scalar::<Q5_0>,
@@ -212,377 +191,21 @@ fn tile_scalar<const T: u8, const C: usize>(w: &[u8], a: &[ActRow], out: &mut [f
     let nb = check::<T>(w, a, out);
     let a: &[ActRow; C] = a.try_into().unwrap();
     let mut acc = [0f32; C];
+    let mut macc = [0f32; C];
     for (b, blk) in w.chunks_exact(block_bytes(T)).take(nb).enumerate() {
         let (d, m, v) = decode_block::<T>(blk);
-        for (acc, r) in acc.iter_mut().zip(a) {
+        for c in 0..C {
+            let r = &a[c];
             let q = &r.qs[b * 32..b * 32 + 32];
             let isum: i32 = v.iter().zip(q).map(|(&x, &y)| x as i32 * y as i32).sum();
-            let mut t = isum as f32 * (d * r.d[b]);
+            acc[c] = (isum as f32).mul_add(d * r.d[b], acc[c]);
             if has_min(T) {
-                t += m * r.dsum[b];
-            }
-            *acc += t;
-        }
-    }
-    out[..C].copy_from_slice(&acc);
-}
-
-/// Reads `N <= 8` f16 values at `p`, `p + stride`, … as eight f32 (zeros
-/// past `N`).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn f16x8_bits<const N: usize>(p: *const u8, stride: usize) -> [u64; 2] {
-    let mut h = [0u64; 2];
-    for i in 0..N {
-        let v = std::ptr::read_unaligned(p.add(i * stride) as *const u16) as u64;
-        h[i / 4] |= v << (16 * (i % 4));
-    }
-    h
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::*;
-    use std::arch::x86_64::*;
-
-    pub unsafe fn dot<const T: u8>(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-        match a.len() {
-            1 => tile::<T, 1>(w, a, out),
-            2 => tile::<T, 2>(w, a, out),
-            3 => tile::<T, 3>(w, a, out),
-            _ => tile::<T, 4>(w, a, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const T: u8, const C: usize>(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-        let nb = check::<T>(w, a, out);
-        let a: &[ActRow; C] = a.try_into().unwrap();
-        let mut acc = [[_mm256_setzero_ps(); 2]; C];
-        let mut macc = [_mm256_setzero_ps(); C];
-        let wp = w.as_ptr();
-        let bb = block_bytes(T);
-        let mut b0 = 0;
-        while b0 + 8 <= nb {
-            group::<T, C, 8>(wp.add(b0 * bb), a, b0, &mut acc, &mut macc);
-            b0 += 8;
-        }
-        let wp = wp.add(b0 * bb);
-        match nb - b0 {
-            1 => group::<T, C, 1>(wp, a, b0, &mut acc, &mut macc),
-            2 => group::<T, C, 2>(wp, a, b0, &mut acc, &mut macc),
-            3 => group::<T, C, 3>(wp, a, b0, &mut acc, &mut macc),
-            4 => group::<T, C, 4>(wp, a, b0, &mut acc, &mut macc),
-            5 => group::<T, C, 5>(wp, a, b0, &mut acc, &mut macc),
-            6 => group::<T, C, 6>(wp, a, b0, &mut acc, &mut macc),
-            7 => group::<T, C, 7>(wp, a, b0, &mut acc, &mut macc),
-            _ => {}
-        }
-        for c in 0..C {
-            let mut s = hsum(_mm256_add_ps(acc[c][0], acc[c][1]));
-            if has_min(T) {
-                s += hsum(macc[c]);
-            }
-            out[c] = s;
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Eight f32 from `a[b0..b0 + N]`, zeros past `N`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn load8<const N: usize>(a: &[f32], b0: usize) -> __m256 {
-        if N == 8 {
-            _mm256_loadu_ps(a.as_ptr().add(b0))
-        } else {
-            let mut t = [0f32; 8];
-            t[..N].copy_from_slice(&a[b0..b0 + N]);
-            _mm256_loadu_ps(t.as_ptr())
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn f16x8<const N: usize>(p: *const u8, stride: usize) -> __m256 {
-        let [lo, hi] = f16x8_bits::<N>(p, stride);
-        _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
-    }
-
-    /// `N` blocks from `wb` (block `b0` of the row) against every column.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn group<const T: u8, const C: usize, const N: usize>(
-        wb: *const u8,
-        a: &[ActRow; C],
-        b0: usize,
-        acc: &mut [[__m256; 2]; C],
-        macc: &mut [__m256; C],
-    ) {
-        let bb = block_bytes(T);
-        let d8 = f16x8::<N>(wb, bb);
-        // Per column: the eight scales d_w · d_a, read back one at a time.
-        let mut sc = [[0f32; 8]; C];
-        for c in 0..C {
-            let s = _mm256_mul_ps(d8, load8::<N>(a[c].d, b0));
-            _mm256_storeu_ps(sc[c].as_mut_ptr(), s);
-        }
-        if has_min(T) {
-            let m8 = f16x8::<N>(wb.add(2), bb);
-            for c in 0..C {
-                macc[c] = _mm256_fmadd_ps(m8, load8::<N>(a[c].dsum, b0), macc[c]);
-            }
-        }
-        let nib = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        for j in 0..N {
-            let b = wb.add(j * bb);
-            // The 32 weights as bytes: unsigned codes `u` for the types with
-            // a minimum, signed values `s` for the others.
-            let v = if T == Q8_0 {
-                _mm256_loadu_si256(b.add(2) as *const __m256i)
-            } else {
-                let q = _mm_loadu_si128(b.add(qs_offset(T)) as *const __m128i);
-                let lo = _mm_and_si128(q, nib);
-                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nib);
-                let u = _mm256_set_m128i(hi, lo);
-                match T {
-                    Q4_0 => _mm256_sub_epi8(u, _mm256_set1_epi8(8)),
-                    Q4_1 => u,
-                    _ => {
-                        let qh = std::ptr::read_unaligned(b.add(qh_offset(T)) as *const u32);
-                        let bits = expand_bits(qh);
-                        if T == Q5_1 {
-                            _mm256_or_si256(u, _mm256_and_si256(bits, _mm256_set1_epi8(0x10)))
-                        } else {
-                            // u − 16 where the bit is clear: u | 0xF0.
-                            _mm256_or_si256(u, _mm256_andnot_si256(bits, _mm256_set1_epi8(-16)))
-                        }
-                    }
-                }
-            };
-            let signed = !has_min(T);
-            let av = if signed { _mm256_abs_epi8(v) } else { v };
-            for c in 0..C {
-                let q = _mm256_loadu_si256(a[c].qs.as_ptr().add((b0 + j) * 32) as *const __m256i);
-                // |s| · (q · sign s) = s · q; pairs of products fit in i16
-                // (|s| ≤ 128, |q| ≤ 127).
-                let q = if signed { _mm256_sign_epi8(q, v) } else { q };
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, q), ones);
-                let f = _mm256_cvtepi32_ps(p);
-                let s = _mm256_broadcast_ss(&sc[c][j]);
-                acc[c][j & 1] = _mm256_fmadd_ps(f, s, acc[c][j & 1]);
+                macc[c] = m.mul_add(r.dsum[b], macc[c]);
             }
         }
     }
-
-    /// Byte `i` = 0xFF where bit `i` of `qh` is set, else 0.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn expand_bits(qh: u32) -> __m256i {
-        let v = _mm256_set1_epi32(qh as i32);
-        let v = _mm256_shuffle_epi8(
-            v,
-            _mm256_set_epi64x(
-                0x0303_0303_0303_0303,
-                0x0202_0202_0202_0202,
-                0x0101_0101_0101_0101,
-                0,
-            ),
-        );
-        let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::*;
-    use std::arch::x86_64::*;
-
-    pub unsafe fn dot<const T: u8>(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-        match a.len() {
-            1 => tile::<T, 1>(w, a, out),
-            2 => tile::<T, 2>(w, a, out),
-            3 => tile::<T, 3>(w, a, out),
-            _ => tile::<T, 4>(w, a, out),
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    unsafe fn tile<const T: u8, const C: usize>(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-        let nb = check::<T>(w, a, out);
-        let a: &[ActRow; C] = a.try_into().unwrap();
-        let mut acc = [[_mm512_setzero_ps(); 2]; C];
-        let mut macc = [_mm256_setzero_ps(); C];
-        let wp = w.as_ptr();
-        let bb = block_bytes(T);
-        let mut b0 = 0;
-        while b0 + 8 <= nb {
-            group::<T, C, 8>(wp.add(b0 * bb), a, b0, &mut acc, &mut macc);
-            b0 += 8;
-        }
-        let wp = wp.add(b0 * bb);
-        match nb - b0 {
-            1 => group::<T, C, 1>(wp, a, b0, &mut acc, &mut macc),
-            2 => group::<T, C, 2>(wp, a, b0, &mut acc, &mut macc),
-            3 => group::<T, C, 3>(wp, a, b0, &mut acc, &mut macc),
-            4 => group::<T, C, 4>(wp, a, b0, &mut acc, &mut macc),
-            5 => group::<T, C, 5>(wp, a, b0, &mut acc, &mut macc),
-            6 => group::<T, C, 6>(wp, a, b0, &mut acc, &mut macc),
-            7 => group::<T, C, 7>(wp, a, b0, &mut acc, &mut macc),
-            _ => {}
-        }
-        for c in 0..C {
-            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[c][0], acc[c][1]));
-            if has_min(T) {
-                s += _mm512_reduce_add_ps(_mm512_zextps256_ps512(macc[c]));
-            }
-            out[c] = s;
-        }
-    }
-
-    /// Eight f32 from `a[b0..b0 + N]`, zeros past `N`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn load8<const N: usize>(a: &[f32], b0: usize) -> __m256 {
-        if N == 8 {
-            _mm256_loadu_ps(a.as_ptr().add(b0))
-        } else {
-            _mm256_maskz_loadu_ps(((1u32 << N) - 1) as u8, a.as_ptr().add(b0))
-        }
-    }
-
-    /// The scales `d` and minimums `m` (zeros for types without) of `N`
-    /// blocks from `wb`, zeros past `N`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn scales<const T: u8, const N: usize>(wb: *const u8) -> (__m256, __m256) {
-        let bb = block_bytes(T);
-        let f = |p: *const u8| {
-            let [lo, hi] = f16x8_bits::<N>(p, bb);
-            _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
-        };
-        let m = if has_min(T) {
-            f(wb.add(2))
-        } else {
-            _mm256_setzero_ps()
-        };
-        (f(wb), m)
-    }
-
-    /// The 64 weights of blocks `b` and `b + 1` (or of `b` alone, the upper
-    /// half zero, when `!two`) as bytes: signed values for the types without
-    /// a minimum, unsigned codes for the others.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn decode_pair<const T: u8>(b: *const u8, two: bool) -> __m512i {
-        let bb = block_bytes(T);
-        if T == Q8_0 {
-            let lo = _mm256_loadu_si256(b.add(2) as *const __m256i);
-            return if two {
-                let hi = _mm256_loadu_si256(b.add(bb + 2) as *const __m256i);
-                _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
-            } else {
-                _mm512_zextsi256_si512(lo)
-            };
-        }
-        // 128-bit lanes: block b's nibbles twice, then block b + 1's twice;
-        // lanes 1 and 3 shifted to their high nibbles.
-        let q0 = _mm_loadu_si128(b.add(qs_offset(T)) as *const __m128i);
-        let z = if two {
-            let q1 = _mm_loadu_si128(b.add(bb + qs_offset(T)) as *const __m128i);
-            _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(q0), 0xFF00, q1)
-        } else {
-            _mm512_maskz_broadcast_i32x4(0x00FF, q0)
-        };
-        let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
-        let u = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
-        let valid: u64 = if two { !0 } else { 0xFFFF_FFFF };
-        match T {
-            Q4_0 => _mm512_mask_sub_epi8(u, valid, u, _mm512_set1_epi8(8)),
-            Q4_1 => u,
-            _ => {
-                let o = qh_offset(T);
-                let mut k = std::ptr::read_unaligned(b.add(o) as *const u32) as u64;
-                if two {
-                    k |= (std::ptr::read_unaligned(b.add(bb + o) as *const u32) as u64) << 32;
-                }
-                if T == Q5_1 {
-                    _mm512_mask_add_epi8(u, k, u, _mm512_set1_epi8(0x10))
-                } else {
-                    _mm512_mask_sub_epi8(u, !k & valid, u, _mm512_set1_epi8(0x10))
-                }
-            }
-        }
-    }
-
-    /// `N` blocks from `wb` (block `b0` of the row) against every column,
-    /// two blocks per step.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn group<const T: u8, const C: usize, const N: usize>(
-        wb: *const u8,
-        a: &[ActRow; C],
-        b0: usize,
-        acc: &mut [[__m512; 2]; C],
-        macc: &mut [__m256; C],
-    ) {
-        let bb = block_bytes(T);
-        let (d8, m8) = scales::<T, N>(wb);
-        // Per column: the eight scales d_w · d_a.
-        let mut sc = [_mm512_setzero_ps(); C];
-        for c in 0..C {
-            sc[c] = _mm512_castps256_ps512(_mm256_mul_ps(d8, load8::<N>(a[c].d, b0)));
-        }
-        if has_min(T) {
-            for c in 0..C {
-                macc[c] = _mm256_fmadd_ps(m8, load8::<N>(a[c].dsum, b0), macc[c]);
-            }
-        }
-        let flip = _mm512_set1_epi8(-128);
-        let zero = _mm512_setzero_si512();
-        for p in 0..N.div_ceil(2) {
-            let two = 2 * p + 1 < N;
-            let v = decode_pair::<T>(wb.add(2 * p * bb), two);
-            let signed = !has_min(T);
-            // −128 · Σ s over each group of four weights: with activations
-            // flipped to q + 128, vpdpbusd from there gives Σ q · s exactly.
-            let base = if signed {
-                _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, v))
-            } else {
-                zero
-            };
-            // Lanes 0..8 take block 2p's scale, lanes 8..16 block 2p + 1's.
-            let idx = _mm512_inserti64x4(
-                _mm512_set1_epi32(2 * p as i32),
-                _mm256_set1_epi32(2 * p as i32 + 1),
-                1,
-            );
-            for c in 0..C {
-                let qp = a[c].qs.as_ptr().add((b0 + 2 * p) * 32);
-                let q = if two {
-                    _mm512_loadu_si512(qp as *const _)
-                } else {
-                    _mm512_zextsi256_si512(_mm256_loadu_si256(qp as *const __m256i))
-                };
-                let isum = if signed {
-                    _mm512_dpbusd_epi32(base, _mm512_xor_si512(q, flip), v)
-                } else {
-                    _mm512_dpbusd_epi32(zero, v, q)
-                };
-                let f = _mm512_cvtepi32_ps(isum);
-                let s = _mm512_permutexvar_ps(idx, sc[c]);
-                acc[c][p & 1] = _mm512_fmadd_ps(f, s, acc[c][p & 1]);
-            }
-        }
+    for c in 0..C {
+        out[c] = if has_min(T) { acc[c] + macc[c] } else { acc[c] };
     }
 }
 

@@ -634,6 +634,47 @@ mod tests {
         }
     }
 
+    /// The specified order (`legacy::dot_fn`): every packed kernel gives
+    /// the portable per-row kernel's bits, so a row's result does not
+    /// depend on the SIMD level or on whether its matrix was packed.
+    #[test]
+    fn packed_kernels_give_the_portable_bits() {
+        let mut r = Rng(0x51ab_1e00_0000_0001);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for ty in TYPES {
+            let portable = legacy::dot_fn(ty, simd::SimdLevel::Scalar);
+            for &k in &KS {
+                let mut cs = case(ty, k, &mut r);
+                let rb = ty.row_bytes(k);
+                for level in simd::available() {
+                    let Some((pack, g)) = gemm(ty, level) else {
+                        continue;
+                    };
+                    pack(&cs.src, k, &mut cs.packed);
+                    for n in 1..=MAX_COLS {
+                        let rows: Vec<_> = (0..n).map(|c| cs.acts.row(c)).collect();
+                        let mut got = vec![0f32; n * PACK_ROWS];
+                        unsafe { g(&cs.packed, &rows, &mut got) };
+                        let mut want = vec![0f32; n * PACK_ROWS];
+                        for i in 0..PACK_ROWS {
+                            let mut o = vec![0f32; n];
+                            unsafe { portable(&cs.src[i * rb..(i + 1) * rb], &rows, &mut o) };
+                            for c in 0..n {
+                                want[c * PACK_ROWS + i] = o[c];
+                            }
+                        }
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{} {level:?} k={k} n={n}",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads the packed layout back into GGUF rows (the inverse of `pack`,
     /// written independently from the layout's description).
     fn unpack(ty: WType, packed: &[u8], k: usize) -> Vec<u8> {
