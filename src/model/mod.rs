@@ -15,8 +15,6 @@ pub mod decoder;
 mod gemma3;
 mod llama;
 mod phi3;
-#[cfg(feature = "reference")]
-mod q4_1;
 mod qwen;
 #[cfg(feature = "reference")]
 pub mod reference;

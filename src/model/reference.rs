@@ -1,117 +1,195 @@
 //! The reference decoder, written on candle's device-generic tensors: the
-//! runtime's logits are tested against it, and it keeps a GPU backend
-//! (candle's CUDA or Metal) one feature away.  Weights stay quantized
-//! (candle's `QMatMul`); the KV cache, masks and rotary tables are ours.
-//! K and V are rounded to f16 on their way into the cache, as llama.cpp's
-//! default cache stores them.
+//! runtime's logits are tested against it.  It is a second forward pass,
+//! written independently of the runtime's (`decoder.rs`: its buffers,
+//! threads, packed weights, ring caches and batching), which computes the
+//! same arithmetic: every product, norm, softmax and activation in the one
+//! order the runtime specifies for them (`runtime::ops`, `runtime::quant`),
+//! through the runtime's portable (scalar) kernels and operations, which
+//! are that order's definition (the kernels are tested against
+//! dequantize-then-f64 products, and every SIMD level against them).  So
+//! the two decoders give the same bits where the forward pass is the same,
+//! and any difference is one of the passes.  The KV cache holds f16 values,
+//! as llama.cpp's default cache does; masks and rotary tables are ours.
 
 use std::sync::Arc;
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
-use candle_transformers::utils::repeat_kv;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use half::f16;
+use rayon::prelude::*;
 
 use super::config::{Activation, Config, RopeStyle};
 use super::rope::{Rope, Ropes};
 use super::{candle_error, Session, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::runtime::quant::WType;
+use crate::runtime::ops;
+use crate::runtime::quant::{self, act, ActRow, Dot, WType, MAX_COLS};
+use crate::runtime::simd::SimdLevel;
 
-/// A weight matrix: our Q4_1 kernel where it applies, candle's otherwise.
-pub enum Linear {
-    /// With the blocks llama.cpp quantizes the activations to for it.
-    Candle(QMatMul, ActBlocks),
-    Q41(super::q4_1::Q41Matrix),
-}
-
-/// How llama.cpp quantizes a product's activations (its `vec_dot_type`).
-#[derive(Clone, Copy)]
-pub enum ActBlocks {
-    /// Not quantized (float weights).
-    None,
-    /// Q8_0 / Q8_1: blocks of 32, scale amax / 127.
-    Q8,
-    /// Q8_K: blocks of 256, scale max / -127.
-    Q8K,
+/// A weight matrix of `rows` rows of `k` values, the file's bytes.
+pub struct Linear {
+    ty: WType,
+    rows: usize,
+    k: usize,
+    bytes: Arc<Vec<u8>>,
+    dot: Dot,
 }
 
 impl Linear {
-    fn new(t: QTensor) -> candle_core::Result<Self> {
-        use candle_core::quantized::GgmlDType as G;
-        let act = match t.dtype() {
-            G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q8_1 => ActBlocks::Q8,
-            G::Q2K | G::Q3K | G::Q4K | G::Q5K | G::Q6K | G::Q8K => ActBlocks::Q8K,
-            _ => ActBlocks::None,
-        };
-        match super::q4_1::Q41Matrix::from_qtensor(&t)? {
-            Some(m) => Ok(Self::Q41(m)),
-            None => Ok(Self::Candle(QMatMul::from_qtensor(t)?, act)),
+    fn new(ty: WType, rows: usize, k: usize, bytes: Arc<Vec<u8>>) -> Result<Self> {
+        if bytes.len() != rows * ty.row_bytes(k) {
+            return Err(Error::model(format!(
+                "a {} matrix of {rows} × {k} has {} bytes",
+                ty.name(),
+                bytes.len()
+            )));
         }
+        Ok(Self {
+            ty,
+            rows,
+            k,
+            bytes,
+            dot: quant::dot_kernel(ty, SimdLevel::Scalar),
+        })
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let rb = self.ty.row_bytes(self.k);
+        &self.bytes[r * rb..(r + 1) * rb]
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Candle(m, act) => m.forward(&llama_cpp_grid(x, *act)?),
-            Self::Q41(m) => m.forward(x),
+        Ok(products(&[self], x)?.remove(0))
+    }
+
+    /// `n` rows of `x` (`k` values each) times this matrix: `[n][rows]`.
+    fn product(&self, acts: &Acts, x: &[f32], n: usize) -> Vec<f32> {
+        let arows: Vec<ActRow<'_>> = (0..if acts.k > 0 { n } else { 0 })
+            .map(|t| acts.row(t))
+            .collect();
+        let frows: Vec<&[f32]> = (0..n).map(|t| &x[t * self.k..(t + 1) * self.k]).collect();
+        let mut by_row = vec![0f32; self.rows * n];
+        by_row
+            .par_chunks_mut(n)
+            .with_min_len(64)
+            .enumerate()
+            .for_each(|(r, o)| {
+                let w = self.row(r);
+                let mut t0 = 0;
+                while t0 < n {
+                    let cols = (n - t0).min(MAX_COLS);
+                    let out = &mut o[t0..t0 + cols];
+                    // SAFETY: `w` is one whole row of this matrix's type,
+                    // each activation row holds `k` values (quantized or
+                    // not), `out` one value per activation row; the scalar
+                    // kernels run on any CPU.
+                    match self.dot {
+                        Dot::Quant(f) => unsafe { f(w, &arows[t0..t0 + cols], out) },
+                        Dot::Float(f) => unsafe { f(w, &frows[t0..t0 + cols], out) },
+                    }
+                    t0 += cols;
+                }
+            });
+        let mut y = vec![0f32; n * self.rows];
+        for r in 0..self.rows {
+            for t in 0..n {
+                y[t * self.rows + r] = by_row[r * n + t];
+            }
+        }
+        y
+    }
+}
+
+/// Activation rows quantized once for the products of one input: in blocks
+/// of 256 (Q8_K) when every matrix of the group is a K-quant and `k` a
+/// multiple of 256, in blocks of 32 otherwise, as the runtime does.
+struct Acts {
+    k: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    dsum: Vec<f32>,
+    s16: Vec<i16>,
+}
+
+impl Acts {
+    fn new(x: &[f32], n: usize, k: usize, ws: &[&Linear]) -> Self {
+        if !k.is_multiple_of(32) || ws.iter().all(|w| w.ty.is_float()) {
+            return Self {
+                k: 0,
+                qs: Vec::new(),
+                d: Vec::new(),
+                dsum: Vec::new(),
+                s16: Vec::new(),
+            };
+        }
+        let q8k = k.is_multiple_of(256) && ws.iter().all(|w| w.ty.is_k_quant());
+        let mut a = Self {
+            k,
+            qs: vec![0; n * k],
+            d: vec![0.0; n * k / 32],
+            dsum: vec![0.0; n * k / 32],
+            s16: vec![0; n * k / 16],
+        };
+        for t in 0..n {
+            let (qs, d) = (
+                &mut a.qs[t * k..(t + 1) * k],
+                &mut a.d[t * k / 32..(t + 1) * k / 32],
+            );
+            let dsum = &mut a.dsum[t * k / 32..(t + 1) * k / 32];
+            let s16 = &mut a.s16[t * k / 16..(t + 1) * k / 16];
+            let row = &x[t * k..(t + 1) * k];
+            if q8k {
+                act::quantize_row_q8k(row, qs, d, dsum, s16);
+            } else {
+                ops::quantize_row_q8(row, qs, d, dsum, s16);
+            }
+        }
+        a
+    }
+
+    fn row(&self, t: usize) -> ActRow<'_> {
+        let k = self.k;
+        ActRow {
+            qs: &self.qs[t * k..(t + 1) * k],
+            d: &self.d[t * k / 32..(t + 1) * k / 32],
+            dsum: &self.dsum[t * k / 32..(t + 1) * k / 32],
+            s16: &self.s16[t * k / 16..(t + 1) * k / 16],
         }
     }
 }
 
-/// `x` with each value replaced by what llama.cpp's x86 code quantizes it
-/// to for the product (its quantized value times the block's scale).
-/// candle quantizes activations with slightly different arithmetic (it
-/// multiplies by `1 / d`, rounds ties away from zero): given values already
-/// on a block's grid, it finds the same quantized values, so its product
-/// then is llama.cpp's.  The difference matters at exact rounding ties,
-/// which are common (a Q8_0 embedding's values are small integer multiples
-/// of one scale).
-fn llama_cpp_grid(x: &Tensor, act: ActBlocks) -> candle_core::Result<Tensor> {
-    let block = match act {
-        ActBlocks::None => return Ok(x.clone()),
-        ActBlocks::Q8 => 32,
-        ActBlocks::Q8K => 256,
-    };
-    let k = x.dim(D::Minus1)?;
-    if !k.is_multiple_of(block) {
-        return Ok(x.clone());
+/// `x` (`[.., k]`) times each matrix of `ws` (all of `k` columns), its rows
+/// quantized once for all of them.
+fn products(ws: &[&Linear], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    let k = ws[0].k;
+    let dims = x.dims().to_vec();
+    if dims.last() != Some(&k) || ws.iter().any(|w| w.k != k) {
+        candle_core::bail!("product of {dims:?} with matrices of {k} columns");
     }
+    let n = x.elem_count() / k.max(1);
+    let v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let acts = Acts::new(&v, n, k, ws);
+    ws.iter()
+        .map(|w| {
+            let mut shape = dims.clone();
+            *shape.last_mut().unwrap() = w.rows;
+            Tensor::from_vec(w.product(&acts, &v, n), shape, x.device())
+        })
+        .collect()
+}
+
+/// `f` applied to each row of `n` values of `x`, in place.
+fn map_rows(x: &Tensor, n: usize, f: impl Fn(&mut [f32])) -> candle_core::Result<Tensor> {
     let mut v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    for b in v.chunks_exact_mut(block) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &y in b.iter() {
-            if y.abs() > amax {
-                amax = y.abs();
-                max = y;
-            }
-        }
-        if amax == 0.0 {
-            continue;
-        }
-        match act {
-            ActBlocks::Q8 => {
-                let (d, id) = (amax / 127.0, 127.0 / amax);
-                for y in b.iter_mut() {
-                    *y = (*y * id).round_ties_even().clamp(-127.0, 127.0) * d;
-                }
-            }
-            _ => {
-                let iscale = -127.0 / max;
-                let d = 1.0 / iscale;
-                for y in b.iter_mut() {
-                    *y = (iscale * *y).round_ties_even().clamp(-127.0, 127.0) * d;
-                }
-            }
-        }
+    for row in v.chunks_exact_mut(n) {
+        f(row);
     }
     Tensor::from_vec(v, x.shape(), x.device())
 }
 
-/// RMS norm as ggml computes it: the squares in f32 summed in f64, the
-/// mean narrowed to f32, then `x · (1 / sqrt(mean + eps)) · w` (candle's
-/// `rms_norm` divides by the root instead, a last-bit difference that turns
-/// rounding ties of the next activation quantization the other way).
+/// RMS norm in the specified order (`ops::rms_norm`).
 pub struct Norm {
     w: Vec<f32>,
     eps: f32,
@@ -120,16 +198,11 @@ pub struct Norm {
 impl Norm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let n = self.w.len();
-        let mut v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        for row in v.chunks_exact_mut(n) {
-            let sum: f64 = row.iter().map(|y| (y * y) as f64).sum();
-            let mean = (sum / n as f64) as f32;
-            let scale = 1.0 / (mean + self.eps).sqrt();
-            for (y, w) in row.iter_mut().zip(&self.w) {
-                *y = *y * scale * w;
-            }
-        }
-        Tensor::from_vec(v, x.shape(), x.device())
+        map_rows(x, n, |row| {
+            let mut out = vec![0f32; n];
+            ops::rms_norm(row, &self.w, self.eps, &mut out);
+            row.copy_from_slice(&out);
+        })
     }
 }
 
@@ -161,7 +234,8 @@ enum Qkv {
 
 pub struct Model {
     cfg: Config,
-    embed: Tensor,
+    /// `token_embd`, its rows dequantized when looked up.
+    embed: Linear,
     layers: Vec<Layer>,
     out_norm: Norm,
     output: Linear,
@@ -230,7 +304,17 @@ impl<'a> Loader<'a> {
             }
             None => return Err(Error::model(format!("tensor {name} is missing"))),
         }
-        Linear::new(self.qtensor(name)?).map_err(|e| Error::model(format!("tensor {name}: {e}")))
+        self.linear(name, rows, cols)
+    }
+
+    /// The bytes of a matrix of `rows` × `cols`, as they are in the file.
+    fn linear(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let g = self.gguf;
+        let (Some(t), Some(data)) = (g.tensor(name), g.tensor_data(name)) else {
+            return Err(Error::model(format!("tensor {name} is missing")));
+        };
+        Linear::new(t.ty, rows, cols, Arc::new(data.to_vec()))
+            .map_err(|e| Error::model(format!("tensor {name}: {}", e.message)))
     }
 
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
@@ -277,12 +361,11 @@ impl Model {
                 )))
             }
         };
-        let embed_q = l.qtensor("token_embd.weight")?;
-        let embed = embed_q.dequantize(&Device::Cpu).map_err(candle_error)?;
+        let embed = l.linear("token_embd.weight", vocab, e)?;
         let output = if l.has("output.weight") {
             l.matmul("output.weight", vocab, e)?
         } else {
-            Linear::new(embed_q).map_err(candle_error)?
+            Linear::new(embed.ty, vocab, e, embed.bytes.clone())?
         };
         let out_norm = l.norm("output_norm.weight", e, cfg.rms_eps)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
@@ -356,7 +439,7 @@ impl Model {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.embed.dim(0).unwrap_or(0)
+        self.embed.rows
     }
 }
 
@@ -379,44 +462,78 @@ fn rope_table(rope: &Rope, from: usize, len: usize) -> candle_core::Result<(Tens
     ))
 }
 
-/// Additive attention mask for queries at positions `pos..pos+seq` over keys
-/// `0..pos+seq`: causal, and within `window` when the layer has one.
-fn mask(seq: usize, pos: usize, window: Option<usize>) -> Result<Option<Tensor>> {
-    let kv = pos + seq;
-    let needed = seq > 1 || window.is_some_and(|w| kv > w);
-    if !needed {
-        return Ok(None);
-    }
-    let mut m = vec![0f32; seq * kv];
-    for i in 0..seq {
-        let q = pos + i;
-        for k in 0..kv {
-            let hidden = k > q || window.is_some_and(|w| q - k >= w);
-            if hidden {
-                m[i * kv + k] = f32::NEG_INFINITY;
-            }
+/// One layer's cache: each position's keys and values rounded to f16, a
+/// row of `n_kv_head · head_dim` values per position.
+#[derive(Clone, Default)]
+struct LayerCache {
+    k: Vec<f16>,
+    v: Vec<f16>,
+}
+
+/// Attention of the `seq` queries `q` (`[seq][n_head][head_dim]`, at
+/// positions `pos..`) over layer `li`'s cache (which holds them already):
+/// each head's scores over the keys it sees (its window, when the layer has
+/// one, up to itself), scaled, softmaxed, and the values summed with those
+/// weights one key after the other, in the specified order.
+fn attention(
+    c: &Config,
+    li: usize,
+    q: &[f32],
+    lc: &LayerCache,
+    seq: usize,
+    pos: usize,
+) -> Vec<f32> {
+    let hd = c.head_dim;
+    let (q_dim, kv_dim) = (c.n_head * hd, c.n_kv_head * hd);
+    let group = c.n_head / c.n_kv_head;
+    let scale = c.attn_scale as f32;
+    let mut y = vec![0f32; seq * q_dim];
+    y.par_chunks_mut(hd).enumerate().for_each(|(ih, out)| {
+        let (i, h) = (ih / c.n_head, ih % c.n_head);
+        let p = pos + i;
+        let lo = c.window[li].map_or(0, |w| (p + 1).saturating_sub(w));
+        let at = |j: usize| j * kv_dim + (h / group) * hd;
+        let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+        let mut s: Vec<f32> = (lo..=p)
+            .map(|j| ops::dot_f16(&lc.k[at(j)..at(j) + hd], qh) * scale)
+            .collect();
+        ops::softmax(&mut s);
+        for (j, &w) in (lo..=p).zip(&s) {
+            ops::axpy_f16(out, w, &lc.v[at(j)..at(j) + hd]);
         }
-    }
-    Tensor::from_vec(m, (1, 1, seq, kv), &Device::Cpu)
-        .map(Some)
-        .map_err(candle_error)
+    });
+    y
+}
+
+/// A tensor's values, row after row.
+fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.contiguous()?
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()
 }
 
 impl Model {
     fn forward(
         &self,
-        cache: &mut [Option<(Tensor, Tensor)>],
+        cache: &mut [LayerCache],
         tokens: &[u32],
         pos: usize,
         all_hidden: bool,
     ) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let seq = tokens.len();
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
-        if let Some(s) = c.embed_scale {
-            x = (x * s)?;
+        let e = c.n_embd;
+        let dev = Device::Cpu;
+        let mut xe = vec![0f32; seq * e];
+        for (row, &id) in xe.chunks_exact_mut(e).zip(tokens) {
+            quant::dequantize_row(self.embed.ty, self.embed.row(id as usize), row);
+            if let Some(s) = c.embed_scale {
+                let s = s as f32;
+                row.iter_mut().for_each(|v| *v *= s);
+            }
         }
+        let mut x = Tensor::from_vec(xe, (1, seq, e), &dev)?;
         #[cfg(test)]
         super::trace::record_tensor(|| "embed".into(), &x);
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
@@ -440,7 +557,9 @@ impl Model {
                     )
                 }
                 Qkv::Split { q, k, v, bias } => {
-                    let (mut q, mut k, mut v) = (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?);
+                    let mut r = products(&[q, k, v], &h)?;
+                    let (mut v, mut k, mut q) =
+                        (r.pop().unwrap(), r.pop().unwrap(), r.pop().unwrap());
                     if let Some([bq, bk, bv]) = bias {
                         q = q.broadcast_add(bq)?;
                         k = k.broadcast_add(bk)?;
@@ -461,7 +580,6 @@ impl Model {
             };
             let mut q = heads(q, c.n_head)?;
             let mut k = heads(k, c.n_kv_head)?;
-            let v = heads(v, c.n_kv_head)?;
             if let Some(n) = &layer.q_norm {
                 q = n.forward(&q)?;
             }
@@ -476,30 +594,15 @@ impl Model {
             let q = rope(&q)?;
             #[cfg(test)]
             super::trace::record_tensor(|| format!("{i}.q"), &q);
-            // The cache holds f16 values, as llama.cpp's (and the runtime's)
-            // default KV cache does.
-            let f16_round = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
             let k = rope(&k)?;
             #[cfg(test)]
             super::trace::record_tensor(|| format!("{i}.k"), &k);
-            let k = f16_round(k)?;
-            let v = f16_round(v)?;
-            let (k, v) = match cache[i].take() {
-                Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
-                None => (k, v),
-            };
-            cache[i] = Some((k.clone(), v.clone()));
-            let rep = c.n_head / c.n_kv_head;
-            let k = repeat_kv(k, rep)?.contiguous()?;
-            let v = repeat_kv(v, rep)?.contiguous()?;
-            let mut att = (q.matmul(&k.t()?)? * c.attn_scale)?;
-            if let Some(m) =
-                mask(seq, pos, c.window[i]).map_err(|e| candle_core::Error::Msg(e.message))?
-            {
-                att = att.broadcast_add(&m)?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((1, seq, q_dim))?;
+            // Back to a row per position, the cache's rows in f16.
+            let lc = &mut cache[i];
+            lc.k.extend(values(&k.transpose(1, 2)?)?.into_iter().map(f16::from_f32));
+            lc.v.extend(values(&v)?.into_iter().map(f16::from_f32));
+            let y = attention(c, i, &values(&q.transpose(1, 2)?)?, lc, seq, pos);
+            let y = Tensor::from_vec(y, (1, seq, q_dim), &dev)?;
             #[cfg(test)]
             super::trace::record_tensor(|| format!("{i}.att"), &y);
             let mut y = layer.wo.forward(&y)?;
@@ -516,7 +619,11 @@ impl Model {
             #[cfg(test)]
             super::trace::record_tensor(|| format!("{i}.ffn_norm"), &h);
             let (g, u) = match &layer.gate {
-                Some(gate) => (gate.forward(&h)?, layer.up.forward(&h)?),
+                Some(gate) => {
+                    let mut r = products(&[gate, &layer.up], &h)?;
+                    let u = r.pop().unwrap();
+                    (r.pop().unwrap(), u)
+                }
                 None => {
                     let gu = layer.up.forward(&h)?;
                     let ff = gu.dim(D::Minus1)? / 2;
@@ -525,11 +632,14 @@ impl Model {
             };
             #[cfg(test)]
             super::trace::record_tensor(|| format!("{i}.gu"), &Tensor::cat(&[&g, &u], D::Minus1)?);
-            let g = match c.activation {
-                Activation::Silu => candle_nn::ops::silu(&g)?,
-                Activation::GeluTanh => g.gelu()?,
-            };
-            let a = (g * u)?;
+            // activation(g) · u, elementwise.
+            let mut gv = values(&g)?;
+            let uv = values(&u)?;
+            match c.activation {
+                Activation::Silu => ops::silu_mul(&mut gv, &uv),
+                Activation::GeluTanh => ops::gelu_mul(&mut gv, &uv),
+            }
+            let a = Tensor::from_vec(gv, g.shape(), &dev)?;
             #[cfg(test)]
             super::trace::record_tensor(|| format!("{i}.act"), &a);
             let mut y = layer.down.forward(&a)?;
@@ -553,11 +663,13 @@ impl Model {
         let x = self.out_norm.forward(&x.i((.., seq - 1, ..))?)?;
         #[cfg(test)]
         super::trace::record_tensor(|| "out_norm".into(), &x);
-        let mut logits = self.output.forward(&x)?.squeeze(0)?;
+        let mut logits = values(&self.output.forward(&x)?)?;
         if let Some(cap) = c.final_softcap {
-            logits = ((logits / cap)?.tanh()? * cap)?;
+            let cap = cap as f32;
+            logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        logits.to_dtype(DType::F32)
+        let n = logits.len();
+        Tensor::from_vec(logits, n, &dev)
     }
 }
 
@@ -574,7 +686,7 @@ impl Weights for SharedModel {
 
     fn new_session(&self) -> Box<dyn Session> {
         Box::new(TransformerSession {
-            cache: vec![None; self.model.layers.len()],
+            cache: vec![LayerCache::default(); self.model.layers.len()],
             model: self.model.clone(),
             len: 0,
         })
@@ -587,7 +699,7 @@ impl Weights for SharedModel {
 
 struct TransformerSession {
     model: Arc<Model>,
-    cache: Vec<Option<(Tensor, Tensor)>>,
+    cache: Vec<LayerCache>,
     len: usize,
 }
 
@@ -638,7 +750,9 @@ impl Session for TransformerSession {
     }
 
     fn reset(&mut self) {
-        self.cache.iter_mut().for_each(|c| *c = None);
+        self.cache
+            .iter_mut()
+            .for_each(|c| *c = LayerCache::default());
         self.len = 0;
     }
 
@@ -650,17 +764,13 @@ impl Session for TransformerSession {
         if len >= self.len {
             return self.len;
         }
-        for c in self.cache.iter_mut() {
-            let cut = c
-                .as_ref()
-                .and_then(|(k, v)| Some((k.narrow(2, 0, len).ok()?, v.narrow(2, 0, len).ok()?)));
-            *c = cut;
+        let c = &self.model.cfg;
+        let kv_dim = c.n_kv_head * c.head_dim;
+        for lc in self.cache.iter_mut() {
+            lc.k.truncate(len * kv_dim);
+            lc.v.truncate(len * kv_dim);
         }
-        if self.cache.iter().any(Option::is_none) {
-            self.reset();
-        } else {
-            self.len = len;
-        }
+        self.len = len;
         self.len
     }
 }
