@@ -512,8 +512,9 @@ impl DecoderBatch {
             let r0 = (u - starts[i]) * chunk;
             let rows = r0..(r0 + chunk).min(w.rows);
             // SAFETY: each unit's rows are written by the one thread that
-            // took it; chunks are whole packed groups (multiples of 8); the
-            // kernels were chosen for this CPU's level.
+            // took it; chunks start on a whole packed group and end on one
+            // or at the matrix's last row; the kernels were chosen for this
+            // CPU's level.
             unsafe { matmul_rows(w, file, packed, x, n, rows, out, col) };
         });
     }

@@ -39,9 +39,17 @@ impl Matrix {
         }
     }
 
-    /// Whether this matrix has a packed kernel at `level`.
+    /// Whether this matrix has a packed kernel at `level` (and at least one
+    /// whole group of rows for it).
     pub fn packable(&self, level: SimdLevel) -> bool {
-        self.rows.is_multiple_of(PACK_ROWS) && gemm_kernel(self.ty, level).is_some()
+        self.rows >= PACK_ROWS && gemm_kernel(self.ty, level).is_some()
+    }
+
+    /// The rows in whole packed groups; the rest (fewer than `PACK_ROWS`)
+    /// are stored after them as they are in the file and computed by the
+    /// per-row kernel, which gives the same bits (one specified order).
+    fn packed_rows(&self) -> usize {
+        self.rows / PACK_ROWS * PACK_ROWS
     }
 
     /// Writes this matrix, rearranged for its GEMM kernel, at byte `start`
@@ -62,8 +70,11 @@ impl Matrix {
             return;
         };
         let group = PACK_ROWS * self.row_bytes;
+        let whole = self.packed_rows() * self.row_bytes;
         let dst = &mut packed[start..start + self.bytes()];
         let src = &file[self.offset..self.offset + self.bytes()];
+        dst[whole..].copy_from_slice(&src[whole..]);
+        let (dst, src) = (&mut dst[..whole], &src[..whole]);
         let threads = threads.max(1);
         let slice = (4 << 20) / group * group + group;
         let k = self.k;
@@ -142,7 +153,8 @@ impl Out {
 /// # Safety
 /// `out` is written only by this call at those elements during the job;
 /// the kernel's SIMD level is supported by this CPU; for a packed matrix,
-/// `rows` starts and ends on whole groups of `PACK_ROWS` rows.
+/// `rows` starts on a whole group of `PACK_ROWS` rows and ends on one or at
+/// the matrix's last row.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_rows(
     w: &Matrix,
@@ -171,7 +183,8 @@ pub unsafe fn matmul_rows(
             heap = (0..n).map(|t| x.q.row(t)).collect();
             &heap
         };
-        for g in rows.start / PACK_ROWS..rows.end / PACK_ROWS {
+        let tail = rows.start.max(w.packed_rows())..rows.end;
+        for g in rows.start / PACK_ROWS..rows.end.min(w.packed_rows()) / PACK_ROWS {
             let src = &packed[w.offset + g * group..w.offset + (g + 1) * group];
             let mut t0 = 0;
             while t0 < n {
@@ -184,6 +197,22 @@ pub unsafe fn matmul_rows(
                     }
                 }
                 t0 += cols;
+            }
+        }
+        // The rows after the last whole group, stored as in the file.
+        if let (false, Dot::Quant(f)) = (tail.is_empty(), w.dot) {
+            let rb = w.row_bytes;
+            for r in tail {
+                let wr = &packed[w.offset + r * rb..w.offset + (r + 1) * rb];
+                let mut t0 = 0;
+                while t0 < n {
+                    let cols = (n - t0).min(MAX_COLS);
+                    f(wr, &acts[t0..t0 + cols], &mut res[..cols]);
+                    for (c, v) in res[..cols].iter().enumerate() {
+                        out.write((t0 + c) * out.ld + col + r, *v);
+                    }
+                    t0 += cols;
+                }
             }
         }
         return;
@@ -226,5 +255,57 @@ pub unsafe fn matmul_rows(
             t0 = t1;
         }
         r0 = r1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::quant::kquants::tests::{random_row, Rng};
+    use crate::runtime::simd;
+
+    /// A matrix whose rows are not a whole number of packed groups: its
+    /// whole groups packed, the rest computed row by row, the same bits as
+    /// computing every row with the per-row kernel, at every level and for
+    /// any split of the rows between threads.
+    #[test]
+    fn partly_packed_matrices_give_the_per_row_bits() {
+        let mut rng = Rng(0x0dd_5eed);
+        for ty in [WType::Q4K, WType::Q6K] {
+            let (rows, k, n) = (21, 512, 5);
+            let file = random_row(ty, rows * k / 256, &mut rng);
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0)
+                .collect();
+            let mut q = ActRows::new();
+            q.quantize(&x, n, k);
+            let input = Input { q: &q, f: &x };
+            let run = |m: &Matrix, packed: &[u8], splits: &[usize]| {
+                let mut out = vec![0f32; n * rows];
+                let o = Out::new(&mut out, rows);
+                for w in splits.windows(2) {
+                    // SAFETY: one call at a time; splits start on whole groups.
+                    unsafe { matmul_rows(m, &file, packed, input, n, w[0]..w[1], o, 0) };
+                }
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let plain = Matrix::new(ty, rows, k, 0, SimdLevel::Scalar);
+            let want = run(&plain, &[], &[0, rows]);
+            for level in simd::available() {
+                let mut m = Matrix::new(ty, rows, k, 0, level);
+                if !m.packable(level) {
+                    continue;
+                }
+                let mut packed = vec![0u8; m.bytes()];
+                m.pack(&file, &mut packed, 0, level, 2, &|_| {});
+                for splits in [&[0, rows][..], &[0, 8, rows], &[0, 16, rows]] {
+                    assert_eq!(
+                        run(&m, &packed, splits),
+                        want,
+                        "{ty:?} {level:?} {splits:?}"
+                    );
+                }
+            }
+        }
     }
 }
