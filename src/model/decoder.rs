@@ -24,7 +24,7 @@ use crate::runtime::matmul::{matmul_rows, Input, Matrix, Out};
 use crate::runtime::mmap::{AnonBuf, F16Buf, Mmap};
 use crate::runtime::ops;
 use crate::runtime::pool::{share, Pool};
-use crate::runtime::quant::{act, dequantize_row, ActRows, WType};
+use crate::runtime::quant::{dequantize_row, ActRows, WType};
 use crate::runtime::simd::{self, SimdLevel};
 
 /// Below this many token rows, the small per-row steps run on the calling
@@ -825,7 +825,7 @@ impl DecoderBatch {
         }
         let q8k = k.is_multiple_of(256) && ws.iter().all(|w| w.ty.is_k_quant());
         let quantize = if q8k {
-            act::quantize_row_q8k
+            ops::quantize_row_q8k
         } else {
             ops::quantize_row_q8
         };

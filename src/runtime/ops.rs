@@ -394,6 +394,35 @@ fn quantize_row_q8_scalar(
     }
 }
 
+/// Quantizes a row for K-quant weights (Q8_K blocks of 256), exactly as
+/// the portable [`quantize_row_q8k`] does (bit-identical at every SIMD
+/// level; lengths as there).
+///
+/// [`quantize_row_q8k`]: super::quant::act::quantize_row_q8k
+pub fn quantize_row_q8k(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    dsum: &mut [f32],
+    s16: &mut [i16],
+) {
+    let k = x.len();
+    assert!(
+        k.is_multiple_of(256)
+            && qs.len() >= k
+            && d.len() >= k / 32
+            && dsum.len() >= k / 32
+            && s16.len() >= k / 16,
+        "quantize_row_q8k: bad lengths"
+    );
+    match simd::configured() {
+        // SAFETY: AVX-512 is the configured level; lengths checked above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::quantize_row_q8k_avx512(x, qs, d, dsum, s16) },
+        _ => super::quant::act::quantize_row_q8k(x, qs, d, dsum, s16),
+    }
+}
+
 /// A block's scale and its inverse from its largest magnitude, with the
 /// same operations as `quantize_block`.
 #[inline(always)]
@@ -1358,6 +1387,58 @@ mod x86 {
             s16[2 * b + 1] = s1 as i16;
         }
     }
+
+    /// `act::quantize_row_q8k` on 16 lanes: the largest magnitude (NaN
+    /// skipped, as there), the first value that has it (which sets the
+    /// scale's sign), then the same product, rounding and clamp per value.
+    ///
+    /// # Safety
+    /// AVX-512 is available; `x.len()` is a multiple of 256 and the other
+    /// slices are as long as `quantize_row_q8k` asks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_row_q8k_avx512(
+        x: &[f32],
+        qs: &mut [i8],
+        d: &mut [f32],
+        dsum: &mut [f32],
+        s16: &mut [i16],
+    ) {
+        for b in 0..x.len() / 256 {
+            let p = x.as_ptr().add(b * 256);
+            // max_ps(|v|, m) keeps m when |v| is NaN, as `>` skips it there.
+            let mut m = _mm512_setzero_ps();
+            for j in 0..16 {
+                m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(p.add(16 * j))), m);
+            }
+            let amax = hmax16(m);
+            let mut max = 0f32;
+            if amax > 0.0 {
+                let a = _mm512_set1_ps(amax);
+                for j in 0..16 {
+                    let v = _mm512_abs_ps(_mm512_loadu_ps(p.add(16 * j)));
+                    let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, a);
+                    if hit != 0 {
+                        max = *p.add(16 * j + hit.trailing_zeros() as usize);
+                        break;
+                    }
+                }
+            }
+            let iscale = if amax > 0.0 { -127.0 / max } else { 0.0 };
+            let iv = _mm512_set1_ps(iscale);
+            let o = qs.as_mut_ptr().add(b * 256) as *mut __m128i;
+            for j in 0..16 {
+                let q = q8_lanes16(_mm512_loadu_ps(p.add(16 * j)), iv);
+                s16[b * 16 + j] = _mm512_reduce_add_epi32(q) as i16;
+                _mm_storeu_si128(o.add(j), _mm512_cvtepi32_epi8(q));
+            }
+            let scale = if amax > 0.0 { 1.0 / iscale } else { 0.0 };
+            for j in 0..8 {
+                let sum = s16[b * 16 + 2 * j] as i32 + s16[b * 16 + 2 * j + 1] as i32;
+                d[b * 8 + j] = scale;
+                dsum[b * 8 + j] = scale * sum as f32;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -2108,6 +2189,76 @@ mod tests {
             quantize_row_q8(x, &mut got.0, &mut got.1, &mut got.2, &mut got.3);
             assert_eq!(got.0, want.0);
             assert_eq!(got.3, want.3);
+        }
+    }
+
+    type Quantizer<'a> = dyn Fn(&[f32], &mut [i8], &mut [f32], &mut [f32], &mut [i16]) + 'a;
+
+    /// The Q8_K quantizer (blocks of 256) at every level against the
+    /// portable one: random rows at several scales, zeros, ties in
+    /// magnitude of both signs (the first one sets the scale's sign),
+    /// subnormal, infinite and NaN values, and random bit patterns.
+    #[test]
+    fn quantize_row_q8k_gives_the_portable_bits() {
+        let mut rng = Rng(0x05ee_d084);
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for nb in [1, 2, 3] {
+            let k = 256 * nb;
+            for scale in [1.0, 1e-3, 3e38, 1e-39] {
+                rows.push(rng.row(k, scale));
+            }
+            rows.push(vec![0.0; k]);
+            rows.push(vec![-0.0; k]);
+            let mut r = rng.row(k, 1.0);
+            r[17] = -2.0;
+            r[200] = 2.0;
+            rows.push(r);
+            let mut r = rng.row(k, 1.0);
+            r[3] = 2.0;
+            r[100] = -2.0;
+            rows.push(r);
+            let mut r = rng.row(k, 10.0);
+            for (i, v) in r.iter_mut().enumerate() {
+                if i % 5 == 0 {
+                    *v = (i % 50) as f32 - 25.0 + 0.5;
+                }
+            }
+            rows.push(r);
+            let mut r = rng.row(k, 1.0);
+            r[9] = f32::NAN;
+            rows.push(r.clone());
+            r[250] = f32::NEG_INFINITY;
+            rows.push(r);
+            let mut r = vec![f32::NAN; k];
+            r[k - 1] = 0.5;
+            rows.push(r);
+            rows.push((0..k).map(|_| f32::from_bits(rng.next() as u32)).collect());
+        }
+        for x in &rows {
+            let k = x.len();
+            let run = |f: &Quantizer<'_>| {
+                let mut o = (
+                    vec![0i8; k],
+                    vec![0f32; k / 32],
+                    vec![0f32; k / 32],
+                    vec![0i16; k / 16],
+                );
+                f(x, &mut o.0, &mut o.1, &mut o.2, &mut o.3);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                (o.0, bits(&o.1), bits(&o.2), o.3)
+            };
+            let want =
+                run(&|x, q, d, ds, s| crate::runtime::quant::act::quantize_row_q8k(x, q, d, ds, s));
+            for l in levels() {
+                #[allow(unreachable_patterns)]
+                let got = run(&|x, q, d, ds, s| match l {
+                    #[cfg(target_arch = "x86_64")]
+                    SimdLevel::Avx512 => unsafe { x86::quantize_row_q8k_avx512(x, q, d, ds, s) },
+                    _ => crate::runtime::quant::act::quantize_row_q8k(x, q, d, ds, s),
+                });
+                assert_eq!(got, want, "{l:?} k={k} {:?}", &x[..4]);
+            }
+            assert_eq!(run(&quantize_row_q8k), want);
         }
     }
 

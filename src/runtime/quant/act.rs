@@ -150,8 +150,9 @@ fn to_f16_range(v: f32) -> f32 {
 /// one f32 scale per 256 values, set by the value of largest magnitude
 /// (which becomes ∓127), rounded half to even.  The scale is repeated in
 /// the 8 entries of `d` of its 256 values (the kernels read one per 32);
-/// `dsum` and `s16` hold the sums as for [`quantize_block`].  Portable code,
-/// the same at every SIMD level.
+/// `dsum` and `s16` hold the sums as for [`quantize_block`].  The portable
+/// definition: `ops::quantize_row_q8k` gives the same bits at every SIMD
+/// level.
 /// `x` rounded to the nearest integer, ties to even, for |x| < 2^22 (and
 /// NaN stays NaN): adding and taking away 1.5 · 2^23 leaves no fraction bits.
 /// The same result as `f32::round_ties_even`, which without SSE4.1 in the
