@@ -984,8 +984,19 @@ impl DecoderBatch {
                 let len = p + 1 - lo;
                 let g = h0 / group;
                 let q = &qkv[t * qkv_dim + h0 * hd..t * qkv_dim + (h0 + hc) * hd];
-                let key_at = |j: usize| kv.row(lo + j) * kv_dim + g * hd;
-                ops::dot_rows_f16(&kv.k, key_at, len, q, hc, hd, s_all, total);
+                // Positions lo..=p are consecutive cache rows, in at most
+                // two runs: a window's ring (longer than the window) wraps
+                // at most once.  Run (first row, first position - lo, length).
+                let r0 = kv.row(lo);
+                let n0 = kv.ring.map_or(len, |c| len.min(c - r0));
+                let runs = [(r0, 0, n0), (0, n0, len - n0)];
+                let rows = |r: usize| ops::Rows {
+                    first: r * kv_dim + g * hd,
+                    stride: kv_dim,
+                };
+                for &(r, j0, m) in runs.iter().filter(|run| run.2 > 0) {
+                    ops::dot_rows_f16(&kv.k, rows(r), m, q, hc, hd, &mut s_all[j0..], total);
+                }
                 for hh in 0..hc {
                     let h = h0 + hh;
                     let s = &mut s_all[hh * total..hh * total + len];
@@ -994,7 +1005,9 @@ impl DecoderBatch {
                     // SAFETY: (t, h) is this thread's.
                     let out = unsafe { att.slice(t * q_dim + h * hd, hd) };
                     out.iter_mut().for_each(|v| *v = 0.0);
-                    ops::axpy_rows_f16(out, s, &kv.v, key_at);
+                    for &(r, j0, m) in runs.iter().filter(|run| run.2 > 0) {
+                        ops::axpy_rows_f16(out, &s[j0..j0 + m], &kv.v, rows(r));
+                    }
                 }
                 i += stride;
             }

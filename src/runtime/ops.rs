@@ -96,15 +96,41 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
     }
 }
 
+/// Rows of a matrix stored one after another, `stride` values apart: row
+/// `j` starts at value `first + j · stride` of its buffer (consecutive
+/// cached keys or values of one KV head).
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    pub first: usize,
+    pub stride: usize,
+}
+
+impl Rows {
+    #[inline(always)]
+    fn at(self, j: usize) -> usize {
+        self.first + j * self.stride
+    }
+
+    /// Whether rows `0..n` of `len` values each lie inside `buf` values.
+    fn fit(self, n: usize, len: usize, buf: usize) -> bool {
+        n == 0
+            || (n - 1)
+                .checked_mul(self.stride)
+                .and_then(|o| o.checked_add(self.first))
+                .and_then(|o| o.checked_add(len))
+                .is_some_and(|end| end <= buf)
+    }
+}
+
 /// Attention scores of `heads` query vectors (`q`, `heads` · `hd` values,
 /// the heads that share one KV head) over `n_keys` cached key rows (row j at
-/// `k[start(j)..start(j) + hd]`): `s[h * ld + j] = dot_f16(key_j, q_h)`, bit
+/// `k[rows.at(j)..][..hd]`): `s[h * ld + j] = dot_f16(key_j, q_h)`, bit
 /// for bit, but at AVX-512 each key is read and converted once for all the
 /// heads (up to 4 at a time) when `hd` is a multiple of 64.
 #[allow(clippy::too_many_arguments)]
 pub fn dot_rows_f16(
     k: &[f16],
-    start: impl Fn(usize) -> usize,
+    rows: Rows,
     n_keys: usize,
     q: &[f32],
     heads: usize,
@@ -120,13 +146,10 @@ pub fn dot_rows_f16(
         heads == 0 || (n_keys <= ld && s.len() >= (heads - 1) * ld + n_keys),
         "dot_rows_f16: scores too short"
     );
-    for j in 0..n_keys {
-        let st = start(j);
-        assert!(
-            st <= k.len() && k.len() - st >= hd,
-            "dot_rows_f16: key {j} outside k"
-        );
-    }
+    assert!(
+        rows.fit(n_keys, hd, k.len()),
+        "dot_rows_f16: keys outside k"
+    );
     let mut h0 = 0;
     while h0 < heads {
         let g = (heads - h0).min(4);
@@ -138,10 +161,10 @@ pub fn dot_rows_f16(
             // scores were checked to lie inside their slices.
             unsafe {
                 match g {
-                    1 => x86::dot_rows_f16_avx512::<1>(k, &start, n_keys, qh, hd, sh, ld),
-                    2 => x86::dot_rows_f16_avx512::<2>(k, &start, n_keys, qh, hd, sh, ld),
-                    3 => x86::dot_rows_f16_avx512::<3>(k, &start, n_keys, qh, hd, sh, ld),
-                    _ => x86::dot_rows_f16_avx512::<4>(k, &start, n_keys, qh, hd, sh, ld),
+                    1 => x86::dot_rows_f16_avx512::<1>(k, rows, n_keys, qh, hd, sh, ld),
+                    2 => x86::dot_rows_f16_avx512::<2>(k, rows, n_keys, qh, hd, sh, ld),
+                    3 => x86::dot_rows_f16_avx512::<3>(k, rows, n_keys, qh, hd, sh, ld),
+                    _ => x86::dot_rows_f16_avx512::<4>(k, rows, n_keys, qh, hd, sh, ld),
                 }
             }
             h0 += g;
@@ -149,7 +172,7 @@ pub fn dot_rows_f16(
         }
         for h in 0..g {
             for j in 0..n_keys {
-                let st = start(j);
+                let st = rows.at(j);
                 sh[h * ld + j] = dot_f16(&k[st..st + hd], &qh[h * hd..(h + 1) * hd]);
             }
         }
@@ -157,36 +180,32 @@ pub fn dot_rows_f16(
     }
 }
 
-/// y += Σ_j w[j] · x_j, where row x_j is `x[start(j)..start(j) + y.len()]`
+/// y += Σ_j w[j] · x_j, where row x_j is `x[rows.at(j)..][..y.len()]`
 /// (attention's output over the V cache): the same sums, element by element
 /// in the same order, as [`axpy_f16`] once per row — bit-identical — but at
 /// AVX-512 with `y` held in registers for the common head sizes (64, 128,
-/// 256) instead of loaded and stored once per row.  `start` is inlined (a
-/// call would spill every vector register, all caller-saved).
-pub fn axpy_rows_f16(y: &mut [f32], w: &[f32], x: &[f16], start: impl Fn(usize) -> usize) {
+/// 256) instead of loaded and stored once per row.
+pub fn axpy_rows_f16(y: &mut [f32], w: &[f32], x: &[f16], rows: Rows) {
     let n = y.len();
-    for j in 0..w.len() {
-        let s = start(j);
-        assert!(
-            s <= x.len() && x.len() - s >= n,
-            "axpy_rows_f16: row {j} outside x"
-        );
-    }
+    assert!(
+        rows.fit(w.len(), n, x.len()),
+        "axpy_rows_f16: rows outside x"
+    );
     #[cfg(target_arch = "x86_64")]
     if simd::configured() == SimdLevel::Avx512 {
         // SAFETY: AVX-512 is this CPU's configured level; every row was
         // checked to lie inside `x`.
         unsafe {
             match n {
-                256 => return x86::axpy_rows_f16_avx512::<16>(y, w, x, &start),
-                128 => return x86::axpy_rows_f16_avx512::<8>(y, w, x, &start),
-                64 => return x86::axpy_rows_f16_avx512::<4>(y, w, x, &start),
+                256 => return x86::axpy_rows_f16_avx512::<16>(y, w, x, rows),
+                128 => return x86::axpy_rows_f16_avx512::<8>(y, w, x, rows),
+                64 => return x86::axpy_rows_f16_avx512::<4>(y, w, x, rows),
                 _ => {}
             }
         }
     }
     for (j, &a) in w.iter().enumerate() {
-        let s = start(j);
+        let s = rows.at(j);
         axpy_f16(y, a, &x[s..s + n]);
     }
 }
@@ -474,7 +493,9 @@ pub(crate) fn exp_spec(x: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::quant::act::stored_scales;
-    use super::{f16, q8_scale, rms_factor, EXP_HI, EXP_LO, EXP_P, GELU_A, GELU_C, LN2_HI, LN2_LO};
+    use super::{
+        f16, q8_scale, rms_factor, Rows, EXP_HI, EXP_LO, EXP_P, GELU_A, GELU_C, LN2_HI, LN2_LO,
+    };
     use std::arch::x86_64::*;
 
     const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -1087,7 +1108,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn dot_rows_f16_avx512<const G: usize>(
         k: &[f16],
-        start: &impl Fn(usize) -> usize,
+        rows: Rows,
         n_keys: usize,
         q: &[f32],
         hd: usize,
@@ -1097,7 +1118,7 @@ mod x86 {
         let pq = q.as_ptr();
         let ps = s.as_mut_ptr();
         for j in 0..n_keys {
-            let pk = k.as_ptr().add(start(j));
+            let pk = k.as_ptr().add(rows.at(j));
             let mut acc = [[_mm512_setzero_ps(); 4]; G];
             let mut i = 0;
             while i < hd {
@@ -1125,13 +1146,13 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512 is available; `y.len() == 16 · R` and every row
-    /// `start(j)..start(j) + 16 · R` lies inside `x`.
+    /// `rows.at(j)..rows.at(j) + 16 · R` lies inside `x`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn axpy_rows_f16_avx512<const R: usize>(
         y: &mut [f32],
         w: &[f32],
         x: &[f16],
-        start: &impl Fn(usize) -> usize,
+        rows: Rows,
     ) {
         debug_assert_eq!(y.len(), 16 * R);
         let py = y.as_mut_ptr();
@@ -1140,7 +1161,7 @@ mod x86 {
             *a = _mm512_loadu_ps(py.add(16 * i));
         }
         for (j, &wj) in w.iter().enumerate() {
-            let px = x.as_ptr().add(start(j));
+            let px = x.as_ptr().add(rows.at(j));
             let av = _mm512_set1_ps(wj);
             for (i, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_fmadd_ps(av, ldh16(px.add(16 * i)), *a);
@@ -1600,15 +1621,19 @@ mod tests {
                 .map(f16::from_f32)
                 .collect();
             let w = rng.row(rows, 1.0);
-            // Rows out of order, as a sliding window's ring holds them.
-            let start = |j: usize| ((j * 11) % rows) * n + 3;
+            // Rows further apart than their length, as one KV head's are.
+            let at = Rows {
+                first: 3,
+                stride: n + 3,
+            };
             let y0 = rng.row(n, 1.0);
             let mut want = y0.clone();
-            for (j, &a) in w.iter().enumerate() {
-                axpy_f16(&mut want, a, &x[start(j)..start(j) + n]);
+            let used = (rows * n + 7 - 3 - n) / at.stride + 1;
+            for (j, &a) in w[..used].iter().enumerate() {
+                axpy_f16(&mut want, a, &x[at.at(j)..at.at(j) + n]);
             }
             let mut got = y0.clone();
-            axpy_rows_f16(&mut got, &w, &x, start);
+            axpy_rows_f16(&mut got, &w[..used], &x, at);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "n = {n}");
         }
@@ -1632,13 +1657,16 @@ mod tests {
                 .map(f16::from_f32)
                 .collect();
             let q = rng.row(heads * hd, 1.0);
-            let start = |j: usize| ((j * 7) % keys) * hd + 2;
+            let at = Rows {
+                first: 2,
+                stride: hd,
+            };
             let ld = keys + 3;
             let mut got = vec![0f32; heads * ld];
-            dot_rows_f16(&k, start, keys, &q, heads, hd, &mut got, ld);
+            dot_rows_f16(&k, at, keys, &q, heads, hd, &mut got, ld);
             for h in 0..heads {
                 for j in 0..keys {
-                    let want = dot_f16(&k[start(j)..start(j) + hd], &q[h * hd..(h + 1) * hd]);
+                    let want = dot_f16(&k[at.at(j)..at.at(j) + hd], &q[h * hd..(h + 1) * hd]);
                     assert_eq!(
                         got[h * ld + j].to_bits(),
                         want.to_bits(),
@@ -1654,7 +1682,15 @@ mod tests {
     fn weighted_rows_outside_x_panic() {
         let x = vec![f16::ZERO; 100];
         let mut y = vec![0f32; 64];
-        axpy_rows_f16(&mut y, &[1.0], &x, |_| 40);
+        axpy_rows_f16(
+            &mut y,
+            &[1.0],
+            &x,
+            Rows {
+                first: 40,
+                stride: 64,
+            },
+        );
     }
 
     #[test]
