@@ -425,15 +425,7 @@ pub fn quantize_row_q8k(
     dsum: &mut [f32],
     s16: &mut [i16],
 ) {
-    let k = x.len();
-    assert!(
-        k.is_multiple_of(256)
-            && qs.len() >= k
-            && d.len() >= k / 32
-            && dsum.len() >= k / 32
-            && s16.len() >= k / 16,
-        "quantize_row_q8k: bad lengths"
-    );
+    super::quant::act::check_q8k_lengths(x, qs, d, dsum, s16);
     match simd::configured() {
         // SAFETY: AVX-512 is the configured level; lengths checked above.
         #[cfg(target_arch = "x86_64")]

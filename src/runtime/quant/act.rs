@@ -172,16 +172,8 @@ pub fn quantize_row_q8k(
     dsum: &mut [f32],
     s16: &mut [i16],
 ) {
-    let k = x.len();
-    assert!(
-        k.is_multiple_of(256)
-            && qs.len() >= k
-            && d.len() >= k / 32
-            && dsum.len() >= k / 32
-            && s16.len() >= k / 16,
-        "quantize_row_q8k: bad lengths"
-    );
-    for b in 0..k / 256 {
+    check_q8k_lengths(x, qs, d, dsum, s16);
+    for b in 0..x.len() / 256 {
         let xb = &x[b * 256..b * 256 + 256];
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in xb {
@@ -207,6 +199,19 @@ pub fn quantize_row_q8k(
             dsum[b * 8 + j] = scale * sum as f32;
         }
     }
+}
+
+/// Panics unless `x` is whole Q8_K blocks and the outputs can hold them.
+pub fn check_q8k_lengths(x: &[f32], qs: &[i8], d: &[f32], dsum: &[f32], s16: &[i16]) {
+    let k = x.len();
+    assert!(
+        k.is_multiple_of(256)
+            && qs.len() >= k
+            && d.len() >= k / 32
+            && dsum.len() >= k / 32
+            && s16.len() >= k / 16,
+        "quantize_row_q8k: bad lengths"
+    );
 }
 
 fn fit<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
