@@ -484,7 +484,7 @@ pub(crate) fn exp_spec(x: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::quant::act::stored_scales;
+    use super::super::quant::act::{q8k_scales, stored_scales};
     use super::{
         f16, q8_scale, rms_factor, Rows, EXP_HI, EXP_LO, EXP_P, GELU_A, GELU_C, LN2_HI, LN2_LO,
     };
@@ -1444,12 +1444,13 @@ mod x86 {
                 s16[b * 16 + j] = _mm512_reduce_add_epi32(q) as i16;
                 _mm_storeu_si128(o.add(j), _mm512_cvtepi32_epi8(q));
             }
-            let scale = if amax > 0.0 { 1.0 / iscale } else { 0.0 };
-            for j in 0..8 {
-                let sum = s16[b * 16 + 2 * j] as i32 + s16[b * 16 + 2 * j + 1] as i32;
-                d[b * 8 + j] = scale;
-                dsum[b * 8 + j] = scale * sum as f32;
-            }
+            q8k_scales(
+                amax,
+                iscale,
+                &s16[b * 16..],
+                &mut d[b * 8..],
+                &mut dsum[b * 8..],
+            );
         }
     }
 }

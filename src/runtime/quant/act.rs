@@ -145,14 +145,6 @@ fn to_f16_range(v: f32) -> f32 {
     }
 }
 
-/// Quantizes a row of `k = x.len()` values (`k` a multiple of 256) as
-/// llama.cpp quantizes activations for K-quant weights (its Q8_K blocks):
-/// one f32 scale per 256 values, set by the value of largest magnitude
-/// (which becomes ∓127), rounded half to even.  The scale is repeated in
-/// the 8 entries of `d` of its 256 values (the kernels read one per 32);
-/// `dsum` and `s16` hold the sums as for [`quantize_block`].  The portable
-/// definition: `ops::quantize_row_q8k` gives the same bits at every SIMD
-/// level.
 /// `x` rounded to the nearest integer, ties to even, for |x| < 2^22 (and
 /// NaN stays NaN): adding and taking away 1.5 · 2^23 leaves no fraction bits.
 /// The same result as `f32::round_ties_even`, which without SSE4.1 in the
@@ -165,6 +157,14 @@ pub fn round_even_small(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
+/// Quantizes a row of `k = x.len()` values (`k` a multiple of 256) as
+/// llama.cpp quantizes activations for K-quant weights (its Q8_K blocks):
+/// one f32 scale per 256 values, set by the value of largest magnitude
+/// (which becomes ∓127), rounded half to even.  The scale is repeated in
+/// the 8 entries of `d` of its 256 values (the kernels read one per 32);
+/// `dsum` and `s16` hold the sums as for [`quantize_block`].  The portable
+/// definition: `ops::quantize_row_q8k` gives the same bits at every SIMD
+/// level.
 pub fn quantize_row_q8k(
     x: &[f32],
     qs: &mut [i8],
@@ -188,16 +188,30 @@ pub fn quantize_row_q8k(
             // NaN becomes 0 (`as` saturates and maps NaN to 0).
             *q = round_even_small(iscale * v).clamp(-127.0, 127.0) as i8;
         }
-        let scale = if amax > 0.0 { 1.0 / iscale } else { 0.0 };
         for j in 0..16 {
             let s: i32 = q[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum();
             s16[b * 16 + j] = s as i16;
         }
-        for j in 0..8 {
-            let sum = s16[b * 16 + 2 * j] as i32 + s16[b * 16 + 2 * j + 1] as i32;
-            d[b * 8 + j] = scale;
-            dsum[b * 8 + j] = scale * sum as f32;
-        }
+        q8k_scales(
+            amax,
+            iscale,
+            &s16[b * 16..],
+            &mut d[b * 8..],
+            &mut dsum[b * 8..],
+        );
+    }
+}
+
+/// A Q8_K block's scale, `1 / iscale` (0 when its largest magnitude
+/// `amax` is 0), into its 8 entries of `d`, and each 32 values' `dsum` from
+/// the block's 16 sums `s16`.
+#[inline(always)]
+pub fn q8k_scales(amax: f32, iscale: f32, s16: &[i16], d: &mut [f32], dsum: &mut [f32]) {
+    let scale = if amax > 0.0 { 1.0 / iscale } else { 0.0 };
+    for j in 0..8 {
+        let sum = s16[2 * j] as i32 + s16[2 * j + 1] as i32;
+        d[j] = scale;
+        dsum[j] = scale * sum as f32;
     }
 }
 
