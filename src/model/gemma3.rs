@@ -18,7 +18,8 @@ pub fn config(g: &Gguf, hp: Hparams, context_length: usize) -> Config {
         .uint("gemma3.attention.sliding_window_pattern")
         .filter(|&p| p > 0)
         .unwrap_or(6) as usize;
-    let local_base = g.float("gemma3.rope.local_freq_base").unwrap_or(10_000.0) as f32;
+    // llama.cpp's key (`rope_freq_base_train_swa`, 10000 when absent).
+    let local_base = g.float("gemma3.rope.freq_base_swa").unwrap_or(10_000.0) as f32;
     let global = |i: usize| (i + 1).is_multiple_of(pattern);
     Config {
         rope_base: (0..hp.n_layer)
