@@ -35,7 +35,7 @@ CSTRICT   := -std=c11 -Wall -Wextra -Wpedantic -Werror
 CXXSTRICT := -std=c++17 -Wall -Wextra -Wpedantic -Werror
 LINK      := -L$(LIBDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(LIBDIR) -lpthread -lm
 
-.PHONY: FORCE all bench bench-forward bench-reference bench-tokenize chat check-header clean demo fixtures fuzz fuzz-corpus fuzz-tools install lib lint miri models nightly-tools setup stress test test-c test-c-asan test-chat test-cpp test-fuzz test-go test-go-missing-model test-install test-readme test-rust test-stress test-swift
+.PHONY: FORCE all bench bench-forward bench-reference bench-tokenize chat check-header clean demo fixtures fuzz oracle-data fuzz-corpus fuzz-tools install lib lint miri models nightly-tools setup stress test test-c test-c-asan test-chat test-cpp test-fuzz test-go test-go-missing-model test-install test-readme test-rust test-stress test-swift
 
 all: lib
 
@@ -299,6 +299,17 @@ endif
 # then the soname, links, sizes and a static build checked.
 test-install: lib
 	scripts/test-install.sh
+
+# ---- llama.cpp as the oracle ---------------------------------------------------
+
+# Regenerates tests/data/oracle/: llama.cpp's logits (its libllama, linked
+# into oracle/llama_oracle.c) for every architecture x weight type the
+# README claims, on fixtures quantized by llama.cpp's llama-quantize, and
+# for both test models.  llama.cpp is built from the vendored source on
+# first use (oracle/build.sh, ~15 minutes on two cores).  The differential
+# test (tests/oracle.rs, part of test-rust) reads only the committed data.
+oracle-data:
+	oracle/make-data.sh
 
 # ---- benchmark --------------------------------------------------------------
 
