@@ -24,8 +24,14 @@
  * - Strings are UTF-8 and NUL-terminated, in and out.
  * - Threads: a zeph_engine may be used from any number of threads at once;
  *   only zeph_engine_free must run after every other call on that engine has
- *   returned. No library thread calls into the caller's code, except a
- *   log callback given in zeph_engine_options (see there).
+ *   returned.
+ * - Callbacks: zeph_engine_options.progress runs on the thread that called
+ *   zeph_engine_new (or _new_from_memory), during that call, and
+ *   zeph_stream_for_each's callback on the thread that called it.
+ *   zeph_engine_options.log is the one callback library threads call: it
+ *   runs on the loading thread during that call, then on the engine's
+ *   worker threads, several of them at once, until zeph_engine_free
+ *   returns (see there).
  * - Deadlines: a request's timeout runs from the start of the call and
  *   covers rendering its chat template, tokenizing its prompt, its wait in
  *   the queue and its inference. When it passes the call returns
@@ -294,19 +300,26 @@ typedef struct zeph_logprobs zeph_logprobs;
  *
  * Threads: `zeph_stream_next` and `zeph_stream_for_each` are for one
  * consumer thread at a time; `zeph_stream_cancel` and `zeph_stream_usage`
- * may be called from any thread at any time.  No library thread calls into
- * the caller: pieces are pulled.
+ * may be called from any thread at any time.  A stream never calls the
+ * caller from a library thread: pieces are pulled (the engine's `log`
+ * callback is the one callback that runs on library threads).
  */
 typedef struct zeph_stream zeph_stream;
 
 /**
  * The load-progress callback of `zeph_engine_options`: `user_data`, then
- * the fraction loaded (0 to 1); returns whether to go on.
+ * the fraction loaded (0 to 1); returns whether to go on.  Runs only on
+ * the thread that called `zeph_engine_new` (or
+ * `zeph_engine_new_from_memory`), before that call returns; never
+ * concurrently with itself.
  */
 typedef bool (*zeph_progress_fn)(void *user_data, float progress);
 
 /**
- * The log callback of `zeph_engine_options`.
+ * The log callback of `zeph_engine_options`: `user_data`, the level, and
+ * the message (NUL-terminated UTF-8, valid during the call only).  Runs
+ * on the loading thread and on the engine's worker threads, possibly on
+ * several at once: see `zeph_engine_options.log`.
  */
 typedef void (*zeph_log_fn)(void *user_data, enum zeph_log_level level, const char *message);
 
@@ -393,12 +406,19 @@ typedef struct zeph_engine_options {
   /**
    * Receives every message the library has for the user (a warning
    * about the model's vocabulary, a summary when the model is loaded,
-   * ...), with `log_user_data` and a level; the message is valid during
-   * the call only.  With a callback, nothing is written to standard
-   * error; NULL (default) = warnings and errors go to standard error.
-   * Threads: called on the loading thread, and may be called on the
-   * engine's worker threads until `zeph_engine_free` returns: it must be
-   * safe to call from any thread, and must not call back into the engine.
+   * the report of a panic caught in a worker, ...), with
+   * `log_user_data` and a level; the message is valid during the call
+   * only.  With a callback, nothing is written to standard error; NULL
+   * (default) = warnings and errors go to standard error.
+   *
+   * Threads: unlike every other callback of this API, it runs on library
+   * threads.  It is called on the thread that called `zeph_engine_new`
+   * (or `zeph_engine_new_from_memory`) during that call, and afterwards
+   * on the engine's worker threads (`n_workers` of them) until
+   * `zeph_engine_free` returns; several workers may call it at the same
+   * time, also while the loading call is still logging.  So it must be
+   * safe to call from any thread, concurrently with itself, must return
+   * promptly (a worker waits for it), and must not call into the engine.
    */
   zeph_log_fn log;
   /**
@@ -720,8 +740,10 @@ void zeph_cancel_token_free(struct zeph_cancel_token *token);
  * `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
  * everything loaded so far was freed).
  *
- * Threads: any thread; the `progress` and `log` callbacks of `options`
- * run on it during the call.
+ * Threads: any thread.  The `progress` callback of `options` runs on it
+ * during the call; the `log` callback runs on it during the call and
+ * afterwards on the engine's worker threads (see
+ * `zeph_engine_options.log`).
  */
 enum zeph_status zeph_engine_new(const char *model_path,
                                  const struct zeph_engine_options *options,
@@ -743,8 +765,10 @@ enum zeph_status zeph_engine_new(const char *model_path,
  * name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
  * made; the rest as `zeph_engine_new`.
  *
- * Threads: any thread; the `progress` and `log` callbacks of `options`
- * run on it during the call.
+ * Threads: any thread.  The `progress` callback of `options` runs on it
+ * during the call; the `log` callback runs on it during the call and
+ * afterwards on the engine's worker threads (see
+ * `zeph_engine_options.log`).
  */
 enum zeph_status zeph_engine_new_from_memory(const void *data,
                                              size_t len,

@@ -65,8 +65,10 @@ unsafe fn engine_arg<'a>(engine: *const zeph_engine) -> Result<&'a zeph_engine> 
 /// `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
 /// everything loaded so far was freed).
 ///
-/// Threads: any thread; the `progress` and `log` callbacks of `options`
-/// run on it during the call.
+/// Threads: any thread.  The `progress` callback of `options` runs on it
+/// during the call; the `log` callback runs on it during the call and
+/// afterwards on the engine's worker threads (see
+/// `zeph_engine_options.log`).
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new(
     model_path: *const c_char,
@@ -102,8 +104,10 @@ pub unsafe extern "C" fn zeph_engine_new(
 /// name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
 /// made; the rest as `zeph_engine_new`.
 ///
-/// Threads: any thread; the `progress` and `log` callbacks of `options`
-/// run on it during the call.
+/// Threads: any thread.  The `progress` callback of `options` runs on it
+/// during the call; the `log` callback runs on it during the call and
+/// afterwards on the engine's worker threads (see
+/// `zeph_engine_options.log`).
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new_from_memory(
     data: *const c_void,

@@ -69,12 +69,19 @@ pub struct zeph_engine_options {
     pub progress_user_data: *mut c_void,
     /// Receives every message the library has for the user (a warning
     /// about the model's vocabulary, a summary when the model is loaded,
-    /// ...), with `log_user_data` and a level; the message is valid during
-    /// the call only.  With a callback, nothing is written to standard
-    /// error; NULL (default) = warnings and errors go to standard error.
-    /// Threads: called on the loading thread, and may be called on the
-    /// engine's worker threads until `zeph_engine_free` returns: it must be
-    /// safe to call from any thread, and must not call back into the engine.
+    /// the report of a panic caught in a worker, ...), with
+    /// `log_user_data` and a level; the message is valid during the call
+    /// only.  With a callback, nothing is written to standard error; NULL
+    /// (default) = warnings and errors go to standard error.
+    ///
+    /// Threads: unlike every other callback of this API, it runs on library
+    /// threads.  It is called on the thread that called `zeph_engine_new`
+    /// (or `zeph_engine_new_from_memory`) during that call, and afterwards
+    /// on the engine's worker threads (`n_workers` of them) until
+    /// `zeph_engine_free` returns; several workers may call it at the same
+    /// time, also while the loading call is still logging.  So it must be
+    /// safe to call from any thread, concurrently with itself, must return
+    /// promptly (a worker waits for it), and must not call into the engine.
     pub log: zeph_log_fn,
     /// Passed as is to `log`; never read by the library.
     pub log_user_data: *mut c_void,
@@ -89,11 +96,17 @@ unsafe impl Versioned for zeph_engine_options {
 }
 
 /// The load-progress callback of `zeph_engine_options`: `user_data`, then
-/// the fraction loaded (0 to 1); returns whether to go on.
+/// the fraction loaded (0 to 1); returns whether to go on.  Runs only on
+/// the thread that called `zeph_engine_new` (or
+/// `zeph_engine_new_from_memory`), before that call returns; never
+/// concurrently with itself.
 pub type zeph_progress_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, progress: f32) -> bool>;
 
-/// The log callback of `zeph_engine_options`.
+/// The log callback of `zeph_engine_options`: `user_data`, the level, and
+/// the message (NUL-terminated UTF-8, valid during the call only).  Runs
+/// on the loading thread and on the engine's worker threads, possibly on
+/// several at once: see `zeph_engine_options.log`.
 pub type zeph_log_fn = Option<
     unsafe extern "C" fn(user_data: *mut c_void, level: zeph_log_level, message: *const c_char),
 >;

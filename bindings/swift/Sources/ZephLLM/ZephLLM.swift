@@ -238,7 +238,9 @@ public final class Engine: @unchecked Sendable {
     /// Loads the model at `modelPath`.  `progress` runs on the calling
     /// thread while it loads (0 to 1; returning false cancels: the
     /// initializer throws `.cancelled`); `log` receives the library's
-    /// messages instead of standard error, from any of the engine's threads.
+    /// messages instead of standard error: on the calling thread while it
+    /// loads, then on the engine's worker threads, several at once, until
+    /// the engine is freed (so it is `@Sendable`, and must return promptly).
     /// `parallel`: sequences each worker runs together (0 = the library's
     /// default, 4).
     public init(modelPath: String, workers: UInt32 = 1, parallel: UInt32 = 0,
