@@ -267,11 +267,13 @@ typedef struct zeph_cancel_token zeph_cancel_token;
  * on the same engine from any number of threads at once.
  *
  * Memory: the model file is memory-mapped (its pages are shared with the
- * page cache); KV caches and other large buffers live in mappings of their
- * own, returned to the system when freed.  With glibc, a worker that has
- * been idle for 1 s after work hands the memory freed by its requests back
- * to the system (`malloc_trim(0)`), so the host's resident memory settles
- * after a burst of calls instead of staying at its peak.
+ * page cache), or copied into the engine's memory when it was loaded from
+ * memory or with `zeph_engine_options.load_into_memory`; KV caches and
+ * other large buffers live in mappings of their own, returned to the
+ * system when freed.  With glibc, a worker that has been idle for 1 s
+ * after work hands the memory freed by its requests back to the system
+ * (`malloc_trim(0)`), so the host's resident memory settles after a burst
+ * of calls instead of staying at its peak.
  */
 typedef struct zeph_engine zeph_engine;
 
@@ -425,6 +427,24 @@ typedef struct zeph_engine_options {
    * Passed as is to `log`; never read by the library.
    */
   void *log_user_data;
+  /**
+   * Non-zero: read the whole model file into memory while loading
+   * instead of memory-mapping it, so that the engine no longer uses the
+   * file once `zeph_engine_new` returns: the file may then be truncated,
+   * rewritten, replaced or deleted without harm.  For hosts that cannot
+   * promise the file stays as it is while the engine lives (a mapped
+   * file that shrinks kills the process with SIGBUS: see
+   * `zeph_engine_new`).  The cost: the engine's memory holds a private
+   * copy of the file (anonymous memory, not page cache shared with other
+   * processes) and loading reads the whole file first.  It is the copy
+   * `zeph_engine_new_from_memory` makes, which ignores this field.  0
+   * (default) = map the file.
+   */
+  uint32_t load_into_memory;
+  /**
+   * Reserved for a later option; must be 0.
+   */
+  uint32_t reserved2;
 } zeph_engine_options;
 
 /**
@@ -740,6 +760,18 @@ void zeph_cancel_token_free(struct zeph_cancel_token *token);
  * `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
  * everything loaded so far was freed).
  *
+ * The file: by default it is memory-mapped, not read, and the engine reads
+ * its weights from the mapping until `zeph_engine_free` returns.  The file
+ * must therefore stay as it is while the engine lives: a file truncated
+ * under the mapping, even for a moment (as copying another file over it
+ * with `cp` or a shell's `>` does), makes the next read of a lost page
+ * raise SIGBUS, which kills the host process (no status can report it);
+ * a file rewritten in place changes the weights under the engine.
+ * Replacing the file by renaming a new one over it, or deleting it, is
+ * harmless: the mapping keeps the old file.  A host that
+ * cannot promise this sets `load_into_memory` in `options`: the file is
+ * then read into memory during this call and not used afterwards.
+ *
  * Threads: any thread.  The `progress` callback of `options` runs on it
  * during the call; the `log` callback runs on it during the call and
  * afterwards on the engine's worker threads (see
@@ -764,6 +796,9 @@ enum zeph_status zeph_engine_new(const char *model_path,
  * `ZEPH_STATUS_MODEL` when the bytes are not a whole GGUF model (messages
  * name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
  * made; the rest as `zeph_engine_new`.
+ *
+ * `options->load_into_memory` makes no difference here: the bytes are
+ * always copied, and the engine never depends on the caller's memory.
  *
  * Threads: any thread.  The `progress` callback of `options` runs on it
  * during the call; the `log` callback runs on it during the call and

@@ -85,10 +85,24 @@ pub struct zeph_engine_options {
     pub log: zeph_log_fn,
     /// Passed as is to `log`; never read by the library.
     pub log_user_data: *mut c_void,
+    /// Non-zero: read the whole model file into memory while loading
+    /// instead of memory-mapping it, so that the engine no longer uses the
+    /// file once `zeph_engine_new` returns: the file may then be truncated,
+    /// rewritten, replaced or deleted without harm.  For hosts that cannot
+    /// promise the file stays as it is while the engine lives (a mapped
+    /// file that shrinks kills the process with SIGBUS: see
+    /// `zeph_engine_new`).  The cost: the engine's memory holds a private
+    /// copy of the file (anonymous memory, not page cache shared with other
+    /// processes) and loading reads the whole file first.  It is the copy
+    /// `zeph_engine_new_from_memory` makes, which ignores this field.  0
+    /// (default) = map the file.
+    pub load_into_memory: u32,
+    /// Reserved for a later option; must be 0.
+    pub reserved2: u32,
 }
 
 // SAFETY: repr(C), `struct_size` first, no padding (the fields are laid
-// out in pairs of u32 and 8-byte fields).
+// out in pairs of u32 and 8-byte fields, the last pair two u32).
 unsafe impl Versioned for zeph_engine_options {
     const NAME: &'static str = "zeph_engine_options";
     // The first version ended before the callbacks.
@@ -142,6 +156,8 @@ pub extern "C" fn zeph_engine_options_default() -> zeph_engine_options {
         progress_user_data: std::ptr::null_mut(),
         log: None,
         log_user_data: std::ptr::null_mut(),
+        load_into_memory: 0,
+        reserved2: 0,
     }
 }
 /// # Safety
@@ -175,6 +191,7 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
             n => n as usize,
         },
         kv_memory: (o.kv_memory_mib as usize) << 20,
+        load_into_memory: o.load_into_memory != 0,
         progress: o.progress.map(|f| {
             let user = UserData(o.progress_user_data);
             Arc::new(move |done: f32| {
@@ -203,6 +220,11 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
     if o.reserved != 0 {
         return Err(Error::invalid_argument(
             "zeph_engine_options.reserved must be 0",
+        ));
+    }
+    if o.reserved2 != 0 {
+        return Err(Error::invalid_argument(
+            "zeph_engine_options.reserved2 must be 0",
         ));
     }
     options.validate()?;

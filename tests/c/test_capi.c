@@ -386,6 +386,63 @@ static void test_loading_from_memory_and_callbacks(void) {
     zeph_engine_free(e);
 }
 
+/* load_into_memory: the file is read into memory while loading and not used
+ * afterwards.  A copy of the fixture, loaded so, then truncated and rewritten
+ * in place (which kills a process that maps the file, with SIGBUS): the
+ * engine answers as an engine on the untouched fixture does. */
+static void test_load_into_memory(void) {
+    zeph_engine_options eo = zeph_engine_options_default();
+    check(eo.load_into_memory == 0 && eo.reserved2 == 0, "load_into_memory is off by default", NULL);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/in-memory.gguf", tmpdir);
+    copy_file(tiny_path, path, 0, NULL, NULL);
+    eo.load_into_memory = 1;
+    zeph_engine *e = NULL;
+    expect(zeph_engine_new(path, &eo, &e), ZEPH_STATUS_OK, "load_into_memory: the copy loads", NULL);
+    zeph_engine *ref = open_engine(tiny_path, 1, 4);
+    check(truncate(path, 0) == 0, "load_into_memory: the file truncated under the engine", NULL);
+    write_file(path, "not a model any more", 20);
+    zeph_generate_options o = greedy(16);
+    char *a = NULL, *b = NULL;
+    expect(zeph_engine_complete(e, "hello", &o, &a, NULL), ZEPH_STATUS_OK,
+           "load_into_memory: generates after its file was truncated and rewritten", NULL);
+    expect(zeph_engine_complete(ref, "hello", &o, &b, NULL), ZEPH_STATUS_OK, "the untouched fixture generates", NULL);
+    check(a && b && strcmp(a, b) == 0, "load_into_memory: the same text as from the untouched file", NULL);
+    zeph_stream *s = NULL;
+    expect(zeph_engine_stream_complete(e, "hello", &o, &s), ZEPH_STATUS_OK, "load_into_memory: a stream", NULL);
+    char joined[4096] = "", *piece = NULL;
+    zeph_status st;
+    while ((st = zeph_stream_next(s, 3600000, &piece)) == ZEPH_STATUS_OK && piece) {
+        strncat(joined, piece, sizeof joined - strlen(joined) - 1);
+        zeph_string_free(piece);
+    }
+    expect_status(st, ZEPH_STATUS_OK, "load_into_memory: the stream ends");
+    check(b && strcmp(joined, b) == 0, "load_into_memory: the stream adds up to the same text", joined);
+    zeph_stream_free(s);
+    zeph_string_free(a);
+    zeph_string_free(b);
+    zeph_engine_free(e);
+    zeph_engine_free(ref);
+
+    /* What the file now holds is read, and refused, as any file is. */
+    e = (zeph_engine *)&passed;
+    expect(zeph_engine_new(path, &eo, &e), ZEPH_STATUS_MODEL, "load_into_memory: a file that is no model", path);
+    unlink(path);
+    expect(zeph_engine_new(path, &eo, &e), ZEPH_STATUS_IO, "load_into_memory: a missing file", path);
+    check(e == (zeph_engine *)&passed, "load_into_memory: engine_out untouched on failure", NULL);
+    eo.reserved2 = 1;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_INVALID_ARGUMENT, "engine options reserved2 must be 0",
+           "reserved2");
+
+    /* A caller compiled before load_into_memory: what lies past its
+     * struct_size (here both new fields, non-zero) is not read. */
+    eo.struct_size = (uint32_t)offsetof(zeph_engine_options, load_into_memory);
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK,
+           "engine options without load_into_memory: the bytes past struct_size are not read", NULL);
+    zeph_engine_free(e);
+}
+
 static void test_real_model(void) {
     zeph_engine *e = open_engine(model_path, 1, 4);
     zeph_generate_options o = greedy(8);
@@ -1420,6 +1477,7 @@ int main(int argc, char **argv) {
 
     test_basics();
     test_loading();
+    test_load_into_memory();
     test_loading_from_memory_and_callbacks();
     test_real_model();
     test_requests();
