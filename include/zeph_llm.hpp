@@ -187,7 +187,10 @@ private:
 /// constructing thread while the model loads, then on the engine's worker
 /// threads, several at once, until the engine is destroyed: it must be
 /// thread-safe and return promptly.  Exceptions they throw are swallowed
-/// (a throwing progress callback cancels the load).
+/// (a throwing progress callback cancels the load).  The other options are
+/// the C struct's fields in `c`, e.g. `c.n_workers`, or
+/// `c.load_into_memory = 1` to read the model file into memory instead of
+/// mapping it (the file may then change or go; see zeph_engine_new).
 struct EngineOptions {
     zeph_engine_options c = zeph_engine_options_default();
     std::function<bool(float)> on_progress;
