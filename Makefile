@@ -111,13 +111,41 @@ test-rust: models
 $(BUILD)/test_capi: tests/c/test_capi.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) -Iinclude $< $(LINK) -o $@
 
+# The C suite's panic checks need a library that injects panics: only a
+# build with the cargo feature fault-injection reads ZEPH_FAULT, and the
+# shipped library must not have it.  So the crate is built a second time
+# with the feature (in the same target directory: only the crate is
+# rebuilt, about a minute, not its dependencies), the result is copied to
+# build/fault-injection/, and the shipped library is rebuilt into
+# target/release at once (cargo writes both to the same file name).  Redone
+# only when the shipped library changed.  The same test program, linked
+# against this copy, runs with --faults (its panic checks only).
+FAULTDIR  := $(BUILD)/fault-injection
+FAULTLIB  := $(FAULTDIR)/libzeph_llm.so
+FAULTLINK := -L$(FAULTDIR) -lzeph_llm -Wl,-rpath,$(CURDIR)/$(FAULTDIR) -lpthread -lm
+
+$(FAULTLIB): $(LIB) | $(BUILD)
+	$(CARGO_ENV) $(CARGO) build --release --lib --features fault-injection
+	mkdir -p $(FAULTDIR)
+	cp $(LIB) $@.tmp && mv $@.tmp $@
+	ln -sf libzeph_llm.so $(FAULTDIR)/$(SONAME)
+	$(CARGO_ENV) $(CARGO) build --release
+	touch $@
+
+$(BUILD)/test_capi_faults: tests/c/test_capi.c include/zeph_llm.h $(FAULTLIB) | $(BUILD)
+	$(CC) $(CSTRICT) -Iinclude $< $(FAULTLINK) -o $@
+
 # RUST_BACKTRACE is set on purpose: the panics the tests inject must not
 # print anything, backtraces included.
-test-c: models fixtures $(BUILD)/test_capi
+test-c: models fixtures $(BUILD)/test_capi $(BUILD)/test_capi_faults
 	RUST_BACKTRACE=1 $(VALGRIND) --quiet --leak-check=full --suppressions=tests/c/valgrind.supp \
 	  --error-exitcode=1 $(BUILD)/test_capi "$(MODEL)" $(BUILD)/fixtures 2>$(BUILD)/test_capi.stderr; \
 	  status=$$?; cat $(BUILD)/test_capi.stderr >&2; exit $$status
-	@! grep -q "panicked at" $(BUILD)/test_capi.stderr || \
+	RUST_BACKTRACE=1 $(VALGRIND) --quiet --leak-check=full --suppressions=tests/c/valgrind.supp \
+	  --error-exitcode=1 $(BUILD)/test_capi_faults "$(MODEL)" $(BUILD)/fixtures --faults \
+	  2>$(BUILD)/test_capi_faults.stderr; \
+	  status=$$?; cat $(BUILD)/test_capi_faults.stderr >&2; exit $$status
+	@! grep -q "panicked at" $(BUILD)/test_capi.stderr $(BUILD)/test_capi_faults.stderr || \
 	  { echo "test-c: an injected panic printed a message (see above)" >&2; exit 1; }
 
 # The same C tests built with AddressSanitizer and UndefinedBehaviorSanitizer
@@ -129,8 +157,12 @@ SANENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_sta
 $(BUILD)/test_capi_asan: tests/c/test_capi.c include/zeph_llm.h $(LIB) | $(BUILD)
 	$(CC) $(CSTRICT) $(SANITIZE) -Iinclude $< $(LINK) -o $@
 
-test-c-asan: models fixtures $(BUILD)/test_capi_asan
+$(BUILD)/test_capi_faults_asan: tests/c/test_capi.c include/zeph_llm.h $(FAULTLIB) | $(BUILD)
+	$(CC) $(CSTRICT) $(SANITIZE) -Iinclude $< $(FAULTLINK) -o $@
+
+test-c-asan: models fixtures $(BUILD)/test_capi_asan $(BUILD)/test_capi_faults_asan
 	$(SANENV) $(BUILD)/test_capi_asan "$(MODEL)" $(BUILD)/fixtures
+	$(SANENV) $(BUILD)/test_capi_faults_asan "$(MODEL)" $(BUILD)/fixtures --faults
 
 # ---- stress -----------------------------------------------------------------
 

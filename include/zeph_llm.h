@@ -24,8 +24,14 @@
  * - Strings are UTF-8 and NUL-terminated, in and out.
  * - Threads: a zeph_engine may be used from any number of threads at once;
  *   only zeph_engine_free must run after every other call on that engine has
- *   returned. No library thread calls into the caller's code, except a
- *   log callback given in zeph_engine_options (see there).
+ *   returned.
+ * - Callbacks: zeph_engine_options.progress runs on the thread that called
+ *   zeph_engine_new (or _new_from_memory), during that call, and
+ *   zeph_stream_for_each's callback on the thread that called it.
+ *   zeph_engine_options.log is the one callback library threads call: it
+ *   runs on the loading thread during that call, then on the engine's
+ *   worker threads, several of them at once, until zeph_engine_free
+ *   returns (see there).
  * - Deadlines: a request's timeout runs from the start of the call and
  *   covers rendering its chat template, tokenizing its prompt, its wait in
  *   the queue and its inference. When it passes the call returns
@@ -261,11 +267,13 @@ typedef struct zeph_cancel_token zeph_cancel_token;
  * on the same engine from any number of threads at once.
  *
  * Memory: the model file is memory-mapped (its pages are shared with the
- * page cache); KV caches and other large buffers live in mappings of their
- * own, returned to the system when freed.  With glibc, a worker that has
- * been idle for 1 s after work hands the memory freed by its requests back
- * to the system (`malloc_trim(0)`), so the host's resident memory settles
- * after a burst of calls instead of staying at its peak.
+ * page cache), or copied into the engine's memory when it was loaded from
+ * memory or with `zeph_engine_options.load_into_memory`; KV caches and
+ * other large buffers live in mappings of their own, returned to the
+ * system when freed.  With glibc, a worker that has been idle for 1 s
+ * after work hands the memory freed by its requests back to the system
+ * (`malloc_trim(0)`), so the host's resident memory settles after a burst
+ * of calls instead of staying at its peak.
  */
 typedef struct zeph_engine zeph_engine;
 
@@ -294,19 +302,26 @@ typedef struct zeph_logprobs zeph_logprobs;
  *
  * Threads: `zeph_stream_next` and `zeph_stream_for_each` are for one
  * consumer thread at a time; `zeph_stream_cancel` and `zeph_stream_usage`
- * may be called from any thread at any time.  No library thread calls into
- * the caller: pieces are pulled.
+ * may be called from any thread at any time.  A stream never calls the
+ * caller from a library thread: pieces are pulled (the engine's `log`
+ * callback is the one callback that runs on library threads).
  */
 typedef struct zeph_stream zeph_stream;
 
 /**
  * The load-progress callback of `zeph_engine_options`: `user_data`, then
- * the fraction loaded (0 to 1); returns whether to go on.
+ * the fraction loaded (0 to 1); returns whether to go on.  Runs only on
+ * the thread that called `zeph_engine_new` (or
+ * `zeph_engine_new_from_memory`), before that call returns; never
+ * concurrently with itself.
  */
 typedef bool (*zeph_progress_fn)(void *user_data, float progress);
 
 /**
- * The log callback of `zeph_engine_options`.
+ * The log callback of `zeph_engine_options`: `user_data`, the level, and
+ * the message (NUL-terminated UTF-8, valid during the call only).  Runs
+ * on the loading thread and on the engine's worker threads, possibly on
+ * several at once: see `zeph_engine_options.log`.
  */
 typedef void (*zeph_log_fn)(void *user_data, enum zeph_log_level level, const char *message);
 
@@ -393,18 +408,43 @@ typedef struct zeph_engine_options {
   /**
    * Receives every message the library has for the user (a warning
    * about the model's vocabulary, a summary when the model is loaded,
-   * ...), with `log_user_data` and a level; the message is valid during
-   * the call only.  With a callback, nothing is written to standard
-   * error; NULL (default) = warnings and errors go to standard error.
-   * Threads: called on the loading thread, and may be called on the
-   * engine's worker threads until `zeph_engine_free` returns: it must be
-   * safe to call from any thread, and must not call back into the engine.
+   * the report of a panic caught in a worker, ...), with
+   * `log_user_data` and a level; the message is valid during the call
+   * only.  With a callback, nothing is written to standard error; NULL
+   * (default) = warnings and errors go to standard error.
+   *
+   * Threads: unlike every other callback of this API, it runs on library
+   * threads.  It is called on the thread that called `zeph_engine_new`
+   * (or `zeph_engine_new_from_memory`) during that call, and afterwards
+   * on the engine's worker threads (`n_workers` of them) until
+   * `zeph_engine_free` returns; several workers may call it at the same
+   * time, also while the loading call is still logging.  So it must be
+   * safe to call from any thread, concurrently with itself, must return
+   * promptly (a worker waits for it), and must not call into the engine.
    */
   zeph_log_fn log;
   /**
    * Passed as is to `log`; never read by the library.
    */
   void *log_user_data;
+  /**
+   * Non-zero: read the whole model file into memory while loading
+   * instead of memory-mapping it, so that the engine no longer uses the
+   * file once `zeph_engine_new` returns: the file may then be truncated,
+   * rewritten, replaced or deleted without harm.  For hosts that cannot
+   * promise the file stays as it is while the engine lives (a mapped
+   * file that shrinks kills the process with SIGBUS: see
+   * `zeph_engine_new`).  The cost: the engine's memory holds a private
+   * copy of the file (anonymous memory, not page cache shared with other
+   * processes) and loading reads the whole file first.  It is the copy
+   * `zeph_engine_new_from_memory` makes, which ignores this field.  0
+   * (default) = map the file.
+   */
+  uint32_t load_into_memory;
+  /**
+   * Reserved for a later option; must be 0.
+   */
+  uint32_t reserved2;
 } zeph_engine_options;
 
 /**
@@ -720,8 +760,22 @@ void zeph_cancel_token_free(struct zeph_cancel_token *token);
  * `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
  * everything loaded so far was freed).
  *
- * Threads: any thread; the `progress` and `log` callbacks of `options`
- * run on it during the call.
+ * The file: by default it is memory-mapped, not read, and the engine reads
+ * its weights from the mapping until `zeph_engine_free` returns.  The file
+ * must therefore stay as it is while the engine lives: a file truncated
+ * under the mapping, even for a moment (as copying another file over it
+ * with `cp` or a shell's `>` does), makes the next read of a lost page
+ * raise SIGBUS, which kills the host process (no status can report it);
+ * a file rewritten in place changes the weights under the engine.
+ * Replacing the file by renaming a new one over it, or deleting it, is
+ * harmless: the mapping keeps the old file.  A host that
+ * cannot promise this sets `load_into_memory` in `options`: the file is
+ * then read into memory during this call and not used afterwards.
+ *
+ * Threads: any thread.  The `progress` callback of `options` runs on it
+ * during the call; the `log` callback runs on it during the call and
+ * afterwards on the engine's worker threads (see
+ * `zeph_engine_options.log`).
  */
 enum zeph_status zeph_engine_new(const char *model_path,
                                  const struct zeph_engine_options *options,
@@ -743,8 +797,13 @@ enum zeph_status zeph_engine_new(const char *model_path,
  * name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
  * made; the rest as `zeph_engine_new`.
  *
- * Threads: any thread; the `progress` and `log` callbacks of `options`
- * run on it during the call.
+ * `options->load_into_memory` makes no difference here: the bytes are
+ * always copied, and the engine never depends on the caller's memory.
+ *
+ * Threads: any thread.  The `progress` callback of `options` runs on it
+ * during the call; the `log` callback runs on it during the call and
+ * afterwards on the engine's worker threads (see
+ * `zeph_engine_options.log`).
  */
 enum zeph_status zeph_engine_new_from_memory(const void *data,
                                              size_t len,

@@ -183,9 +183,14 @@ private:
 /// Engine options with C++ callbacks: `on_progress` runs on the
 /// constructing thread while the model loads (0 to 1; returning false
 /// cancels: the constructor throws ZEPH_STATUS_CANCELLED); `on_log`
-/// receives the library's messages instead of standard error, from any of
-/// the engine's threads while it lives.  Exceptions they throw are
-/// swallowed (a throwing progress callback cancels the load).
+/// receives the library's messages instead of standard error, on the
+/// constructing thread while the model loads, then on the engine's worker
+/// threads, several at once, until the engine is destroyed: it must be
+/// thread-safe and return promptly.  Exceptions they throw are swallowed
+/// (a throwing progress callback cancels the load).  The other options are
+/// the C struct's fields in `c`, e.g. `c.n_workers`, or
+/// `c.load_into_memory = 1` to read the model file into memory instead of
+/// mapping it (the file may then change or go; see zeph_engine_new).
 struct EngineOptions {
     zeph_engine_options c = zeph_engine_options_default();
     std::function<bool(float)> on_progress;

@@ -50,11 +50,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads the model at `path` and starts `options.n_workers` workers.
+    /// Loads the model at `path` (mapped, or copied into memory with
+    /// `options.load_into_memory`) and starts `options.n_workers` workers.
     pub fn new(path: &Path, options: EngineOptions) -> Result<Self> {
         options.validate()?;
         progress(&options, 0.0)?;
-        let gguf = Gguf::open(path)?;
+        let gguf = if options.load_into_memory {
+            Gguf::open_into_memory(path)?
+        } else {
+            Gguf::open(path)?
+        };
         Self::load(gguf, &path.display(), options)
     }
 

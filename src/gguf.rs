@@ -533,24 +533,40 @@ impl Gguf {
         Self::from_file(file, &shown)
     }
 
-    /// Reads a model held in memory.  The bytes are copied, once, into an
-    /// anonymous in-memory file (Linux: `memfd_create`; elsewhere an
-    /// unlinked temporary file), which the loaders then map as they map a
-    /// model file: the caller's buffer is not needed after this returns.
+    /// Reads the model file at `path` into memory: its bytes are copied,
+    /// once, as `from_memory` copies a buffer, so that nothing maps the file
+    /// itself and it may then be truncated, rewritten or deleted (a mapped
+    /// file that shrinks makes the next read of a lost page raise SIGBUS).
+    pub fn open_into_memory(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        let file =
+            File::open(path).map_err(|e| Error::new(ErrorKind::Io, format!("{shown}: {e}")))?;
+        Self::copy_into_memory(file, &shown)
+    }
+
+    /// Reads a model held in memory (copied: the caller's buffer is not
+    /// needed after this returns).
     pub fn from_memory(data: &[u8]) -> Result<Self> {
-        use std::io::Write;
+        Self::copy_into_memory(data, &"<memory>")
+    }
+
+    /// Copies the model's bytes from `source` into an anonymous in-memory
+    /// file (Linux: `memfd_create`; elsewhere an unlinked temporary file),
+    /// which the loaders then map as they map a model file.  The one way a
+    /// model is held in memory, from a buffer or from a file alike.
+    fn copy_into_memory(
+        mut source: impl std::io::Read,
+        shown: &dyn std::fmt::Display,
+    ) -> Result<Self> {
         let io = |e: std::io::Error| {
             Error::new(
                 ErrorKind::Io,
-                format!(
-                    "cannot copy the model ({} bytes) into memory: {e}",
-                    data.len()
-                ),
+                format!("{shown}: cannot copy the model into memory: {e}"),
             )
         };
-        let mut file = anonymous_file().map_err(io)?;
-        file.write_all(data).map_err(io)?;
-        Self::from_file(file, &"<memory>")
+        let mut copy = anonymous_file().map_err(io)?;
+        std::io::copy(&mut source, &mut copy).map_err(io)?;
+        Self::from_file(copy, shown)
     }
 
     /// Reads an open file; `shown` names it in messages.

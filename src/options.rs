@@ -87,6 +87,10 @@ pub struct EngineOptions {
     /// Bound on the KV cache memory of all sequences together, in bytes;
     /// 0 = none (each sequence is bounded by the context length).
     pub kv_memory: usize,
+    /// Copy the model file into memory instead of mapping it, so that the
+    /// engine no longer depends on the file once loaded (see
+    /// `Gguf::open_into_memory`).  Loading from memory copies anyway.
+    pub load_into_memory: bool,
     /// Told how far loading got (0 to 1) on the loading thread; returning
     /// false cancels the load (`Cancelled`).
     pub progress: Option<ProgressFn>,
@@ -105,6 +109,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("n_threads", &self.n_threads)
             .field("n_parallel", &self.n_parallel)
             .field("kv_memory", &self.kv_memory)
+            .field("load_into_memory", &self.load_into_memory)
             .field("progress", &self.progress.is_some())
             .field("logger", &self.logger)
             .finish_non_exhaustive()
@@ -129,6 +134,7 @@ impl Default for EngineOptions {
             n_threads: 0,
             n_parallel: 4,
             kv_memory: 0,
+            load_into_memory: false,
             progress: None,
             logger: Logger::default(),
         }

@@ -89,3 +89,40 @@ fn the_log_callback_receives_the_load_summary() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_model_loaded_into_memory_outlives_changes_to_its_file() {
+    let tiny = fixtures().join("tiny-llama.gguf");
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("load-into-memory-{}.gguf", std::process::id()));
+    std::fs::copy(&tiny, &path).unwrap();
+    let in_memory = EngineOptions {
+        load_into_memory: true,
+        ..Default::default()
+    };
+    let copied = Engine::new(&path, in_memory.clone()).unwrap();
+    let mapped = Engine::new(&tiny, EngineOptions::default()).unwrap();
+    // Truncated (what kills a process that maps the file, with SIGBUS),
+    // then rewritten in place with other bytes: the copy answers as before.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(0).unwrap();
+    drop(file);
+    std::fs::write(&path, b"not a model any more").unwrap();
+    let a = copied.complete("hello world", &greedy(16)).unwrap();
+    let b = mapped.complete("hello world", &greedy(16)).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.text, b.text);
+    // What is now in the file is read (and refused) as a model file is,
+    // named by its path.
+    let Err(err) = Engine::new(&path, in_memory.clone()) else {
+        panic!("loaded a file that is no model")
+    };
+    assert_eq!(err.kind, ErrorKind::Model, "{err}");
+    assert!(err.message.contains(&*path.to_string_lossy()), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    let Err(err) = Engine::new(&path, in_memory) else {
+        panic!("loaded a file that is gone")
+    };
+    assert_eq!(err.kind, ErrorKind::Io, "{err}");
+    assert!(err.message.contains(&*path.to_string_lossy()), "{err}");
+}

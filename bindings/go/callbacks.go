@@ -37,8 +37,10 @@ func WithProgress(f func(progress float32) bool) Option {
 }
 
 // WithLogger sends the library's messages to f instead of standard error.
-// f may be called from the engine's threads until Close returns: it must
-// be safe for concurrent use.
+// f is called on the goroutine that called Open while it loads, then from
+// the engine's worker threads until Close returns, by several workers at
+// once: it must be safe for concurrent use, return promptly (a worker waits
+// for it) and not call the engine.
 func WithLogger(f func(level LogLevel, message string)) Option {
 	return func(o *C.zeph_engine_options, h *handles) {
 		h.log = newHandle(f)

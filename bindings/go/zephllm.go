@@ -141,6 +141,21 @@ func WithKVMemoryMiB(n int) Option {
 	return func(o *C.zeph_engine_options, _ *handles) { o.kv_memory_mib = C.uint32_t(n) }
 }
 
+// WithLoadIntoMemory(true) reads the whole model file into memory while
+// Open loads it instead of memory-mapping it, so that the file may be
+// truncated, rewritten or deleted afterwards without harm (a mapped file
+// that shrinks kills the process with SIGBUS).  It costs a private copy of
+// the file in the process's memory.  Default false: the file is mapped.
+// OpenBytes always copies.
+func WithLoadIntoMemory(on bool) Option {
+	return func(o *C.zeph_engine_options, _ *handles) {
+		o.load_into_memory = 0
+		if on {
+			o.load_into_memory = 1
+		}
+	}
+}
+
 // WithQueueCapacity sets how many requests may wait for a worker (default 16).
 func WithQueueCapacity(n int) Option {
 	return func(o *C.zeph_engine_options, _ *handles) { o.queue_capacity = C.uint32_t(n) }

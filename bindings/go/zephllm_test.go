@@ -408,3 +408,34 @@ func containsFloat(v []float32, x float32) bool {
 	}
 	return false
 }
+
+func TestLoadIntoMemoryOutlivesTheFile(t *testing.T) {
+	data, err := os.ReadFile(modelPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "model.gguf")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, err := Open(path, WithLoadIntoMemory(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	// Truncated, then rewritten with other bytes: a mapped model would
+	// die of SIGBUS here; the copy does not notice.
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("not a model any more"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text, _, err := e.Complete(context.Background(), "The capital of France is", greedy(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text != capitalReference {
+		t.Fatalf("got %q, want %q", text, capitalReference)
+	}
+}

@@ -30,11 +30,13 @@ use crate::options::{check_len, MAX_DETOKENIZE_IDS};
 /// on the same engine from any number of threads at once.
 ///
 /// Memory: the model file is memory-mapped (its pages are shared with the
-/// page cache); KV caches and other large buffers live in mappings of their
-/// own, returned to the system when freed.  With glibc, a worker that has
-/// been idle for 1 s after work hands the memory freed by its requests back
-/// to the system (`malloc_trim(0)`), so the host's resident memory settles
-/// after a burst of calls instead of staying at its peak.
+/// page cache), or copied into the engine's memory when it was loaded from
+/// memory or with `zeph_engine_options.load_into_memory`; KV caches and
+/// other large buffers live in mappings of their own, returned to the
+/// system when freed.  With glibc, a worker that has been idle for 1 s
+/// after work hands the memory freed by its requests back to the system
+/// (`malloc_trim(0)`), so the host's resident memory settles after a burst
+/// of calls instead of staying at its peak.
 pub struct zeph_engine {
     engine: Engine,
     info: InfoStrings,
@@ -65,8 +67,22 @@ unsafe fn engine_arg<'a>(engine: *const zeph_engine) -> Result<&'a zeph_engine> 
 /// `ZEPH_STATUS_CANCELLED`: the `progress` callback returned false, and
 /// everything loaded so far was freed).
 ///
-/// Threads: any thread; the `progress` and `log` callbacks of `options`
-/// run on it during the call.
+/// The file: by default it is memory-mapped, not read, and the engine reads
+/// its weights from the mapping until `zeph_engine_free` returns.  The file
+/// must therefore stay as it is while the engine lives: a file truncated
+/// under the mapping, even for a moment (as copying another file over it
+/// with `cp` or a shell's `>` does), makes the next read of a lost page
+/// raise SIGBUS, which kills the host process (no status can report it);
+/// a file rewritten in place changes the weights under the engine.
+/// Replacing the file by renaming a new one over it, or deleting it, is
+/// harmless: the mapping keeps the old file.  A host that
+/// cannot promise this sets `load_into_memory` in `options`: the file is
+/// then read into memory during this call and not used afterwards.
+///
+/// Threads: any thread.  The `progress` callback of `options` runs on it
+/// during the call; the `log` callback runs on it during the call and
+/// afterwards on the engine's worker threads (see
+/// `zeph_engine_options.log`).
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new(
     model_path: *const c_char,
@@ -102,8 +118,13 @@ pub unsafe extern "C" fn zeph_engine_new(
 /// name the model `<memory>`); `ZEPH_STATUS_IO` when the copy cannot be
 /// made; the rest as `zeph_engine_new`.
 ///
-/// Threads: any thread; the `progress` and `log` callbacks of `options`
-/// run on it during the call.
+/// `options->load_into_memory` makes no difference here: the bytes are
+/// always copied, and the engine never depends on the caller's memory.
+///
+/// Threads: any thread.  The `progress` callback of `options` runs on it
+/// during the call; the `log` callback runs on it during the call and
+/// afterwards on the engine's worker threads (see
+/// `zeph_engine_options.log`).
 #[no_mangle]
 pub unsafe extern "C" fn zeph_engine_new_from_memory(
     data: *const c_void,

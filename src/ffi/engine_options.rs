@@ -69,19 +69,40 @@ pub struct zeph_engine_options {
     pub progress_user_data: *mut c_void,
     /// Receives every message the library has for the user (a warning
     /// about the model's vocabulary, a summary when the model is loaded,
-    /// ...), with `log_user_data` and a level; the message is valid during
-    /// the call only.  With a callback, nothing is written to standard
-    /// error; NULL (default) = warnings and errors go to standard error.
-    /// Threads: called on the loading thread, and may be called on the
-    /// engine's worker threads until `zeph_engine_free` returns: it must be
-    /// safe to call from any thread, and must not call back into the engine.
+    /// the report of a panic caught in a worker, ...), with
+    /// `log_user_data` and a level; the message is valid during the call
+    /// only.  With a callback, nothing is written to standard error; NULL
+    /// (default) = warnings and errors go to standard error.
+    ///
+    /// Threads: unlike every other callback of this API, it runs on library
+    /// threads.  It is called on the thread that called `zeph_engine_new`
+    /// (or `zeph_engine_new_from_memory`) during that call, and afterwards
+    /// on the engine's worker threads (`n_workers` of them) until
+    /// `zeph_engine_free` returns; several workers may call it at the same
+    /// time, also while the loading call is still logging.  So it must be
+    /// safe to call from any thread, concurrently with itself, must return
+    /// promptly (a worker waits for it), and must not call into the engine.
     pub log: zeph_log_fn,
     /// Passed as is to `log`; never read by the library.
     pub log_user_data: *mut c_void,
+    /// Non-zero: read the whole model file into memory while loading
+    /// instead of memory-mapping it, so that the engine no longer uses the
+    /// file once `zeph_engine_new` returns: the file may then be truncated,
+    /// rewritten, replaced or deleted without harm.  For hosts that cannot
+    /// promise the file stays as it is while the engine lives (a mapped
+    /// file that shrinks kills the process with SIGBUS: see
+    /// `zeph_engine_new`).  The cost: the engine's memory holds a private
+    /// copy of the file (anonymous memory, not page cache shared with other
+    /// processes) and loading reads the whole file first.  It is the copy
+    /// `zeph_engine_new_from_memory` makes, which ignores this field.  0
+    /// (default) = map the file.
+    pub load_into_memory: u32,
+    /// Reserved for a later option; must be 0.
+    pub reserved2: u32,
 }
 
 // SAFETY: repr(C), `struct_size` first, no padding (the fields are laid
-// out in pairs of u32 and 8-byte fields).
+// out in pairs of u32 and 8-byte fields, the last pair two u32).
 unsafe impl Versioned for zeph_engine_options {
     const NAME: &'static str = "zeph_engine_options";
     // The first version ended before the callbacks.
@@ -89,11 +110,17 @@ unsafe impl Versioned for zeph_engine_options {
 }
 
 /// The load-progress callback of `zeph_engine_options`: `user_data`, then
-/// the fraction loaded (0 to 1); returns whether to go on.
+/// the fraction loaded (0 to 1); returns whether to go on.  Runs only on
+/// the thread that called `zeph_engine_new` (or
+/// `zeph_engine_new_from_memory`), before that call returns; never
+/// concurrently with itself.
 pub type zeph_progress_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, progress: f32) -> bool>;
 
-/// The log callback of `zeph_engine_options`.
+/// The log callback of `zeph_engine_options`: `user_data`, the level, and
+/// the message (NUL-terminated UTF-8, valid during the call only).  Runs
+/// on the loading thread and on the engine's worker threads, possibly on
+/// several at once: see `zeph_engine_options.log`.
 pub type zeph_log_fn = Option<
     unsafe extern "C" fn(user_data: *mut c_void, level: zeph_log_level, message: *const c_char),
 >;
@@ -129,6 +156,8 @@ pub extern "C" fn zeph_engine_options_default() -> zeph_engine_options {
         progress_user_data: std::ptr::null_mut(),
         log: None,
         log_user_data: std::ptr::null_mut(),
+        load_into_memory: 0,
+        reserved2: 0,
     }
 }
 /// # Safety
@@ -162,6 +191,7 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
             n => n as usize,
         },
         kv_memory: (o.kv_memory_mib as usize) << 20,
+        load_into_memory: o.load_into_memory != 0,
         progress: o.progress.map(|f| {
             let user = UserData(o.progress_user_data);
             Arc::new(move |done: f32| {
@@ -190,6 +220,11 @@ pub(crate) unsafe fn engine_options(ptr: *const zeph_engine_options) -> Result<E
     if o.reserved != 0 {
         return Err(Error::invalid_argument(
             "zeph_engine_options.reserved must be 0",
+        ));
+    }
+    if o.reserved2 != 0 {
+        return Err(Error::invalid_argument(
+            "zeph_engine_options.reserved2 must be 0",
         ));
     }
     options.validate()?;

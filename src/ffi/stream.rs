@@ -19,8 +19,9 @@ use crate::error::{Error, ErrorKind};
 ///
 /// Threads: `zeph_stream_next` and `zeph_stream_for_each` are for one
 /// consumer thread at a time; `zeph_stream_cancel` and `zeph_stream_usage`
-/// may be called from any thread at any time.  No library thread calls into
-/// the caller: pieces are pulled.
+/// may be called from any thread at any time.  A stream never calls the
+/// caller from a library thread: pieces are pulled (the engine's `log`
+/// callback is the one callback that runs on library threads).
 pub struct zeph_stream {
     stream: Stream,
     /// Where `zeph_stream_for_each` is (IDLE, PULLING, CALLING, FREED).

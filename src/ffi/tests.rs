@@ -173,6 +173,28 @@ fn option_structs_are_read_within_their_struct_size() {
 }
 
 #[test]
+fn engine_options_of_a_caller_built_before_load_into_memory_are_read_as_before() {
+    // A caller compiled against the header before `load_into_memory`: its
+    // struct ends at `log_user_data`, and the bytes past it (here a
+    // non-zero sentinel) are not its own.
+    let old = std::mem::offset_of!(zeph_engine_options, load_into_memory);
+    let mut eo = zeph_engine_options_default();
+    eo.n_workers = 3;
+    eo.load_into_memory = 1;
+    let mut buf = caller_buffer(eo, std::mem::size_of::<zeph_engine_options>());
+    unsafe { (buf.as_mut_ptr() as *mut u32).write(old as u32) };
+    let got = unsafe { engine_options::engine_options(buf.as_ptr() as *const _) }.unwrap();
+    assert_eq!(got.n_workers, 3);
+    assert!(!got.load_into_memory, "read past the caller's struct_size");
+    // The current size reads the field; the reserved field after it must be 0.
+    let got = unsafe { engine_options::engine_options(&eo) }.unwrap();
+    assert!(got.load_into_memory);
+    eo.reserved2 = 1;
+    let e = unsafe { engine_options::engine_options(&eo) }.unwrap_err();
+    assert!(e.message.contains("reserved2"), "{}", e.message);
+}
+
+#[test]
 fn too_many_stop_strings_are_refused_before_the_array_is_read() {
     let one: [*const c_char; 1] = [c"x".as_ptr()];
     let mut o = zeph_generate_options_default();

@@ -3,7 +3,10 @@
  * case, threads, streams.  Built with -std=c11 -Wall -Wextra -Wpedantic
  * -Werror and run under valgrind by `make test-c`.
  *
- *   test_capi <smollm2.gguf> <fixtures-dir>
+ *   test_capi <smollm2.gguf> <fixtures-dir>            the shipped library
+ *   test_capi <smollm2.gguf> <fixtures-dir> --faults   a library built with
+ *       the cargo feature fault-injection: injected panics only (see
+ *       test_injected_panics)
  *
  * The fixtures (tiny random-weight models written by
  * tests/fixtures/make_fixtures.rs) keep the many-request cases fast under
@@ -383,6 +386,63 @@ static void test_loading_from_memory_and_callbacks(void) {
     zeph_engine_free(e);
 }
 
+/* load_into_memory: the file is read into memory while loading and not used
+ * afterwards.  A copy of the fixture, loaded so, then truncated and rewritten
+ * in place (which kills a process that maps the file, with SIGBUS): the
+ * engine answers as an engine on the untouched fixture does. */
+static void test_load_into_memory(void) {
+    zeph_engine_options eo = zeph_engine_options_default();
+    check(eo.load_into_memory == 0 && eo.reserved2 == 0, "load_into_memory is off by default", NULL);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/in-memory.gguf", tmpdir);
+    copy_file(tiny_path, path, 0, NULL, NULL);
+    eo.load_into_memory = 1;
+    zeph_engine *e = NULL;
+    expect(zeph_engine_new(path, &eo, &e), ZEPH_STATUS_OK, "load_into_memory: the copy loads", NULL);
+    zeph_engine *ref = open_engine(tiny_path, 1, 4);
+    check(truncate(path, 0) == 0, "load_into_memory: the file truncated under the engine", NULL);
+    write_file(path, "not a model any more", 20);
+    zeph_generate_options o = greedy(16);
+    char *a = NULL, *b = NULL;
+    expect(zeph_engine_complete(e, "hello", &o, &a, NULL), ZEPH_STATUS_OK,
+           "load_into_memory: generates after its file was truncated and rewritten", NULL);
+    expect(zeph_engine_complete(ref, "hello", &o, &b, NULL), ZEPH_STATUS_OK, "the untouched fixture generates", NULL);
+    check(a && b && strcmp(a, b) == 0, "load_into_memory: the same text as from the untouched file", NULL);
+    zeph_stream *s = NULL;
+    expect(zeph_engine_stream_complete(e, "hello", &o, &s), ZEPH_STATUS_OK, "load_into_memory: a stream", NULL);
+    char joined[4096] = "", *piece = NULL;
+    zeph_status st;
+    while ((st = zeph_stream_next(s, 3600000, &piece)) == ZEPH_STATUS_OK && piece) {
+        strncat(joined, piece, sizeof joined - strlen(joined) - 1);
+        zeph_string_free(piece);
+    }
+    expect_status(st, ZEPH_STATUS_OK, "load_into_memory: the stream ends");
+    check(b && strcmp(joined, b) == 0, "load_into_memory: the stream adds up to the same text", joined);
+    zeph_stream_free(s);
+    zeph_string_free(a);
+    zeph_string_free(b);
+    zeph_engine_free(e);
+    zeph_engine_free(ref);
+
+    /* What the file now holds is read, and refused, as any file is. */
+    e = (zeph_engine *)&passed;
+    expect(zeph_engine_new(path, &eo, &e), ZEPH_STATUS_MODEL, "load_into_memory: a file that is no model", path);
+    unlink(path);
+    expect(zeph_engine_new(path, &eo, &e), ZEPH_STATUS_IO, "load_into_memory: a missing file", path);
+    check(e == (zeph_engine *)&passed, "load_into_memory: engine_out untouched on failure", NULL);
+    eo.reserved2 = 1;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_INVALID_ARGUMENT, "engine options reserved2 must be 0",
+           "reserved2");
+
+    /* A caller compiled before load_into_memory: what lies past its
+     * struct_size (here both new fields, non-zero) is not read. */
+    eo.struct_size = (uint32_t)offsetof(zeph_engine_options, load_into_memory);
+    e = NULL;
+    expect(zeph_engine_new(tiny_path, &eo, &e), ZEPH_STATUS_OK,
+           "engine options without load_into_memory: the bytes past struct_size are not read", NULL);
+    zeph_engine_free(e);
+}
+
 static void test_real_model(void) {
     zeph_engine *e = open_engine(model_path, 1, 4);
     zeph_generate_options o = greedy(8);
@@ -673,10 +733,12 @@ static void test_concurrency(void) {
     zeph_engine_free(e);
 }
 
-/* Panic injection is a test build's feature (tests/faults.rs runs it): the
- * library under test here is the production build, which never reads
- * ZEPH_FAULT. */
-static void test_panics(void) {
+/* ---- panics ------------------------------------------------------------------ */
+
+/* Panic injection is a test build's feature: only a library built with the
+ * cargo feature fault-injection reads ZEPH_FAULT.  The shipped library, which
+ * this program runs against without --faults, must ignore it. */
+static void test_faults_ignored(void) {
     const char *faults[] = {"caller-panic", "worker-panic"};
     for (int i = 0; i < 2; i++) {
         setenv("ZEPH_FAULT", faults[i], 1);
@@ -690,6 +752,142 @@ static void test_panics(void) {
         zeph_string_free(text);
         zeph_engine_free(e);
     }
+}
+
+/* What the log callback saw of a worker's panics: how many reports, on
+ * which threads.  Locked: several workers may report at once. */
+struct panic_reports {
+    pthread_mutex_t lock;
+    pthread_t caller;
+    int errors, naming_fault, on_caller_thread;
+};
+
+static void on_panic_report(void *user_data, zeph_log_level level, const char *message) {
+    struct panic_reports *r = user_data;
+    pthread_mutex_lock(&r->lock);
+    if (level == ZEPH_LOG_ERROR) {
+        r->errors++;
+        if (strstr(message, "ZEPH_FAULT=worker-panic")) r->naming_fault++;
+        if (pthread_equal(pthread_self(), r->caller)) r->on_caller_thread++;
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static zeph_engine *open_with_fault(const char *fault, const zeph_engine_options *eo) {
+    setenv("ZEPH_FAULT", fault, 1);
+    zeph_engine *e = NULL;
+    zeph_status s = zeph_engine_new(tiny_path, eo, &e);
+    unsetenv("ZEPH_FAULT");
+    if (s != ZEPH_STATUS_OK) {
+        fprintf(stderr, "cannot open %s: %s: %s\n", tiny_path, zeph_status_name(s), zeph_last_error());
+        exit(1);
+    }
+    return e;
+}
+
+/* The engine goes on after its panics: the calls that do not reach the
+ * injected fault (tokenizing on the caller's thread, an embedding on the
+ * same worker) still work. */
+static void check_engine_goes_on(zeph_engine *e, const char *fault) {
+    char name[128];
+    uint32_t ids[64];
+    size_t n = 0;
+    snprintf(name, sizeof name, "%s: tokenize still works after the panics", fault);
+    expect(zeph_engine_tokenize(e, "hello world", true, true, ids, 64, &n), ZEPH_STATUS_OK, name, NULL);
+    size_t dim = 0;
+    zeph_engine_embed(e, "hello", ZEPH_POOLING_MEAN, NULL, 0, &dim);
+    float *v = calloc(dim ? dim : 1, sizeof *v);
+    snprintf(name, sizeof name, "%s: the worker still serves an embedding after the panics", fault);
+    expect(zeph_engine_embed(e, "hello", ZEPH_POOLING_MEAN, v, dim, &n), ZEPH_STATUS_OK, name, NULL);
+    free(v);
+}
+
+/* Run with --faults, against build/fault-injection/libzeph_llm.so (the
+ * crate built with the cargo feature fault-injection).  Each injected panic
+ * must become ZEPH_STATUS_PANIC with a message, print nothing (`make test-c`
+ * fails on "panicked at" in standard error), and leave the engine, its
+ * workers and the process working. */
+static void test_injected_panics(void) {
+    zeph_generate_options o = greedy(4);
+    char *text = NULL;
+    zeph_message chat[] = {{"user", "hi"}};
+
+    /* caller-panic: every generation call panics on the calling thread. */
+    zeph_engine *e = open_with_fault("caller-panic", NULL);
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_PANIC, "caller-panic: complete returns PANIC",
+           "panic");
+    check(text == NULL, "caller-panic: text_out untouched", NULL);
+    expect(zeph_engine_chat(e, chat, 1, &o, &text, NULL), ZEPH_STATUS_PANIC, "caller-panic: chat returns PANIC",
+           "panic");
+    zeph_stream *s = NULL;
+    expect(zeph_engine_stream_complete(e, "a", &o, &s), ZEPH_STATUS_PANIC,
+           "caller-panic: a stream is refused with PANIC", "panic");
+    check(s == NULL, "caller-panic: stream_out untouched", NULL);
+    check_engine_goes_on(e, "caller-panic");
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_PANIC, "caller-panic: and PANIC again", "panic");
+    zeph_engine_free(e);
+
+    /* worker-panic, two workers, their reports to a log callback. */
+    struct panic_reports r = {.caller = pthread_self()};
+    pthread_mutex_init(&r.lock, NULL);
+    zeph_engine_options eo = zeph_engine_options_default();
+    eo.n_workers = 2;
+    eo.queue_capacity = 16;
+    eo.log = on_panic_report;
+    eo.log_user_data = &r;
+    e = open_with_fault("worker-panic", &eo);
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_PANIC, "worker-panic: complete returns PANIC",
+           "panic");
+    check(text == NULL, "worker-panic: text_out untouched", NULL);
+    call_t calls[8];
+    pthread_t threads[8];
+    for (int i = 0; i < 8; i++) {
+        calls[i] = (call_t){.engine = e, .prompt = "the same prompt", .options = greedy(4)};
+        pthread_create(&threads[i], NULL, run_call, &calls[i]);
+    }
+    bool all_panic = true;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(threads[i], NULL);
+        all_panic = all_panic && calls[i].status == ZEPH_STATUS_PANIC && calls[i].text == NULL;
+    }
+    check(all_panic, "worker-panic: 8 calls at once on two workers all return PANIC", NULL);
+    expect(zeph_engine_stream_complete(e, "a", &o, &s), ZEPH_STATUS_OK, "worker-panic: a stream starts", NULL);
+    char *piece = NULL;
+    expect(zeph_stream_next(s, 3600000, &piece), ZEPH_STATUS_PANIC, "worker-panic: the stream reports PANIC", "panic");
+    zeph_usage u = {.struct_size = sizeof u};
+    expect(zeph_stream_usage(s, &u), ZEPH_STATUS_OK, "worker-panic: the stream's usage", NULL);
+    check(u.finish_reason == ZEPH_FINISH_ERROR && u.status == ZEPH_STATUS_PANIC,
+          "worker-panic: the stream ended with ZEPH_FINISH_ERROR and status PANIC", NULL);
+    zeph_stream_free(s);
+    check_engine_goes_on(e, "worker-panic");
+    zeph_engine_free(e);
+    pthread_mutex_lock(&r.lock);
+    char detail[128];
+    snprintf(detail, sizeof detail, "%d error reports, %d naming the fault, %d on the caller's thread", r.errors,
+             r.naming_fault, r.on_caller_thread);
+    check(r.errors >= 2 && r.naming_fault == r.errors, "worker-panic: each panic is reported to the log callback",
+          detail);
+    check(r.on_caller_thread == 0, "worker-panic: the log callback ran on the workers, not the calling thread",
+          detail);
+    pthread_mutex_unlock(&r.lock);
+    pthread_mutex_destroy(&r.lock);
+
+    /* worker-panic without a log callback: nothing reaches standard error. */
+    e = open_with_fault("worker-panic", NULL);
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_PANIC,
+           "worker-panic, no log callback: complete returns PANIC", "panic");
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_PANIC,
+           "worker-panic, no log callback: and PANIC again", "panic");
+    zeph_engine_free(e);
+
+    /* The fault belongs to the engines made while ZEPH_FAULT was set: one
+     * made now answers, in the same process. */
+    e = open_engine(tiny_path, 1, 4);
+    expect(zeph_engine_complete(e, "a", &o, &text, NULL), ZEPH_STATUS_OK,
+           "after the panics, an engine made without ZEPH_FAULT answers", NULL);
+    check(text && valid_utf8(text), "and its text is UTF-8", NULL);
+    zeph_string_free(text);
+    zeph_engine_free(e);
 }
 
 /* ---- streams ------------------------------------------------------------------ */
@@ -1257,14 +1455,20 @@ static void test_embeddings(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s <smollm2.gguf> <fixtures-dir>\n", argv[0]);
+    bool faults = argc == 4 && strcmp(argv[3], "--faults") == 0;
+    if (argc < 3 || (argc > 3 && !faults)) {
+        fprintf(stderr, "usage: %s <smollm2.gguf> <fixtures-dir> [--faults]\n", argv[0]);
         return 2;
     }
     model_path = argv[1];
     fixtures = argv[2];
     snprintf(tiny_path, sizeof tiny_path, "%s/tiny-llama.gguf", fixtures);
     snprintf(bad_shape_path, sizeof bad_shape_path, "%s/bad-shape.gguf", fixtures);
+    if (faults) {
+        test_injected_panics();
+        printf("%d passed, %d failed\n", passed, failed);
+        return failed == 0 ? 0 : 1;
+    }
     snprintf(tmpdir, sizeof tmpdir, "%s/capi-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -1273,6 +1477,7 @@ int main(int argc, char **argv) {
 
     test_basics();
     test_loading();
+    test_load_into_memory();
     test_loading_from_memory_and_callbacks();
     test_real_model();
     test_requests();
@@ -1280,7 +1485,7 @@ int main(int argc, char **argv) {
     test_queue_full();
     test_shutdown();
     test_concurrency();
-    test_panics();
+    test_faults_ignored();
     test_streams();
     test_concurrent_streams();
     test_stream_endings();

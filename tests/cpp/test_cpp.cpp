@@ -1,10 +1,14 @@
 // Tests of the C++17 wrapper (include/zeph_llm.hpp) on the real model.
 //   test_cpp <smollm2.gguf>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "zeph_llm.hpp"
 
@@ -161,6 +165,27 @@ int main(int argc, char **argv) {
         eo.on_log = nullptr;
         check(status_of([&] { zeph::Engine cancelled(argv[1], eo); }) == ZEPH_STATUS_CANCELLED,
               "progress returning false cancels the load");
+    }
+
+    // load_into_memory: the engine outlives its file being truncated and
+    // rewritten (a mapped model would die of SIGBUS).
+    {
+        namespace fs = std::filesystem;
+        fs::path dir = fs::temp_directory_path() / ("zeph-cpp-" + std::to_string(::getpid()));
+        fs::create_directories(dir);
+        fs::path copy = dir / "model.gguf";
+        fs::copy_file(argv[1], copy, fs::copy_options::overwrite_existing);
+        zeph::EngineOptions eo;
+        eo.c.load_into_memory = 1;
+        zeph::Engine in_memory(copy.string(), eo);
+        fs::resize_file(copy, 0);
+        {
+            std::ofstream rewritten(copy, std::ios::binary);
+            rewritten << "not a model any more";
+        }
+        check(in_memory.complete("The capital of France is", greedy(8)) == kReference,
+              "load_into_memory: the model answers after its file was truncated and rewritten");
+        fs::remove_all(dir);
     }
 
     zeph::Engine moved = std::move(engine);

@@ -238,15 +238,23 @@ public final class Engine: @unchecked Sendable {
     /// Loads the model at `modelPath`.  `progress` runs on the calling
     /// thread while it loads (0 to 1; returning false cancels: the
     /// initializer throws `.cancelled`); `log` receives the library's
-    /// messages instead of standard error, from any of the engine's threads.
+    /// messages instead of standard error: on the calling thread while it
+    /// loads, then on the engine's worker threads, several at once, until
+    /// the engine is freed (so it is `@Sendable`, and must return promptly).
     /// `parallel`: sequences each worker runs together (0 = the library's
-    /// default, 4).
+    /// default, 4).  `loadIntoMemory`: read the whole file into memory
+    /// instead of memory-mapping it, so that it may be truncated, rewritten
+    /// or deleted afterwards without harm (a mapped file that shrinks kills
+    /// the process with SIGBUS); it costs a private copy of the file in
+    /// memory.
     public init(modelPath: String, workers: UInt32 = 1, parallel: UInt32 = 0,
+                loadIntoMemory: Bool = false,
                 progress: ((Float) -> Bool)? = nil,
                 log: (@Sendable (zeph_log_level, String) -> Void)? = nil) throws {
         var options = zeph_engine_options_default()
         options.n_workers = workers
         options.n_parallel = parallel
+        options.load_into_memory = loadIntoMemory ? 1 : 0
         let progressBox = progress.map(ProgressBox.init)
         if let box = progressBox {
             options.progress = { user, p in

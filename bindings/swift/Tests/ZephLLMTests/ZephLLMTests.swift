@@ -165,4 +165,23 @@ final class ZephLLMTests: XCTestCase {
             guard case .cancelled = error as? ZephError else { return XCTFail("\(error)") }
         }
     }
+
+    /// With `loadIntoMemory` the engine no longer needs its file: truncated
+    /// and rewritten (which would kill a process that maps it with SIGBUS),
+    /// the model still answers as before.
+    func testLoadIntoMemoryOutlivesTheFile() async throws {
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("zeph-swift-\(ProcessInfo.processInfo.processIdentifier)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let copy = dir.appendingPathComponent("model.gguf")
+        try FileManager.default.copyItem(at: URL(fileURLWithPath: try modelPath()), to: copy)
+        let engine = try Engine(modelPath: copy.path, loadIntoMemory: true)
+        let file = try FileHandle(forWritingTo: copy)
+        try file.truncate(atOffset: 0)
+        try file.close()
+        try Data("not a model any more".utf8).write(to: copy)  // in place, not atomic
+        let text = try await engine.complete("The capital of France is", options: .greedy(maxTokens: 8))
+        XCTAssertEqual(text, reference)
+    }
 }
