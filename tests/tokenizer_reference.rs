@@ -159,3 +159,67 @@ fn bytes_without_a_token_are_left_out_as_llama_cpp_does() {
         }
     }
 }
+
+/// llama.cpp's test vocabularies (`models/ggml-vocab-NAME.gguf` in its
+/// source, fetched by `scripts/fetch-models.sh llama-vocabs`) with the
+/// tokenizations its own tokenizer test expects (`.inp`: texts separated
+/// by `\n__ggml_vocab_test__\n`; `.out`: one line of ids per text), read
+/// as its `test-tokenizer-0` reads them: no BOS/EOS added, special tokens
+/// not parsed.  One vocabulary per tokenizer kind the README claims.
+fn llama_vocab(name: &str) {
+    let dir = common::model_path("llama-vocabs");
+    let base = dir.join(format!("ggml-vocab-{name}.gguf"));
+    let gguf = Gguf::open(&base).unwrap();
+    let tok = Tokenizer::load(&gguf, None).unwrap();
+    let inp = std::fs::read_to_string(base.with_extension("gguf.inp")).unwrap();
+    let out = std::fs::read_to_string(base.with_extension("gguf.out")).unwrap();
+    // The file ends with the separator, which closes the last text.
+    let texts: Vec<&str> = inp
+        .strip_suffix("\n__ggml_vocab_test__\n")
+        .unwrap_or(&inp)
+        .split("\n__ggml_vocab_test__\n")
+        .collect();
+    let want: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(texts.len(), want.len(), "{name}: .inp and .out disagree");
+    let mut failures = Vec::new();
+    for (text, want) in texts.iter().zip(&want) {
+        let got = tok.encode(text, false, false).unwrap();
+        if &got != want {
+            failures.push(format!("{text:?}:\n  got  {got:?}\n  want {want:?}"));
+        }
+    }
+    println!(
+        "{name}: {} of {} texts as llama.cpp",
+        texts.len() - failures.len(),
+        texts.len()
+    );
+    assert!(failures.is_empty(), "{name}:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn llama_cpp_vocab_llama_spm() {
+    llama_vocab("llama-spm");
+}
+
+#[test]
+fn llama_cpp_vocab_phi_3() {
+    llama_vocab("phi-3");
+}
+
+#[test]
+fn llama_cpp_vocab_gpt_2() {
+    llama_vocab("gpt-2");
+}
+
+#[test]
+fn llama_cpp_vocab_llama_bpe() {
+    llama_vocab("llama-bpe");
+}
+
+#[test]
+fn llama_cpp_vocab_qwen2() {
+    llama_vocab("qwen2");
+}
