@@ -15,8 +15,10 @@ fn engine() -> &'static Engine {
 }
 
 /// A near-tie: two logits closer than this are ordered by the last bits of
-/// the sums, which differ between SIMD levels (AVX2 and AVX-512 add their
-/// lanes in different orders, as do llama.cpp's kernels and ours).
+/// the sums, which differ between llama.cpp's kernels and ours (llama.cpp
+/// adds in other orders).  Ours give the same bits at every SIMD level
+/// (README, "Nor on the CPU"), so where a near-tie flips is the same on
+/// every CPU.
 const NEAR_TIE: f32 = 0.1;
 
 /// Teacher-forced on llama.cpp's continuation: the first position whose
@@ -78,11 +80,11 @@ fn greedy_completion_equals_llama_cpp() {
         .complete("The capital of France is", &greedy(24))
         .unwrap();
     // The same tokens and text as llama.cpp, up to the first near-tie the
-    // two order differently (measured here: none at AVX2; at AVX-512 the
-    // 15th generated token, 0.041 apart out of 29.8).
+    // two order differently (measured: the 15th generated token, 0.041
+    // apart out of 29.8; the same at every SIMD level).
     let agreed =
         first_near_tie_flip(&common::ids(&case["prompt_ids"]), &want_ids).unwrap_or(want_ids.len());
-    assert!(agreed >= 12, "only {agreed} tokens before a near-tie");
+    assert!(agreed >= 14, "only {agreed} tokens before a near-tie");
     assert_eq!(c.tokens[..agreed], want_ids[..agreed]);
     let want_text: Vec<u8> = pieces[..agreed].concat();
     assert!(
