@@ -150,10 +150,6 @@ fn a_stream_gives_the_same_logprobs_once_it_has_ended() {
     let blocking = engine.complete("Hello", &options).unwrap();
     let stream = engine.stream_complete("Hello", &options).unwrap();
     assert!(stream.logprobs().is_none());
-    while stream
-        .next(std::time::Duration::from_secs(60))
-        .unwrap()
-        .is_some()
-    {}
+    while stream.next(common::HANG_GUARD).unwrap().is_some() {}
     assert_eq!(stream.logprobs().unwrap(), blocking.logprobs);
 }

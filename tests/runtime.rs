@@ -20,7 +20,7 @@ fn weights(model: &str, backend: Backend) -> Box<dyn Weights> {
 /// continuation: sequences the model finds natural, with chat markup.
 fn sequences(model: &str) -> Vec<Vec<u32>> {
     let reference = common::reference();
-    reference["models"][model]["greedy"]
+    let seqs: Vec<Vec<u32>> = reference["models"][model]["greedy"]
         .as_array()
         .unwrap()
         .iter()
@@ -29,7 +29,10 @@ fn sequences(model: &str) -> Vec<Vec<u32>> {
             s.extend(common::ids(&case["greedy_ids"]));
             s
         })
-        .collect()
+        .collect();
+    // No sequence would make every comparison pass.
+    assert!(!seqs.is_empty(), "{model}: no reference sequences");
+    seqs
 }
 
 /// Logits at every position of `seq`, one token per pass.
