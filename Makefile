@@ -170,8 +170,10 @@ test-c-asan: models fixtures $(BUILD)/test_capi_asan $(BUILD)/test_capi_faults_a
 # tests/c/stress.c).  `make stress`: 1000 calls per thread, each within its
 # deadline + 100 ms, resident memory within 5% of after warm-up;
 # `make test-stress` (part of make test): 20 calls per thread under the
-# sanitizers (leaks, undefined behaviour), whose slower program is allowed
-# 500 ms past a deadline.
+# sanitizers (leaks, undefined behaviour) and documented statuses; how late
+# a call returns is for `make stress` to judge (a test passes or fails on
+# what happened, not on how fast): here 60 s past a deadline only catches a
+# hang.
 STRESS_THREADS ?= 16
 STRESS_CALLS   ?= 1000
 
@@ -189,7 +191,7 @@ stress: models $(BUILD)/stress
 	$(BUILD)/stress "$(MODEL)" $(STRESS_THREADS) $(STRESS_CALLS) 1
 
 test-stress: models $(BUILD)/stress_asan
-	$(SANENV) $(BUILD)/stress_asan "$(MODEL)" $(STRESS_THREADS) 20 0 500
+	$(SANENV) $(BUILD)/stress_asan "$(MODEL)" $(STRESS_THREADS) 20 0 60000
 
 $(BUILD)/example_cpp: examples-c/example.cpp include/zeph_llm.h $(LIB) | $(BUILD)
 

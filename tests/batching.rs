@@ -6,9 +6,10 @@ mod common;
 
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::greedy;
+use common::{greedy, HANG_GUARD};
+use zeph_llm::engine::Stream;
 use zeph_llm::model::{self, SeqInput};
 use zeph_llm::{
     CancelToken, Completion, Engine, EngineOptions, ErrorKind, FinishReason, GenerateOptions,
@@ -148,11 +149,36 @@ fn a_batch_of_sequences_gives_each_its_own_logits_bit_for_bit() {
     }
 }
 
+/// Every piece of `stream` to its end.
+fn text_of(stream: &Stream) -> String {
+    let mut text = String::new();
+    while let Some(p) = stream.next(HANG_GUARD).unwrap() {
+        text.push_str(&p);
+    }
+    text
+}
+
+/// The error `stream` ends with, reading it to there.
+fn error_of(stream: &Stream) -> ErrorKind {
+    loop {
+        match stream.next(HANG_GUARD) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(e) => return e.kind,
+        }
+    }
+}
+
 #[test]
 fn a_cancelled_or_timed_out_sequence_leaves_the_others_unchanged() {
-    let e = Arc::new(engine("smollm2", 4));
+    let e = engine("smollm2", 4);
+    // Forty tokens each (one of the two would end at once by itself).
+    let forty = |i| GenerateOptions {
+        ignore_eog: true,
+        ..options(i, 40)
+    };
     let want: Vec<String> = (0..2)
-        .map(|i| e.complete(PROMPTS[i], &options(i, 40)).unwrap().text)
+        .map(|i| e.complete(PROMPTS[i], &forty(i)).unwrap().text)
         .collect();
     let token = Arc::new(CancelToken::new());
     let mut cancelled = greedy(4000);
@@ -161,28 +187,26 @@ fn a_cancelled_or_timed_out_sequence_leaves_the_others_unchanged() {
     let mut timed = greedy(4000);
     timed.ignore_eog = true;
     timed.timeout = Some(Duration::from_millis(300));
-    let doomed: Vec<_> = [cancelled, timed]
-        .into_iter()
-        .map(|o| {
-            let e = e.clone();
-            thread::spawn(move || e.complete("Count to a thousand:", &o))
-        })
+    // Streams, so that a first piece says a sequence runs: the cancelled one
+    // and the two others run together when the token is cancelled.
+    let doomed: Vec<Stream> = [cancelled, timed]
+        .iter()
+        .map(|o| e.stream_complete("Count to a thousand:", o).unwrap())
         .collect();
-    let others: Vec<_> = (0..2)
-        .map(|i| {
-            let e = e.clone();
-            thread::spawn(move || e.complete(PROMPTS[i], &options(i, 40)).unwrap().text)
-        })
+    let others: Vec<Stream> = (0..2)
+        .map(|i| e.stream_complete(PROMPTS[i], &forty(i)).unwrap())
         .collect();
-    thread::sleep(Duration::from_millis(100));
+    let mut firsts = Vec::new();
+    for s in &others {
+        firsts.push(s.next(HANG_GUARD).unwrap().unwrap());
+    }
+    assert!(doomed[0].next(HANG_GUARD).unwrap().is_some());
     token.cancel();
-    let kinds: Vec<ErrorKind> = doomed
-        .into_iter()
-        .map(|d| d.join().unwrap().unwrap_err().kind)
-        .collect();
+    // Unread, the timed one pauses: it cannot end before its deadline.
+    let kinds: Vec<ErrorKind> = doomed.iter().map(error_of).collect();
     assert_eq!(kinds, [ErrorKind::Cancelled, ErrorKind::Timeout]);
-    for (w, o) in want.iter().zip(others) {
-        assert_eq!(&o.join().unwrap(), w);
+    for ((w, s), first) in want.iter().zip(&others).zip(firsts) {
+        assert_eq!(&(first + &text_of(s)), w);
     }
 }
 
@@ -192,9 +216,10 @@ fn an_unread_stream_pauses_only_its_own_sequence() {
     let mut o = greedy(4000);
     o.ignore_eog = true;
     let unread = e.stream_complete("Count to a thousand:", &o).unwrap();
+    // Its first piece: the worker runs it.
+    assert!(unread.next(HANG_GUARD).unwrap().is_some());
     // While that stream waits for a reader, other requests run to the end
     // on the same worker.
-    thread::sleep(Duration::from_millis(200));
     for (i, prompt) in PROMPTS.iter().enumerate().take(3) {
         let mut o = options(i, 32);
         o.ignore_eog = true;
@@ -205,7 +230,7 @@ fn an_unread_stream_pauses_only_its_own_sequence() {
     // at most its buffer, and reading it lets it go on.
     let mut n = 0;
     while n < 100 {
-        assert!(unread.next(Duration::from_secs(30)).unwrap().is_some());
+        assert!(unread.next(HANG_GUARD).unwrap().is_some());
         n += 1;
     }
     unread.cancel();
@@ -214,39 +239,33 @@ fn an_unread_stream_pauses_only_its_own_sequence() {
 #[test]
 fn shutdown_with_eight_sequences_in_flight_returns_every_caller() {
     let e = Arc::new(engine("smollm2", 8));
-    let callers: Vec<_> = (0..8)
+    // Eight streams, each running once its first piece came ...
+    let streams: Vec<Stream> = (0..8)
         .map(|i| {
-            let e = e.clone();
             let mut o = options(i, 4000);
             o.ignore_eog = true;
-            thread::spawn(move || e.complete(PROMPTS[i], &o))
+            e.stream_complete(PROMPTS[i], &o).unwrap()
         })
         .collect();
-    let streams: Vec<_> = (0..2)
+    for s in &streams {
+        assert!(s.next(HANG_GUARD).unwrap().is_some());
+    }
+    // ... and two blocking callers waiting for a slot (or about to).
+    let callers: Vec<_> = (0..2)
         .map(|_| {
+            let e = e.clone();
             let mut o = greedy(4000);
             o.ignore_eog = true;
-            e.stream_complete("streamed", &o).unwrap()
+            thread::spawn(move || e.complete("waiting", &o))
         })
         .collect();
-    thread::sleep(Duration::from_millis(300));
-    let start = Instant::now();
     e.shutdown();
     for c in callers {
         assert_eq!(c.join().unwrap().unwrap_err().kind, ErrorKind::Shutdown);
     }
-    for s in streams {
-        let mut last = s.next(Duration::from_secs(5));
-        while let Ok(Some(_)) = last {
-            last = s.next(Duration::from_secs(5));
-        }
-        assert_eq!(last.unwrap_err().kind, ErrorKind::Shutdown);
+    for s in &streams {
+        assert_eq!(error_of(s), ErrorKind::Shutdown);
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
 }
 
 #[test]
@@ -286,17 +305,15 @@ fn the_kv_memory_bound_refuses_waits_and_then_serves() {
         assert_eq!(c.text, alone.text);
         assert_eq!(c.usage.finish_reason, FinishReason::Length);
     }
-    // One that cannot wait long enough times out with a clear status.
-    let blocker = {
-        let e = e.clone();
-        let o = o.clone();
-        thread::spawn(move || e.complete("The land", &o).unwrap())
-    };
-    thread::sleep(Duration::from_millis(50));
+    // One that cannot wait long enough times out with a clear status.  The
+    // memory is held by a stream that runs (its first piece came) and,
+    // unread, pauses: it cannot end and give the memory back meanwhile.
+    let blocker = e.stream_complete("The land", &o).unwrap();
+    assert!(blocker.next(HANG_GUARD).unwrap().is_some());
     let mut short = o.clone();
     short.timeout = Some(Duration::from_millis(100));
     short.cache_prompt = false;
     let err = e.complete("Other", &short).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
-    blocker.join().unwrap();
+    drop(blocker);
 }

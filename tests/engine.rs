@@ -6,13 +6,24 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fixtures, greedy};
+use common::{fixtures, greedy, occupy_a_slot, HANG_GUARD};
 use zeph_llm::{CancelToken, Engine, EngineOptions, ErrorKind, FinishReason};
 
 fn tiny(options: EngineOptions) -> Engine {
     Engine::new(&fixtures().join("tiny-llama.gguf"), options).unwrap()
+}
+
+/// One worker with one sequence slot: a request waits in the queue while
+/// another holds the slot.
+fn one_slot(queue_capacity: usize) -> EngineOptions {
+    EngineOptions {
+        n_workers: 1,
+        n_parallel: 1,
+        queue_capacity,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -61,32 +72,58 @@ fn context_overflow_names_the_numbers() {
 
 #[test]
 fn timeout_returns_and_the_worker_is_free_for_the_next_request() {
-    let e = tiny(EngineOptions::default());
-    let long = "x".repeat(200);
+    let e = tiny(one_slot(4));
+    // Queued behind a request that holds the only slot, a 1 ms deadline
+    // passes before the worker can take it.
+    let holder = occupy_a_slot(&e);
     let mut o = greedy(50);
     o.timeout = Some(Duration::from_millis(1));
-    let err = e.complete(&long, &o).unwrap_err();
+    let err = e.complete(&"x".repeat(200), &o).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout);
-    // The next request completes; its queue wait shows that the worker did
-    // not go on with the cancelled one (which runs far longer than this).
-    let c = e.complete("hi", &greedy(2)).unwrap();
+    drop(holder);
+    // The worker does not run the request that gave up: the next one gets
+    // the slot (within the guard, which only catches a hang).
+    let mut o = greedy(2);
+    o.timeout = Some(HANG_GUARD);
+    let c = e.complete("hi", &o).unwrap();
     assert_eq!(c.usage.completion_tokens, 2);
 }
 
 #[test]
 fn cancel_token_stops_a_running_request_from_another_thread() {
-    let e = Arc::new(tiny(EngineOptions::default()));
+    let e = tiny(one_slot(4));
     let token = Arc::new(CancelToken::new());
     let mut o = greedy(4000);
     o.cancel = Some(token.clone());
-    let t = {
+    // Streamed, so that its first piece says the worker runs it; not read
+    // meanwhile, it pauses, so it cannot end before the token is cancelled.
+    let running = e.stream_complete("a", &o).unwrap();
+    assert!(running.next(HANG_GUARD).unwrap().is_some());
+    let canceller = token.clone();
+    thread::spawn(move || canceller.cancel()).join().unwrap();
+    let err = loop {
+        match running.next(HANG_GUARD) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the request ended by itself"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
+    // A blocking call, waiting in the queue behind a slot holder, is woken
+    // by its token from another thread.
+    let e = Arc::new(e);
+    let holder = occupy_a_slot(&e);
+    let token = Arc::new(CancelToken::new());
+    let mut o = greedy(2);
+    o.cancel = Some(token.clone());
+    let caller = {
         let e = e.clone();
         thread::spawn(move || e.complete("a", &o))
     };
-    thread::sleep(Duration::from_millis(20));
     token.cancel();
-    let err = t.join().unwrap().unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Cancelled);
+    let err = caller.join().unwrap().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
+    drop(holder);
     // An already-cancelled token fails at once, without queueing.
     let mut o = greedy(2);
     o.cancel = Some(token);
@@ -95,50 +132,33 @@ fn cancel_token_stops_a_running_request_from_another_thread() {
 
 #[test]
 fn full_queue_is_reported_not_dropped() {
-    let e = Arc::new(tiny(EngineOptions {
-        n_workers: 1,
-        n_parallel: 1,
-        queue_capacity: 1,
-        ..Default::default()
-    }));
+    let e = tiny(one_slot(1));
+    let holder = occupy_a_slot(&e);
+    // The one place in the queue: a stream call returns once it is queued.
     let token = Arc::new(CancelToken::new());
-    let busy = |e: &Arc<Engine>| {
-        let e = e.clone();
-        let mut o = greedy(4000);
-        o.cancel = Some(token.clone());
-        thread::spawn(move || e.complete("a", &o))
-    };
-    let running = busy(&e);
-    thread::sleep(Duration::from_millis(50));
-    let queued = busy(&e);
-    thread::sleep(Duration::from_millis(50));
+    let mut o = greedy(4000);
+    o.cancel = Some(token.clone());
+    let queued = e.stream_complete("a", &o).unwrap();
+    // Nothing leaves the queue while the holder keeps the slot.
     let mut o = greedy(2);
     o.timeout = Some(Duration::from_millis(100));
     let err = e.complete("b", &o).unwrap_err();
     assert_eq!(err.kind, ErrorKind::QueueFull, "{err}");
     token.cancel();
-    for t in [running, queued] {
-        assert_eq!(t.join().unwrap().unwrap_err().kind, ErrorKind::Cancelled);
-    }
-    assert!(e.complete("b", &greedy(2)).is_ok());
+    assert_eq!(
+        queued.next(HANG_GUARD).unwrap_err().kind,
+        ErrorKind::Cancelled
+    );
+    drop(holder);
+    let mut o = greedy(2);
+    o.timeout = Some(HANG_GUARD);
+    assert!(e.complete("b", &o).is_ok());
 }
 
 #[test]
 fn a_request_that_gave_up_does_not_keep_its_queue_place() {
-    let e = Arc::new(tiny(EngineOptions {
-        n_workers: 1,
-        n_parallel: 1,
-        queue_capacity: 1,
-        ..Default::default()
-    }));
-    let token = Arc::new(CancelToken::new());
-    let running = {
-        let e = e.clone();
-        let mut o = greedy(4000);
-        o.cancel = Some(token.clone());
-        thread::spawn(move || e.complete("a", &o))
-    };
-    thread::sleep(Duration::from_millis(50));
+    let e = tiny(one_slot(1));
+    let holder = occupy_a_slot(&e);
     // Takes the only place in the queue, then times out there.
     let mut o = greedy(2);
     o.timeout = Some(Duration::from_millis(50));
@@ -148,33 +168,30 @@ fn a_request_that_gave_up_does_not_keep_its_queue_place() {
     o.timeout = Some(Duration::from_millis(150));
     let err = e.complete("c", &o).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
-    token.cancel();
-    assert_eq!(
-        running.join().unwrap().unwrap_err().kind,
-        ErrorKind::Cancelled
-    );
+    drop(holder);
 }
 
 #[test]
 fn shutdown_wakes_every_waiting_caller_and_refuses_later_calls() {
-    let e = Arc::new(tiny(EngineOptions {
-        n_workers: 1,
-        queue_capacity: 4,
-        ..Default::default()
-    }));
+    let e = Arc::new(tiny(one_slot(4)));
+    // One request running (the holder), three waiting behind it, queued or
+    // about to be: shutdown answers them all, wherever they are.
+    let holder = occupy_a_slot(&e);
     let callers: Vec<_> = (0..3)
         .map(|_| {
             let e = e.clone();
             thread::spawn(move || e.complete("a", &greedy(4000)))
         })
         .collect();
-    thread::sleep(Duration::from_millis(50));
-    let start = Instant::now();
     e.shutdown();
     for c in callers {
         assert_eq!(c.join().unwrap().unwrap_err().kind, ErrorKind::Shutdown);
     }
-    assert!(start.elapsed() < Duration::from_secs(5));
+    let mut last = holder.next(HANG_GUARD);
+    while let Ok(Some(_)) = last {
+        last = holder.next(HANG_GUARD);
+    }
+    assert_eq!(last.unwrap_err().kind, ErrorKind::Shutdown);
     assert_eq!(
         e.complete("a", &greedy(2)).unwrap_err().kind,
         ErrorKind::Shutdown

@@ -1,6 +1,10 @@
-//! Log-probabilities against an independent computation: the log-softmax
-//! (in the test, in f64) of the reference decoder's logits (candle), fed
-//! the same prompt and, teacher-forced, the tokens the engine generated.
+//! Log-probabilities against the reference decoder: the log-softmax (in
+//! the test, in f64) of its logits, fed the same prompt and, teacher-forced,
+//! the tokens the engine generated.  A self-consistency check, not an
+//! independent one: the reference decoder computes through the runtime's
+//! portable kernels and its logits equal the runtime's bit for bit
+//! (tests/runtime.rs).  What is checked here is the engine's side: which
+//! token and which distribution each entry describes, and its log-softmax.
 
 mod common;
 
@@ -52,18 +56,26 @@ fn compare(model: &str, prompt: &str, options: &GenerateOptions, t: f64) -> Vec<
     pairs
 }
 
-fn check(model: &str, pairs: &[(f64, f64)], tolerance: f64) {
+/// The logits being the same bits, the two log-probabilities differ only
+/// by the engine's rounding of its f64 result to f32 (at most an f32 ulp)
+/// and by the order of the two f64 sums (the engine adds the candidates best
+/// first, the test in vocabulary order: ~1e-15 of log Z).
+fn check(model: &str, pairs: &[(f64, f64)]) {
     let worst = pairs
         .iter()
         .map(|(a, b)| (a - b).abs())
         .fold(0f64, f64::max);
-    let mean = pairs.iter().map(|(a, b)| (a - b).abs()).sum::<f64>() / pairs.len() as f64;
     println!(
-        "{model}: {} tokens, |ours - reference| mean {mean:.4}, worst {worst:.4}",
+        "{model}: {} tokens, |ours - reference| at most {worst:.2e}",
         pairs.len()
     );
-    assert!(worst < tolerance, "{model}: {pairs:?}");
-    assert!(mean < tolerance / 2.5, "{model}: {pairs:?}");
+    for &(ours, reference) in pairs {
+        let bound = reference.abs() * f32::EPSILON as f64 + 1e-12;
+        assert!(
+            (ours - reference).abs() <= bound,
+            "{model}: {ours} vs the reference's {reference}: {pairs:?}"
+        );
+    }
 }
 
 #[test]
@@ -74,7 +86,7 @@ fn greedy_logprobs_are_the_reference_log_softmax() {
             ..greedy(16)
         };
         let pairs = compare(model, "The capital of France is", &options, 1.0);
-        check(model, &pairs, 0.25);
+        check(model, &pairs);
     }
 }
 
@@ -94,8 +106,10 @@ fn sampled_logprobs_follow_the_temperature() {
         },
         ..Default::default()
     };
-    let pairs = compare("smollm2", "Once upon a time", &options, 0.7);
-    check("smollm2", &pairs, 0.35);
+    // The temperature as the engine reads it (0.7 as an f32).
+    let t = options.sampling.temperature as f64;
+    let pairs = compare("smollm2", "Once upon a time", &options, t);
+    check("smollm2", &pairs);
 }
 
 #[test]
@@ -136,10 +150,6 @@ fn a_stream_gives_the_same_logprobs_once_it_has_ended() {
     let blocking = engine.complete("Hello", &options).unwrap();
     let stream = engine.stream_complete("Hello", &options).unwrap();
     assert!(stream.logprobs().is_none());
-    while stream
-        .next(std::time::Duration::from_secs(60))
-        .unwrap()
-        .is_some()
-    {}
+    while stream.next(common::HANG_GUARD).unwrap().is_some() {}
     assert_eq!(stream.logprobs().unwrap(), blocking.logprobs);
 }

@@ -1,7 +1,9 @@
 //! The CPU runtime against the reference decoder (candle), on the real test
-//! models: the same top token at >= 99% of positions and the same logits,
-//! bit for bit; and a token's logits bit-identical however the prompt
-//! is split into passes and however many threads compute it.
+//! models: the same logits and hidden states, bit for bit (a
+//! self-consistency check: the reference computes through the runtime's
+//! portable kernels, in the order the runtime specifies); and a token's
+//! logits bit-identical however the prompt is split into passes and however
+//! many threads compute it.
 
 mod common;
 
@@ -18,7 +20,7 @@ fn weights(model: &str, backend: Backend) -> Box<dyn Weights> {
 /// continuation: sequences the model finds natural, with chat markup.
 fn sequences(model: &str) -> Vec<Vec<u32>> {
     let reference = common::reference();
-    reference["models"][model]["greedy"]
+    let seqs: Vec<Vec<u32>> = reference["models"][model]["greedy"]
         .as_array()
         .unwrap()
         .iter()
@@ -27,7 +29,10 @@ fn sequences(model: &str) -> Vec<Vec<u32>> {
             s.extend(common::ids(&case["greedy_ids"]));
             s
         })
-        .collect()
+        .collect();
+    // No sequence would make every comparison pass.
+    assert!(!seqs.is_empty(), "{model}: no reference sequences");
+    seqs
 }
 
 /// Logits at every position of `seq`, one token per pass.
@@ -75,7 +80,6 @@ fn against_reference(model: &str) {
     // tolerance on values is none.  (Before the order was specified, two
     // float orders gave 97.0% / 94.7% top-1 and differences of ~7% of the
     // largest logit, from activation roundings turned at near-ties.)
-    assert!(pct >= 99.0, "{model}: top-1 agreement {pct:.1}% < 99%");
     assert_eq!(
         identical, total,
         "{model}: logits differ at some positions (largest {worst:e})"
@@ -166,11 +170,7 @@ fn gemma3_beyond_the_sliding_window() {
     }
     assert_eq!(whole, last, "one pass vs chunks of 97");
     let want = reference.new_session().forward(&seq, 0).unwrap();
-    assert_eq!(
-        argmax(&whole),
-        argmax(&want),
-        "top token after 700 positions"
-    );
+    assert_eq!(whole, want, "the logits after 700 positions");
     // Going back further than the ring keeps is refused (0 kept) ...
     assert_eq!(s.truncate(100), 0);
     // ... while going back a little keeps the cache, and equals a fresh run.
@@ -182,8 +182,8 @@ fn gemma3_beyond_the_sliding_window() {
 }
 
 /// The hidden states embeddings are made of: every position's, from both
-/// decoders, close row by row (cosine ≥ 0.99); the runtime's the same
-/// however the sequence is split into passes.
+/// decoders, the same bits; the runtime's the same however the sequence is
+/// split into passes.
 fn hidden_states_agree(model: &str) {
     let cpu = weights(model, Backend::Cpu { threads: 2 });
     let reference = weights(model, Backend::Reference);
@@ -201,11 +201,11 @@ fn hidden_states_agree(model: &str) {
         "{model}: hidden states depend on the split into passes"
     );
     for (t, (x, y)) in a.chunks(n).zip(b.chunks(n)).enumerate() {
-        let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
-        let nx: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
-        let ny: f64 = y.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
-        let cos = dot / (nx * ny);
-        assert!(cos >= 0.99, "{model}: position {t}: cosine {cos}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(x) == bits(y),
+            "{model}: position {t}: the hidden states differ"
+        );
     }
 }
 
@@ -247,7 +247,7 @@ fn same_bits_at_every_level(model: &str, test: &str) {
         println!("digest {digest:016x}");
         return;
     }
-    let levels = zeph_llm::runtime::simd::available();
+    let levels = zeph_llm::runtime::simd::levels_to_test();
     assert!(!levels.is_empty());
     let here = zeph_llm::runtime::simd::configured();
     for level in levels.into_iter().filter(|&l| l != here) {

@@ -4,9 +4,9 @@ mod common;
 
 use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::greedy;
+use common::{greedy, occupy_a_slot, HANG_GUARD};
 use zeph_llm::{CancelToken, Engine, EngineOptions, ErrorKind, FinishReason, Message};
 
 fn smollm2() -> &'static Engine {
@@ -22,7 +22,7 @@ fn tiny(options: EngineOptions) -> Engine {
 
 fn collect(stream: &zeph_llm::engine::Stream) -> Vec<String> {
     let mut pieces = Vec::new();
-    while let Some(p) = stream.next(Duration::from_secs(60)).unwrap() {
+    while let Some(p) = stream.next(HANG_GUARD).unwrap() {
         pieces.push(p);
     }
     pieces
@@ -77,50 +77,65 @@ fn chat_streams_too() {
     assert_eq!(collect(&stream).concat(), whole.text);
 }
 
+/// One worker with one sequence slot.
+fn one_slot() -> EngineOptions {
+    EngineOptions {
+        n_workers: 1,
+        n_parallel: 1,
+        ..Default::default()
+    }
+}
+
+/// Runs a request beside `stream` (on an engine with a free slot) long
+/// enough that the stream, unread, has certainly filled its buffer and
+/// paused: it runs in every step the other request needs (one per token),
+/// far more than its buffer holds.
+fn until_paused(e: &Engine) {
+    let c = e.complete("b", &greedy(200)).unwrap();
+    assert_eq!(c.usage.completion_tokens, 200);
+}
+
 #[test]
 fn next_with_a_short_timeout_lets_the_stream_go_on() {
-    let e = tiny(EngineOptions::default());
-    let stream = e.stream_complete("a", &greedy(3000)).unwrap();
-    let mut timeouts = 0;
-    let mut pieces = 0;
-    loop {
-        match stream.next(Duration::from_millis(0)) {
-            Err(err) if err.kind == ErrorKind::Timeout => {
-                timeouts += 1;
-                thread::sleep(Duration::from_millis(1));
-            }
-            Ok(Some(_)) => pieces += 1,
-            Ok(None) => break,
-            Err(err) => panic!("{err}"),
-        }
-    }
-    assert!(timeouts > 0);
-    assert!(pieces > 0);
-    assert_eq!(stream.usage().unwrap().completion_tokens, 3000);
+    let e = tiny(one_slot());
+    // Queued behind a request that holds the only slot, the stream has no
+    // piece yet: a zero wait times out.
+    let holder = occupy_a_slot(&e);
+    let stream = e.stream_complete("a", &greedy(300)).unwrap();
+    assert_eq!(
+        stream.next(Duration::ZERO).unwrap_err().kind,
+        ErrorKind::Timeout
+    );
+    drop(holder);
+    // And the stream goes on.
+    assert!(!collect(&stream).is_empty());
+    assert_eq!(stream.usage().unwrap().completion_tokens, 300);
 }
 
 #[test]
 fn cancel_from_another_thread_ends_the_stream() {
     let e = tiny(EngineOptions::default());
     let stream = Arc::new(e.stream_complete("a", &greedy(4000)).unwrap());
-    assert!(stream.next(Duration::from_secs(10)).unwrap().is_some());
+    assert!(stream.next(HANG_GUARD).unwrap().is_some());
     let s = stream.clone();
-    let t = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(20));
-        let at = Instant::now();
-        s.cancel();
-        at
-    });
+    let mut canceller = Some(thread::spawn(move || s.cancel()));
+    let mut read = 0;
     let err = loop {
-        match stream.next(Duration::from_secs(10)) {
-            Ok(Some(_)) => continue,
+        // Read on while the other thread cancels; after some pieces, wait
+        // for it: unread, the stream pauses, so it cannot end first.
+        if read == 50 {
+            canceller.take().unwrap().join().unwrap();
+        }
+        match stream.next(HANG_GUARD) {
+            Ok(Some(_)) => read += 1,
             Ok(None) => panic!("the stream ended on its own"),
             Err(e) => break e,
         }
     };
-    let cancelled_at = t.join().unwrap();
+    if let Some(t) = canceller {
+        t.join().unwrap();
+    }
     assert_eq!(err.kind, ErrorKind::Cancelled);
-    println!("cancel to return: {:?}", cancelled_at.elapsed());
     assert_eq!(
         stream.usage().unwrap().finish_reason,
         FinishReason::Cancelled
@@ -135,13 +150,17 @@ fn cancel_from_another_thread_ends_the_stream() {
 #[test]
 fn the_request_deadline_ends_a_stream_with_timeout() {
     let e = tiny(EngineOptions::default());
+    let deadline = Duration::from_millis(50);
     let mut o = greedy(4000);
-    o.timeout = Some(Duration::from_millis(50));
+    o.timeout = Some(deadline);
     let stream = e.stream_complete("a", &o).unwrap();
+    // Unread, the stream pauses once its buffer is full: it cannot end
+    // before its deadline, which has passed once this sleep returns.
+    thread::sleep(deadline);
     let err = loop {
-        match stream.next(Duration::from_secs(10)) {
+        match stream.next(HANG_GUARD) {
             Ok(Some(_)) => continue,
-            Ok(None) => panic!("4000 tokens in 50 ms"),
+            Ok(None) => panic!("the stream ended before its deadline"),
             Err(e) => break e,
         }
     };
@@ -153,15 +172,17 @@ fn the_request_deadline_ends_a_stream_with_timeout() {
 fn an_unread_stream_does_not_buffer_without_bound() {
     let e = tiny(EngineOptions::default());
     let stream = e.stream_complete("a", &greedy(4000)).unwrap();
-    thread::sleep(Duration::from_millis(300));
+    until_paused(&e);
+    // The worker ran 200 steps beside the stream: unbounded, it would hold
+    // some 200 pieces; it ran ahead by its buffer (32) at most, then waited.
+    // (Counted while the worker may refill what is read: a few at most.)
     let mut ready = 0;
     while let Ok(Some(_)) = stream.next(Duration::ZERO) {
         ready += 1;
     }
-    // The worker ran ahead by at most the stream's buffer, then waited.
-    assert!((1..=40).contains(&ready), "{ready} pieces were waiting");
+    assert!((32..=100).contains(&ready), "{ready} pieces were waiting");
     // Reading again lets it finish.
-    while stream.next(Duration::from_secs(60)).unwrap().is_some() {}
+    while stream.next(HANG_GUARD).unwrap().is_some() {}
     assert_eq!(stream.usage().unwrap().completion_tokens, 4000);
 }
 
@@ -169,35 +190,37 @@ fn an_unread_stream_does_not_buffer_without_bound() {
 fn a_freed_stream_cancels_its_work() {
     let e = tiny(EngineOptions {
         n_workers: 1,
+        n_parallel: 2,
         ..Default::default()
     });
     let stream = e.stream_complete("a", &greedy(4000)).unwrap();
-    assert!(stream.next(Duration::from_secs(10)).unwrap().is_some());
+    // Paused with a full buffer, the stream can no longer end by itself:
+    // only cancelling it frees its slot.
+    until_paused(&e);
+    let holder = occupy_a_slot(&e);
     drop(stream);
-    // The one worker is free again: a short request is not queued behind
-    // the rest of the 4,000 tokens.
-    let c = e.complete("b", &greedy(2)).unwrap();
-    let solo = e.complete("c", &greedy(2)).unwrap();
-    assert!(
-        c.usage.queue_time < solo.usage.generation_time * 20 + Duration::from_millis(50),
-        "queued {:?}",
-        c.usage.queue_time
-    );
+    // The other slot is held: this request runs only in the freed one.
+    let mut o = greedy(2);
+    o.timeout = Some(HANG_GUARD);
+    let c = e.complete("b", &o).unwrap();
+    assert_eq!(c.usage.completion_tokens, 2);
+    drop(holder);
 }
 
 #[test]
 fn a_blocking_call_is_cancelled_by_its_token() {
-    let e = Arc::new(tiny(EngineOptions::default()));
+    let e = Arc::new(tiny(one_slot()));
+    // Waiting behind a request that holds the only slot, the call cannot
+    // end by itself before its token is cancelled.
+    let holder = occupy_a_slot(&e);
     let token = Arc::new(CancelToken::new());
     let mut o = greedy(4000);
     o.cancel = Some(token.clone());
     let e2 = e.clone();
     let t = thread::spawn(move || e2.complete("a", &o));
-    thread::sleep(Duration::from_millis(30));
-    let at = Instant::now();
     token.cancel();
     assert_eq!(t.join().unwrap().unwrap_err().kind, ErrorKind::Cancelled);
-    println!("blocking cancel to return: {:?}", at.elapsed());
+    drop(holder);
 }
 
 #[test]
@@ -270,19 +293,21 @@ fn a_conversation_that_outgrows_the_context_is_an_error() {
 fn freeing_the_engine_does_not_wait_for_an_unread_stream() {
     let e = tiny(EngineOptions::default());
     let stream = e.stream_complete("a", &greedy(4000)).unwrap();
-    // Let the worker fill the stream's buffer and wait for a reader.
-    thread::sleep(Duration::from_millis(300));
-    let start = Instant::now();
-    drop(e);
+    // The worker has filled the stream's buffer and waits for a reader.
+    until_paused(&e);
+    let (done, freed) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        drop(e);
+        done.send(()).unwrap();
+    });
     assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
+        freed.recv_timeout(HANG_GUARD).is_ok(),
+        "freeing the engine hangs on the unread stream"
     );
     // The stream outlives its engine safely: it reports the shutdown.
-    let mut last = stream.next(Duration::from_secs(1));
+    let mut last = stream.next(HANG_GUARD);
     while let Ok(Some(_)) = last {
-        last = stream.next(Duration::from_secs(1));
+        last = stream.next(HANG_GUARD);
     }
     assert_eq!(last.unwrap_err().kind, ErrorKind::Shutdown);
 }

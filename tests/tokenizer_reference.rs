@@ -11,6 +11,7 @@ fn check(model: &str) {
     let tok = Tokenizer::load(&gguf, None).unwrap();
     let reference = common::reference();
     let cases = reference["models"][model]["tokenize"].as_array().unwrap();
+    assert!(!cases.is_empty(), "{model}: no reference cases");
     let mut failures = Vec::new();
     for case in cases {
         let text = case["text"].as_str().unwrap();

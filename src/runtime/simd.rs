@@ -2,6 +2,7 @@
 //! library is built for the baseline x86-64 (or any other target) and picks
 //! its kernels from what the CPU reports, never from compile-time flags.
 
+use std::io::Write;
 use std::sync::OnceLock;
 
 /// A family of kernels.  Ordered: a CPU that runs one level runs every
@@ -48,34 +49,102 @@ pub fn configured() -> SimdLevel {
     })
 }
 
-/// Every level this CPU can run, lowest first: tests run each kernel at
-/// each of them.
+/// Every level this CPU can run, lowest first.
 pub fn available() -> Vec<SimdLevel> {
     let best = detected();
-    [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
+    ALL.into_iter().filter(|&l| l <= best).collect()
+}
+
+const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+
+/// For a test that compares the levels: every level this CPU can run (as
+/// [`available`]).  The levels it cannot run are named on standard error,
+/// once per test, so that a pass on a smaller CPU is not read as a pass at
+/// every level.
+#[doc(hidden)]
+pub fn levels_to_test() -> Vec<SimdLevel> {
+    let levels = available();
+    let names: Vec<&str> = levels.iter().map(|l| l.name()).collect();
+    note_untested(&format!("compared only {}", names.join(", ")));
+    levels
+}
+
+/// For a test that needs `level`: whether this CPU runs it.  When it does
+/// not, the test is named NOT TESTED as by [`levels_to_test`].
+#[doc(hidden)]
+pub fn can_test(level: SimdLevel) -> bool {
+    let runs = level <= detected();
+    if !runs {
+        note_untested(&format!("did not run (it needs {})", level.name()));
+    }
+    runs
+}
+
+/// Writes, once per test (the tests ask inside their loops), which levels
+/// this CPU cannot run and what the test did instead.  Written to the
+/// stream itself: the test harness captures `eprintln!`, not this.
+fn note_untested(instead: &str) {
+    let untested: Vec<SimdLevel> = ALL.into_iter().filter(|&l| l > detected()).collect();
+    let Some(&highest) = untested.last() else {
+        return;
+    };
+    static NOTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let mut noted = NOTED.lock().unwrap_or_else(|e| e.into_inner());
+    if noted.contains(&test) {
+        return;
+    }
+    let names: Vec<&str> = untested.iter().map(|l| l.name()).collect();
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOT TESTED on this CPU: {} (the CPU lacks {}); {test} {instead}",
+        names.join(", "),
+        missing_features(highest).join(", "),
+    );
+    noted.push(test);
+}
+
+/// The CPU features each level needs, and whether this CPU has them.
+#[cfg(target_arch = "x86_64")]
+fn features() -> [(&'static str, SimdLevel, bool); 8] {
+    use SimdLevel::{Avx2, Avx512};
+    [
+        ("avx2", Avx2, is_x86_feature_detected!("avx2")),
+        ("fma", Avx2, is_x86_feature_detected!("fma")),
+        ("f16c", Avx2, is_x86_feature_detected!("f16c")),
+        ("avx512f", Avx512, is_x86_feature_detected!("avx512f")),
+        ("avx512bw", Avx512, is_x86_feature_detected!("avx512bw")),
+        ("avx512vl", Avx512, is_x86_feature_detected!("avx512vl")),
+        ("avx512dq", Avx512, is_x86_feature_detected!("avx512dq")),
+        ("avx512vnni", Avx512, is_x86_feature_detected!("avx512vnni")),
+    ]
+}
+
+/// What this CPU lacks for `level` (a level needs every feature of the
+/// levels below it too).
+#[cfg(target_arch = "x86_64")]
+fn missing_features(level: SimdLevel) -> Vec<&'static str> {
+    features()
         .into_iter()
-        .filter(|&l| l <= best)
+        .filter(|&(_, needed_by, has)| needed_by <= level && !has)
+        .map(|(name, ..)| name)
         .collect()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn missing_features(_: SimdLevel) -> Vec<&'static str> {
+    vec!["x86-64"]
 }
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> SimdLevel {
-    let avx2 = is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c");
-    let avx512 = avx2
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512dq")
-        && is_x86_feature_detected!("avx512vnni");
-    if avx512 {
-        SimdLevel::Avx512
-    } else if avx2 {
-        SimdLevel::Avx2
-    } else {
-        SimdLevel::Scalar
-    }
+    ALL.into_iter()
+        .rev()
+        .find(|&l| missing_features(l).is_empty())
+        .unwrap_or(SimdLevel::Scalar)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -6,9 +6,11 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
+use zeph_llm::engine::Stream;
 use zeph_llm::log::{LogLevel, Logger};
-use zeph_llm::{EngineOptions, GenerateOptions, SamplingOptions};
+use zeph_llm::{Engine, EngineOptions, GenerateOptions, SamplingOptions};
 
 /// Path of a test model.  `ZEPH_MODEL` overrides the default (smollm2)
 /// model; otherwise the fetch script downloads it if needed.  A model that
@@ -105,4 +107,24 @@ pub fn logging_options() -> (EngineOptions, LogLines) {
         ..Default::default()
     };
     (options, lines)
+}
+
+/// How long a test waits for something that comes within milliseconds: a
+/// guard against a hang, never a measure of speed (that is `make bench`'s).
+pub const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// Takes one sequence slot of `e` and keeps it until the stream returned is
+/// cancelled or dropped: a stream nobody reads pauses once its buffer is
+/// full, so it never ends by itself.  Returns once its first piece came,
+/// that is once a worker runs it.
+pub fn occupy_a_slot(e: &Engine) -> Stream {
+    let options = GenerateOptions {
+        ignore_eog: true,
+        timeout: Some(Duration::from_secs(3600)),
+        ..greedy(4000)
+    };
+    let stream = e.stream_complete("a", &options).unwrap();
+    let first = stream.next(HANG_GUARD).unwrap();
+    assert!(first.is_some(), "the slot holder ended at once");
+    stream
 }

@@ -434,7 +434,7 @@ mod tests {
     fn one_hot_matches_dequantize() {
         let mut rng = Rng(0x1234_5678_9abc_def1);
         for ty in TYPES {
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let n = 37;
                 let wb = weights(ty, n, &mut rng);
                 let w = &wb[1..];
@@ -456,7 +456,7 @@ mod tests {
     fn dot_matches_f64_reference() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for ty in TYPES {
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let f = dot_fn(ty, level);
                 for n in LENS {
                     for _ in 0..4 {
@@ -506,7 +506,7 @@ mod tests {
             &[2, 0, 3, 1],
         ];
         for ty in TYPES {
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let f = dot_fn(ty, level);
                 for n in LENS {
                     let wb = weights(ty, n, &mut rng);
@@ -549,7 +549,7 @@ mod tests {
                 let a: Vec<&[f32]> = cols.iter().map(|c| c.as_slice()).collect();
                 let mut want = [0f32; 4];
                 unsafe { portable(w, &a, &mut want) };
-                for level in simd::available() {
+                for level in simd::levels_to_test() {
                     let mut got = [1f32; 4];
                     unsafe { dot_fn(ty, level)(w, &a, &mut got) };
                     for c in 0..4 {
@@ -567,7 +567,7 @@ mod tests {
     #[test]
     fn empty_row_is_zero() {
         for ty in TYPES {
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let mut out = [1f32; 2];
                 let e: &[f32] = &[];
                 unsafe { dot_fn(ty, level)(&[], &[e, e], &mut out) };

@@ -768,7 +768,7 @@ pub(crate) mod tests {
                     let mut acts = ActRows::new();
                     acts.quantize(&x, 4, k);
                     let rows: Vec<_> = (0..4).map(|i| acts.row(i)).collect();
-                    for level in simd::available() {
+                    for level in simd::levels_to_test() {
                         let f = dot_fn(ty, level);
                         let mut out = [0f32; 4];
                         unsafe { f(&w, &rows, &mut out) };
@@ -805,7 +805,7 @@ pub(crate) mod tests {
                     let rows: Vec<_> = (0..n).map(|i| acts.row(i)).collect();
                     let mut want = vec![0f32; n];
                     unsafe { portable(&w, &rows, &mut want) };
-                    for level in simd::available() {
+                    for level in simd::levels_to_test() {
                         let mut got = vec![1f32; n];
                         unsafe { dot_fn(ty, level)(&w, &rows, &mut got) };
                         for c in 0..n {
@@ -832,7 +832,7 @@ pub(crate) mod tests {
             let mut acts = ActRows::new();
             acts.quantize(&x, 4, k);
             let rows: Vec<_> = (0..4).map(|i| acts.row(i)).collect();
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let f = dot_fn(ty, level);
                 let single: Vec<f32> = (0..4)
                     .map(|c| {
@@ -881,7 +881,7 @@ pub(crate) mod tests {
                     blk[at..at + 2].copy_from_slice(&h(0.25));
                 }
             }
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let f = dot_fn(ty, level);
                 let mut out = [1f32];
                 unsafe { f(&zero, &rows, &mut out) };

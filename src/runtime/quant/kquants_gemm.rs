@@ -778,7 +778,7 @@ mod tests {
                     let mut acts = ActRows::new();
                     acts.quantize(&x, 4, k);
                     let cols: Vec<_> = (0..4).map(|i| acts.row(i)).collect();
-                    for level in simd::available() {
+                    for level in simd::levels_to_test() {
                         let Some((pack, f)) = gemm(ty, level) else {
                             continue;
                         };
@@ -820,7 +820,7 @@ mod tests {
                 let x = random_acts(4, k, &mut rng);
                 let mut acts = ActRows::new();
                 acts.quantize(&x, 4, k);
-                for level in simd::available() {
+                for level in simd::levels_to_test() {
                     let Some((pack, f)) = gemm(ty, level) else {
                         continue;
                     };
@@ -866,7 +866,7 @@ mod tests {
                     blk[at..at + 2].copy_from_slice(&h(0.25));
                 }
             }
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let Some((pack, f)) = gemm(ty, level) else {
                     continue;
                 };
@@ -902,7 +902,7 @@ mod tests {
             let mut acts = ActRows::new();
             acts.quantize(&x, 4, k);
             let cols: Vec<_> = (0..4).map(|i| acts.row(i)).collect();
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let Some((pack, f)) = gemm(ty, level) else {
                     continue;
                 };
@@ -940,7 +940,7 @@ mod tests {
     /// The AVX2 kernels give the AVX-512 kernels' results bit for bit.
     #[test]
     fn avx2_and_avx512_kernels_give_the_same_bits() {
-        if !simd::available().contains(&SimdLevel::Avx512) {
+        if !simd::can_test(SimdLevel::Avx512) {
             return;
         }
         let mut rng = Rng(0x5eed);
@@ -973,7 +973,7 @@ mod tests {
     fn packing_preserves_size() {
         let mut rng = Rng(7);
         for &ty in &TYPES {
-            for level in simd::available() {
+            for level in simd::levels_to_test() {
                 let Some((pack, _)) = gemm(ty, level) else {
                     continue;
                 };
