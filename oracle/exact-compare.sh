@@ -6,11 +6,16 @@
 # each with the whole vocabulary at every position, then
 # oracle/near-ties.py's figures.
 #
-#   oracle/exact-compare.sh [smollm2] [gemma3] [1b]      (default: all three)
+#   oracle/exact-compare.sh [smollm2] [gemma3] [1b] [1b8] [smollm2-f32] [gemma3-f32] [1b-f32]
+#                                          (default: smollm2 gemma3 1b)
 #
 # 1b is a Llama-3.2-1B-shaped model with random weights and SmolLM2's
 # vocabulary (oracle/make-1b.py), written in F32 and quantized to Q8_0 by
 # llama-quantize; both files stay in build/ (4.3 GB and 1.2 GB).
+# 1b8 is the 1b model on eight sequences (the first two are 1b's).
+# NAME-f32 is the check of exact.py itself: the same model with every tensor
+# dequantized to F32 (oracle/dequant-f32.py; the 1b's F32 original), which
+# neither runtime quantizes activations for, so both must land within ~1e-3.
 # Environment: LLAMA_BIN (default build/llama.cpp/bin), GGUF_PY (llama.cpp's
 # gguf-py, default build/llama.cpp/src/gguf-py), PY (a Python with numpy;
 # default build/venv-exact/bin/python, made on first use),
@@ -49,6 +54,12 @@ model_path() {
         "$bin/llama-quantize" "$f32" "$q8" Q8_0 >&2
       fi
       echo "$q8" ;;
+    1b8) model_path 1b ;;
+    1b-f32) model_path 1b >/dev/null; echo "$out/llama-1b-random.f32.gguf" ;;
+    smollm2-f32 | gemma3-f32)
+      local f="$out/${1%-f32}.f32.gguf"
+      [ -f "$f" ] || "$py" oracle/dequant-f32.py "$(model_path "${1%-f32}")" "$f" >&2
+      echo "$f" ;;
     *) log "unknown model $1"; exit 2 ;;
   esac
 }
@@ -56,7 +67,7 @@ model_path() {
 for m in "${@:-smollm2 gemma3 1b}"; do
   for name in $m; do
     model="$(model_path "$name")"
-    read -r -a seqs <<<"$("$py" oracle/exact-seqs.py "$name")"
+    read -r -a seqs <<<"$("$py" oracle/exact-seqs.py "${name%-f32}")"
     log "$name: llama.cpp"
     "$bin/llama-oracle" "$model" "$out/$name.llama.bin" -t 2 -k 16 -f all "${seqs[@]}"
     log "$name: ours"

@@ -8,6 +8,8 @@ space-separated sequences) for llama-oracle, exact.py and oracle-ours.
   1b               two sequences of 40 token ids, drawn with a fixed seed from
                    SmolLM2's vocabulary (the 1B file has random weights, so
                    any ids serve)
+  1b8              eight such sequences, the first two those of 1b (more
+                   near ties for the same model)
 """
 import json
 import os
@@ -21,9 +23,9 @@ if which in ("smollm2", "gemma3"):
     with open(os.path.join(root, "tests/data/llamacpp-tokens-and-greedy.json")) as f:
         cases = json.load(f)["models"][which]["greedy"]
     seqs = [c["prompt_ids"] + c["greedy_ids"] for c in cases]
-elif which == "1b":
+elif which in ("1b", "1b8"):
     rng = np.random.default_rng(20_4)
-    seqs = [rng.integers(0, 49152, size=40).tolist() for _ in range(2)]
+    seqs = [rng.integers(0, 49152, size=40).tolist() for _ in range(2 if which == "1b" else 8)]
 else:
-    sys.exit("usage: exact-seqs.py smollm2|gemma3|1b")
+    sys.exit("usage: exact-seqs.py smollm2|gemma3|1b|1b8")
 print(" ".join(",".join(str(t) for t in s) for s in seqs))

@@ -43,6 +43,18 @@ src/models/gemma3.cpp, llama-graph.cpp's build_norm/build_ffn/build_attn):
 The norm weights are used as stored (Gemma's converter already added 1).
 Rope scaling (linear/YaRN) and llama3 rope_freqs are not supported: the
 program refuses a file that has them.
+
+Diagnostic only: --emulate q8 rounds every matrix product's input as both
+runtimes do before their int8 dot products (Q8_K, blocks of 256, for K-quant
+weights; Q8_0/Q8_1, blocks of 32 with an f16 scale, for the others), and
+--emulate kv16 rounds K and V to f16 (the KV cache); --emulate fa16 runs
+attention as llama.cpp's CPU flash attention does for a batch of fewer than
+64 queries (ggml-cpu ops.cpp, ggml_compute_forward_flash_attn_ext_f16_one_chunk:
+Q rounded to f16, K/V f16, the output accumulated key by key in an f16 vector
+with an online softmax), and --emulate gelu16 takes GELU from llama.cpp's
+f16 table (ggml-cpu vec.h, GGML_GELU_FP16: f16(gelu(f16(x))) for |x| < 10);
+everything else stays float64.  The difference between a side's logits and
+these says how much of its error those approximations explain.
 """
 
 import argparse
@@ -57,6 +69,80 @@ try:
     from gguf import quants
 except ImportError:  # pragma: no cover
     sys.exit("exact.py: needs the gguf package (PYTHONPATH=.../llama.cpp/gguf-py or pip install gguf)")
+
+
+K_QUANTS = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
+EMULATE = set()
+
+
+def q8(x, wtype):
+    """x as the int8 activation blocks llama.cpp's vec_dot_type for wtype holds."""
+    if wtype in ("F32", "F16", "BF16"):
+        return x
+    shape = x.shape
+    if wtype in K_QUANTS:
+        # quantize_row_q8_K_ref: the signed extreme maps to -127.
+        b = x.reshape(-1, 256).astype(np.float32)
+        idx = np.argmax(np.abs(b), axis=1)
+        mx = b[np.arange(b.shape[0]), idx]
+        iscale = np.where(mx != 0, np.float32(-127.0) / np.where(mx != 0, mx, 1), 0).astype(np.float32)
+        q = np.minimum(np.rint(b * iscale[:, None]), 127)
+        d = np.where(iscale != 0, np.float32(1) / np.where(iscale != 0, iscale, 1), 0).astype(np.float32)
+        return (q * d[:, None].astype(np.float64)).reshape(shape)
+    # quantize_row_q8_0 / q8_1: d = amax / 127 (stored as f16), q = round(x / d).
+    b = x.reshape(-1, 32).astype(np.float32)
+    d = (np.abs(b).max(axis=1) / np.float32(127)).astype(np.float32)
+    idn = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = np.rint(b * idn[:, None])
+    return (q * d.astype(np.float16).astype(np.float64)[:, None]).reshape(shape)
+
+
+def mm(x, w, wtype):
+    """x @ w.T, x rounded as the runtimes round it under --emulate q8."""
+    if "q8" in EMULATE:
+        x = q8(x, wtype)
+    return x @ w.T
+
+
+def f16(x):
+    return np.asarray(x).astype(np.float16).astype(np.float64)
+
+
+def kv16(x):
+    return f16(x) if EMULATE & {"kv16", "fa16", "p16"} else x
+
+
+def gelu16(x):
+    """ggml's GGML_GELU_FP16 table lookup."""
+    y = f16(gelu_tanh(f16(x)).astype(np.float32))
+    return np.where(x <= -10, 0.0, np.where(x >= 10, x, y))
+
+
+def attention_fa16(q, k, v, scale, window):
+    """llama.cpp's one-chunk CPU flash attention (f16 Q, f16 accumulator)."""
+    T, H, d = q.shape
+    group = H // k.shape[1]
+    q = f16(q)
+    out = np.empty((T, H, v.shape[-1]))
+    for p in range(T):
+        lo = 0 if window is None else max(0, p - window + 1)
+        s_all = np.einsum("hd,thd->ht", q[p], k[lo:p + 1][:, np.arange(H) // group, :]) * scale
+        s_all = s_all.astype(np.float32).astype(np.float64)
+        vv = v[lo:p + 1][:, np.arange(H) // group, :]
+        acc = np.zeros((H, v.shape[-1]))
+        M = np.full(H, -np.inf)
+        S = np.zeros(H)
+        for j in range(p + 1 - lo):
+            s = s_all[:, j]
+            new = s > M
+            ms = np.where(new, np.exp(np.where(new, M - s, 0.0)), 1.0)
+            vs = np.where(new, 1.0, np.exp(s - np.where(new, s, M)))
+            acc = np.where(new[:, None], f16(acc * ms[:, None]), acc)
+            M = np.where(new, s, M)
+            acc = f16(acc + vv[j] * vs[:, None])
+            S = S * ms + vs
+        out[p] = acc / S[:, None]
+    return out
 
 
 class Model:
@@ -169,6 +255,10 @@ def attention(q, k, v, scale, window):
     mask = diff >= 0
     if window is not None:
         mask &= diff < window
+    if "fa16" in EMULATE:
+        return attention_fa16(q, k, v, scale, window)
+    if "p16" in EMULATE:
+        q = f16(q)
     out = np.empty((T, H, v.shape[-1]))
     for h in range(H):
         kv = h // group
@@ -177,6 +267,8 @@ def attention(q, k, v, scale, window):
         s = s - s.max(axis=1, keepdims=True)
         e = np.exp(s)
         e /= e.sum(axis=1, keepdims=True)
+        if "p16" in EMULATE:
+            e = f16(e)
         out[:, h, :] = e @ v[:, kv, :]
     return out
 
@@ -196,40 +288,45 @@ def forward(m, seqs):
     tied = not m.has("output.weight")
     if not tied:
         del emb
-    act = gelu_tanh if m.act == "gelu" else silu
+    act = (gelu16 if "gelu16" in EMULATE else gelu_tanh) if m.act == "gelu" else silu
     for il in range(m.n_layer):
         b = f"blk.{il}."
         L = {n[len(b):]: m.w(n) for n in m.tensors if n.startswith(b)}
+        ty = {n[len(b):]: m.tensors[n].tensor_type.name for n in m.tensors if n.startswith(b)}
         for j, x in enumerate(hs):
             T = x.shape[0]
             pos = np.arange(T)
             cur = rms_norm(x, L["attn_norm.weight"], m.eps)
-            q = (cur @ L["attn_q.weight"].T).reshape(T, m.n_head, m.head_dim)
-            k = (cur @ L["attn_k.weight"].T).reshape(T, m.n_kv, m.head_dim)
-            v = (cur @ L["attn_v.weight"].T).reshape(T, m.n_kv, -1)
+            q = mm(cur, L["attn_q.weight"], ty["attn_q.weight"]).reshape(T, m.n_head, m.head_dim)
+            k = mm(cur, L["attn_k.weight"], ty["attn_k.weight"]).reshape(T, m.n_kv, m.head_dim)
+            v = mm(cur, L["attn_v.weight"], ty["attn_v.weight"]).reshape(T, m.n_kv, -1)
             if "attn_q_norm.weight" in L:
                 q = rms_norm(q, L["attn_q_norm.weight"], m.eps)
                 k = rms_norm(k, L["attn_k_norm.weight"], m.eps)
             q = rope(q, pos, m.layer_base[il], m.rope)
             k = rope(k, pos, m.layer_base[il], m.rope)
+            k, v = kv16(k), kv16(v)
             a = attention(q, k, v, m.attn_scale, m.layer_window[il]).reshape(T, -1)
-            a = a @ L["attn_output.weight"].T
+            a = mm(a, L["attn_output.weight"], ty["attn_output.weight"])
             if "post_attention_norm.weight" in L:
                 a = rms_norm(a, L["post_attention_norm.weight"], m.eps)
             x = x + a
             cur = rms_norm(x, L["ffn_norm.weight"], m.eps)
-            f = act(cur @ L["ffn_gate.weight"].T) * (cur @ L["ffn_up.weight"].T)
-            f = f @ L["ffn_down.weight"].T
+            f = act(mm(cur, L["ffn_gate.weight"], ty["ffn_gate.weight"])) * mm(
+                cur, L["ffn_up.weight"], ty["ffn_up.weight"])
+            f = mm(f, L["ffn_down.weight"], ty["ffn_down.weight"])
             if "post_ffw_norm.weight" in L:
                 f = rms_norm(f, L["post_ffw_norm.weight"], m.eps)
             hs[j] = x + f
         del L
         print(f"exact.py: layer {il + 1}/{m.n_layer}", file=sys.stderr, flush=True)
-    out_w = emb if tied else m.w("output.weight")
+    out_name = "token_embd.weight" if tied else "output.weight"
+    out_w = emb if tied else m.w(out_name)
+    out_type = m.tensors[out_name].tensor_type.name
     norm = m.w("output_norm.weight")
     logits = []
     for x in hs:
-        z = rms_norm(x, norm, m.eps) @ out_w.T
+        z = mm(rms_norm(x, norm, m.eps), out_w, out_type)
         if m.softcap:
             z = np.tanh(z / m.softcap) * m.softcap
         logits.append(z)
@@ -258,8 +355,12 @@ def main():
     ap.add_argument("model")
     ap.add_argument("out")
     ap.add_argument("-k", type=int, default=16, help="top-k kept per position (default 16)")
+    ap.add_argument("--emulate", default="", help="diagnostic: any of q8,kv16,fa16,gelu16, comma-separated")
     ap.add_argument("seqs", nargs="+", help="comma-separated token ids")
     a = ap.parse_args()
+    EMULATE.update(e for e in a.emulate.split(",") if e)
+    if EMULATE - {"q8", "kv16", "fa16", "gelu16", "p16"}:
+        sys.exit("exact.py: --emulate takes q8, kv16, fa16, gelu16")
     seqs = [[int(t) for t in s.split(",")] for s in a.seqs]
     m = Model(a.model)
     for s in seqs:

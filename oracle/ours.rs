@@ -67,7 +67,7 @@ fn main() {
     let weights =
         zeph_llm::model::load(&mut gguf, 0, threads).unwrap_or_else(|e| die(&e.to_string()));
     let mut out = BufWriter::new(File::create(&rest[1]).unwrap_or_else(|e| die(&e.to_string())));
-    let mut w = |bytes: &[u8]| out.write_all(bytes).unwrap_or_else(|e| die(&e.to_string()));
+    let mut w = |bytes: &[u8]| put(&mut out, bytes);
 
     let mut n_vocab = 0;
     let mut header_written = false;
@@ -114,6 +114,9 @@ fn main() {
         }
         eprintln!("oracle-ours: sequence of {} tokens done", seq.len());
     }
-    drop(w);
     out.flush().unwrap_or_else(|e| die(&e.to_string()));
+}
+
+fn put(out: &mut impl Write, bytes: &[u8]) {
+    out.write_all(bytes).unwrap_or_else(|e| die(&e.to_string()));
 }
