@@ -25,7 +25,6 @@ mod common;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
@@ -199,19 +198,7 @@ fn manifest() -> &'static serde_json::Value {
 /// The F32 fixtures, written by `make-fixtures --oracle` once per run.
 fn f32_fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("oracle-fixtures");
-        let status = Command::new(env!("CARGO"))
-            .args(["run", "--quiet", "--release", "--example", "make-fixtures"])
-            .arg("--")
-            .arg("--oracle")
-            .arg(&dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running make-fixtures --oracle");
-        assert!(status.success());
-        dir
-    })
+    DIR.get_or_init(|| common::write_fixtures("oracle-fixtures", &["--oracle"]))
 }
 
 fn sha256(path: &Path) -> String {

@@ -57,29 +57,33 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// Runs the fixture writer (`make-fixtures FLAGS.. DIR`) into
+/// `CARGO_TARGET_TMPDIR/NAME` and returns that directory.
+pub fn write_fixtures(name: &str, flags: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--example",
+            "make-fixtures",
+            "--",
+        ])
+        .args(flags)
+        .arg(&dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running make-fixtures");
+    assert!(status.success(), "make-fixtures {flags:?} failed");
+    dir
+}
+
 /// The directory of the small fixture models (tests/fixtures), written once
 /// per test binary.
 pub fn fixtures() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "--example",
-                "make-fixtures",
-                "--",
-            ])
-            .arg(&dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running make-fixtures");
-        assert!(status.success());
-        dir
-    })
-    .clone()
+    DIR.get_or_init(|| write_fixtures("fixtures", &[])).clone()
 }
 
 pub fn greedy(max_tokens: usize) -> GenerateOptions {
