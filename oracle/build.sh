@@ -17,9 +17,11 @@ log() { echo "oracle/build: $*" >&2; }
 export PATH="$dir/venv/bin:$PATH"
 obj="$dir/obj"
 bin="$dir/bin"
-log "building libllama and llama-quantize (-j$jobs)"
-cmake --build "$obj" --target llama llama-quantize -j "$jobs" >&2
-cp "$obj/bin/llama-quantize" "$bin/llama-quantize.tmp" && mv "$bin/llama-quantize.tmp" "$bin/llama-quantize"
+log "building libllama, llama-quantize and llama-imatrix (-j$jobs)"
+cmake --build "$obj" --target llama llama-quantize llama-imatrix -j "$jobs" >&2
+for t in llama-quantize llama-imatrix; do
+  cp "$obj/bin/$t" "$bin/$t.tmp" && mv "$bin/$t.tmp" "$bin/$t"
+done
 
 # The static libraries the oracle links (ggml's CPU backend is built in).
 libs=()

@@ -817,13 +817,14 @@ impl DecoderBatch {
 
     /// Quantizes `n` rows of `k` values of `h` into `act` for the products
     /// `ws` (float weights read `h` itself): as llama.cpp does, in blocks of
-    /// 256 (Q8_K) when every one of them has K-quant weights, in blocks of 32
+    /// 256 (Q8_K) when every one of them has a type llama.cpp pairs with Q8_K
+    /// ([`WType::wants_q8k`]), in blocks of 32
     /// (Q8_0 / Q8_1) otherwise.
     fn quantize_h(&mut self, n: usize, k: usize, ws: &[Matrix]) {
         if !k.is_multiple_of(32) {
             return;
         }
-        let q8k = k.is_multiple_of(256) && ws.iter().all(|w| w.ty.is_k_quant());
+        let q8k = k.is_multiple_of(256) && ws.iter().all(|w| w.ty.wants_q8k());
         let quantize = if q8k {
             ops::quantize_row_q8k
         } else {

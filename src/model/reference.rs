@@ -124,7 +124,7 @@ impl Acts {
                 s16: Vec::new(),
             };
         }
-        let q8k = k.is_multiple_of(256) && ws.iter().all(|w| w.ty.is_k_quant());
+        let q8k = k.is_multiple_of(256) && ws.iter().all(|w| w.ty.wants_q8k());
         let mut a = Self {
             k,
             qs: vec![0; n * k],

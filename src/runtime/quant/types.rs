@@ -133,6 +133,13 @@ impl WType {
         )
     }
 
+    /// Whether llama.cpp quantizes the activations of this type's products
+    /// in Q8_K blocks of 256 (its type traits' `vec_dot_type`), rather than
+    /// in Q8_0 / Q8_1 blocks of 32.  A type added here must say which.
+    pub fn wants_q8k(self) -> bool {
+        self.is_k_quant()
+    }
+
     pub fn is_float(self) -> bool {
         matches!(self, Self::F32 | Self::F16 | Self::BF16)
     }
