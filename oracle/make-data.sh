@@ -32,10 +32,20 @@ cargo run --quiet --release --example make-fixtures -- --oracle "$work"
 archs=(llama qwen2 qwen3 phi3 gemma3)
 all_types=(F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K)
 few_types=(F32 Q8_0 Q4_K)
+# The types llama-quantize makes only with an importance matrix (IQ2_*,
+# IQ1_*): it comes from llama-imatrix run on the F32 fixture over a fixed
+# text (the output matrix included), and the token embedding, which no
+# product reads so no matrix covers, is written in Q8_0.
+needs_imatrix() {
+  case "$1" in IQ2_XXS|IQ2_XS|IQ2_S|IQ1_S|IQ1_M) return 0 ;; *) return 1 ;; esac
+}
+imatrix_text="$work/imatrix.txt"
+rm -f "$work"/imatrix-*.gguf
+python3 -c 'import random; r = random.Random(20261204); print(" ".join("".join(chr(97 + r.randrange(26)) for _ in range(r.randrange(2, 9))) for _ in range(3000)))' >"$imatrix_text"
 # llama-quantize's name for a type (--pure: every matrix in that type).
 ftype() {
   case "$1" in
-    Q3_K) echo Q3_K_M ;; Q4_K) echo Q4_K_M ;; Q5_K) echo Q5_K_M ;; *) echo "$1" ;;
+    Q3_K) echo Q3_K_M ;; Q4_K) echo Q4_K_M ;; Q5_K) echo Q5_K_M ;; MXFP4) echo MXFP4_MOE ;; *) echo "$1" ;;
   esac
 }
 
@@ -55,8 +65,20 @@ for arch in "${archs[@]}"; do
     else
       model="$out/models/oracle-$name.gguf"
       rel="models/oracle-$name.gguf"
+      extra=()
+      if needs_imatrix "$t"; then
+        imatrix="$work/imatrix-$arch.gguf"
+        if [ ! -f "$imatrix" ]; then
+          "$bin/llama-imatrix" -m "$f32" -f "$imatrix_text" -o "$imatrix" -c 64 -t "$threads" --process-output \
+            >"$work/imatrix-$arch.log" 2>&1 || { cat "$work/imatrix-$arch.log" >&2; log "llama-imatrix failed for $arch"; exit 1; }
+        fi
+        extra=(--imatrix "$imatrix" --token-embedding-type q8_0)
+      fi
       quant_cmd="llama-quantize --pure oracle-$arch.gguf oracle-$name.gguf $(ftype "$t")"
-      "$bin/llama-quantize" --pure "$f32" "$model" "$(ftype "$t")" "$threads" >"$work/quantize-$name.log" 2>&1 ||
+      if [ "${#extra[@]}" -gt 0 ]; then
+        quant_cmd="llama-imatrix -m oracle-$arch.gguf -f imatrix.txt -o imatrix-$arch.gguf -c 64 -t $threads --process-output; llama-quantize --pure --imatrix imatrix-$arch.gguf --token-embedding-type q8_0 oracle-$arch.gguf oracle-$name.gguf $(ftype "$t")"
+      fi
+      "$bin/llama-quantize" --pure "${extra[@]}" "$f32" "$model" "$(ftype "$t")" "$threads" >"$work/quantize-$name.log" 2>&1 ||
         { cat "$work/quantize-$name.log" >&2; log "llama-quantize failed for $name"; exit 1; }
     fi
     log "$name"
